@@ -1,0 +1,4 @@
+"""KV cache codecs: encode(tensor) -> self-describing bytes, decode(bytes) -> tensor.
+
+May import `kernels`.
+"""

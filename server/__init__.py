@@ -1,0 +1,4 @@
+"""gRPC services, auth, configuration, CLI and client: wires store, index and worker together.
+
+May import `worker`, `index`, `store`, `kvcodec` and `protos`.
+"""

@@ -1,0 +1,4 @@
+"""Model runner: model loading, tokenisation and chunking, embedding, prefill, blending and generation.
+
+May import `kvcodec` and `kernels`.
+"""

@@ -1,0 +1,56 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ChunkInput(_message.Message):
+    __slots__ = ("text", "vector")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, text: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Document(_message.Message):
+    __slots__ = ("external_id", "text", "chunks", "metadata")
+    EXTERNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    external_id: str
+    text: str
+    chunks: _containers.RepeatedCompositeFieldContainer[ChunkInput]
+    metadata: _struct_pb2.Struct
+    def __init__(self, external_id: _Optional[str] = ..., text: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkInput, _Mapping]]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class UpsertRequest(_message.Message):
+    __slots__ = ("documents",)
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    documents: _containers.RepeatedCompositeFieldContainer[Document]
+    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
+
+class UpsertResponse(_message.Message):
+    __slots__ = ("documents", "chunks", "batches")
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    documents: int
+    chunks: int
+    batches: int
+    def __init__(self, documents: _Optional[int] = ..., chunks: _Optional[int] = ..., batches: _Optional[int] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("external_ids",)
+    EXTERNAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    external_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, external_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteResponse(_message.Message):
+    __slots__ = ("deleted_chunks",)
+    DELETED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    deleted_chunks: int
+    def __init__(self, deleted_chunks: _Optional[int] = ...) -> None: ...

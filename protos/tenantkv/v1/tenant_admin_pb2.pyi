@@ -1,0 +1,173 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TenantState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TENANT_STATE_UNSPECIFIED: _ClassVar[TenantState]
+    TENANT_STATE_ACTIVE: _ClassVar[TenantState]
+    TENANT_STATE_SUSPENDED: _ClassVar[TenantState]
+    TENANT_STATE_DELETING: _ClassVar[TenantState]
+
+class KeyScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KEY_SCOPE_UNSPECIFIED: _ClassVar[KeyScope]
+    KEY_SCOPE_ADMIN: _ClassVar[KeyScope]
+    KEY_SCOPE_TENANT: _ClassVar[KeyScope]
+
+class KeyRight(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KEY_RIGHT_UNSPECIFIED: _ClassVar[KeyRight]
+    KEY_RIGHT_READ: _ClassVar[KeyRight]
+    KEY_RIGHT_WRITE: _ClassVar[KeyRight]
+TENANT_STATE_UNSPECIFIED: TenantState
+TENANT_STATE_ACTIVE: TenantState
+TENANT_STATE_SUSPENDED: TenantState
+TENANT_STATE_DELETING: TenantState
+KEY_SCOPE_UNSPECIFIED: KeyScope
+KEY_SCOPE_ADMIN: KeyScope
+KEY_SCOPE_TENANT: KeyScope
+KEY_RIGHT_UNSPECIFIED: KeyRight
+KEY_RIGHT_READ: KeyRight
+KEY_RIGHT_WRITE: KeyRight
+
+class TenantStats(_message.Message):
+    __slots__ = ("documents", "chunks", "granted_chunks", "text_bytes", "vector_bytes", "kv_bytes", "api_keys")
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    API_KEYS_FIELD_NUMBER: _ClassVar[int]
+    documents: int
+    chunks: int
+    granted_chunks: int
+    text_bytes: int
+    vector_bytes: int
+    kv_bytes: int
+    api_keys: int
+    def __init__(self, documents: _Optional[int] = ..., chunks: _Optional[int] = ..., granted_chunks: _Optional[int] = ..., text_bytes: _Optional[int] = ..., vector_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., api_keys: _Optional[int] = ...) -> None: ...
+
+class Tenant(_message.Message):
+    __slots__ = ("tenant_id", "state", "created_unix_ms", "stats")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    state: TenantState
+    created_unix_ms: int
+    stats: TenantStats
+    def __init__(self, tenant_id: _Optional[str] = ..., state: _Optional[_Union[TenantState, str]] = ..., created_unix_ms: _Optional[int] = ..., stats: _Optional[_Union[TenantStats, _Mapping]] = ...) -> None: ...
+
+class CreateTenantRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class CreateTenantResponse(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: Tenant
+    def __init__(self, tenant: _Optional[_Union[Tenant, _Mapping]] = ...) -> None: ...
+
+class GetTenantRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class GetTenantResponse(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: Tenant
+    def __init__(self, tenant: _Optional[_Union[Tenant, _Mapping]] = ...) -> None: ...
+
+class ListTenantsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTenantsResponse(_message.Message):
+    __slots__ = ("tenants",)
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    tenants: _containers.RepeatedCompositeFieldContainer[Tenant]
+    def __init__(self, tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ...) -> None: ...
+
+class DeleteTenantRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class DeleteTenantResponse(_message.Message):
+    __slots__ = ("deleted_chunks",)
+    DELETED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    deleted_chunks: int
+    def __init__(self, deleted_chunks: _Optional[int] = ...) -> None: ...
+
+class CreateApiKeyRequest(_message.Message):
+    __slots__ = ("scope", "tenant_id", "rights")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    RIGHTS_FIELD_NUMBER: _ClassVar[int]
+    scope: KeyScope
+    tenant_id: str
+    rights: _containers.RepeatedScalarFieldContainer[KeyRight]
+    def __init__(self, scope: _Optional[_Union[KeyScope, str]] = ..., tenant_id: _Optional[str] = ..., rights: _Optional[_Iterable[_Union[KeyRight, str]]] = ...) -> None: ...
+
+class CreateApiKeyResponse(_message.Message):
+    __slots__ = ("key_id", "api_key")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    api_key: str
+    def __init__(self, key_id: _Optional[str] = ..., api_key: _Optional[str] = ...) -> None: ...
+
+class RevokeApiKeyRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class RevokeApiKeyResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GrantChunksRequest(_message.Message):
+    __slots__ = ("owner_tenant_id", "external_ids", "grantee_tenant_id")
+    OWNER_TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    GRANTEE_TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    owner_tenant_id: str
+    external_ids: _containers.RepeatedScalarFieldContainer[str]
+    grantee_tenant_id: str
+    def __init__(self, owner_tenant_id: _Optional[str] = ..., external_ids: _Optional[_Iterable[str]] = ..., grantee_tenant_id: _Optional[str] = ...) -> None: ...
+
+class GrantChunksResponse(_message.Message):
+    __slots__ = ("chunk_ids",)
+    CHUNK_IDS_FIELD_NUMBER: _ClassVar[int]
+    chunk_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, chunk_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RevokeChunksRequest(_message.Message):
+    __slots__ = ("owner_tenant_id", "external_ids", "grantee_tenant_id")
+    OWNER_TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    GRANTEE_TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    owner_tenant_id: str
+    external_ids: _containers.RepeatedScalarFieldContainer[str]
+    grantee_tenant_id: str
+    def __init__(self, owner_tenant_id: _Optional[str] = ..., external_ids: _Optional[_Iterable[str]] = ..., grantee_tenant_id: _Optional[str] = ...) -> None: ...
+
+class RevokeChunksResponse(_message.Message):
+    __slots__ = ("chunk_ids",)
+    CHUNK_IDS_FIELD_NUMBER: _ClassVar[int]
+    chunk_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, chunk_ids: _Optional[_Iterable[int]] = ...) -> None: ...

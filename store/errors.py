@@ -35,3 +35,7 @@ class FailedPrecondition(TenantKVError):
 
 class Corrupted(TenantKVError):
     """Stored bytes fail their checksum or cannot be parsed."""
+
+
+class Unavailable(TenantKVError):
+    """The service cannot answer yet (still loading) or any more (shutting down); retry later."""

@@ -1,0 +1,150 @@
+"""The gRPC server: services, auth interceptor, health and reflection, and a clean stop.
+
+The server listens at once with health NOT_SERVING, loads the store, index and models, then
+turns SERVING; calls before that are UNAVAILABLE. `ServerThread` runs one in a background
+thread for the demo and the tests.
+"""
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import Future
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from protos.tenantkv.v1 import (
+    ingest_pb2,
+    ingest_pb2_grpc,
+    kv_cache_pb2,
+    kv_cache_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+    tenant_admin_pb2,
+    tenant_admin_pb2_grpc,
+)
+from server.config import ServerConfig
+from server.interceptor import AuthInterceptor
+from server.offload import Offload
+from server.runtime import Models, Runtime
+from server.services import IngestServicer, KVCacheServicer, RetrievalServicer, TenantAdminServicer
+from store.errors import Unavailable
+from store.records import ApiKey
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = [
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in [
+        (tenant_admin_pb2, "TenantAdmin"),
+        (ingest_pb2, "Ingest"),
+        (retrieval_pb2, "Retrieval"),
+        (kv_cache_pb2, "KVCache"),
+    ]
+]
+
+
+class TenantKVServer:
+    def __init__(self, config: ServerConfig, models: Models | None = None) -> None:
+        self.config = config
+        self.runtime: Runtime | None = None
+        self.port = 0
+        self._models = models
+        self._offload = Offload()
+        self._health = HealthServicer()
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+        ]
+        self._server = grpc.aio.server(interceptors=[AuthInterceptor(self._authenticate)], options=options)
+        source = lambda: self.runtime  # noqa: E731 - servicers see the runtime once it is loaded
+        tenant_admin_pb2_grpc.add_TenantAdminServicer_to_server(TenantAdminServicer(source, self._offload), self._server)
+        ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(source, self._offload), self._server)
+        retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(source, self._offload), self._server)
+        kv_cache_pb2_grpc.add_KVCacheServicer_to_server(KVCacheServicer(source, self._offload), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection([*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME], self._server)
+
+    async def start(self) -> int:
+        """Listen (NOT_SERVING) and return the bound port; `load()` makes it SERVING."""
+        self.port = self._server.add_insecure_port(self.config.address)
+        if self.port == 0:
+            raise OSError(f"cannot bind {self.config.address}")
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.start()
+        log.info("listening on %s:%d", self.config.host, self.port)
+        return self.port
+
+    async def load(self) -> None:
+        self.runtime = await asyncio.to_thread(Runtime.open, self.config, self._models)
+        await asyncio.to_thread(self.runtime.ensure_admin_key)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving")
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace_s)
+        self._offload.shutdown()
+        if self.runtime is not None:
+            self.runtime.close()
+            self.runtime = None
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+    def _authenticate(self, token: str) -> ApiKey:
+        if self.runtime is None:
+            raise Unavailable("the server is still loading its store, index and models")
+        return self.runtime.store.authenticate(token)
+
+    async def _set_health(self, status: int) -> None:
+        for name in ["", *SERVICE_NAMES]:
+            await self._health.set(name, status)
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until cancelled (Ctrl-C or SIGTERM), then stop cleanly."""
+    server = TenantKVServer(config)
+    await server.start()
+    try:
+        await server.load()
+        await server.wait()
+    finally:
+        await server.stop()
+
+
+class ServerThread:
+    """A server on its own event loop in a background thread: start() returns once it is SERVING."""
+
+    def __init__(self, config: ServerConfig, models: Models | None = None) -> None:
+        self.server = TenantKVServer(config, models)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tenantkv-server", daemon=True)
+
+    @property
+    def address(self) -> str:
+        return f"{self.server.config.host}:{self.server.port}"
+
+    def start(self) -> "ServerThread":
+        self._thread.start()
+        self._call(self.server.start())
+        self._call(self.server.load())
+        return self
+
+    def stop(self) -> None:
+        self._call(self.server.stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def _call(self, coroutine) -> object:
+        future: Future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return future.result()
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,134 @@
+"""A Python client for tenantkv, used by the CLI and the tests. Calls raise grpc.RpcError on failure."""
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+import grpc
+import numpy as np
+from google.protobuf import struct_pb2
+
+from protos.tenantkv.v1 import (
+    ingest_pb2,
+    ingest_pb2_grpc,
+    kv_cache_pb2,
+    kv_cache_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+    tenant_admin_pb2,
+    tenant_admin_pb2_grpc,
+)
+
+MAX_MESSAGE_BYTES = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentText:
+    """A document for `Client.upsert`: either `text` (the server chunks it) or `chunks` (optionally with vectors)."""
+
+    external_id: str
+    text: str = ""
+    chunks: Sequence[str] = ()
+    vectors: Sequence[np.ndarray] | None = None
+    metadata: dict = field(default_factory=dict)
+
+    def message(self) -> ingest_pb2.Document:
+        metadata = struct_pb2.Struct()
+        metadata.update(self.metadata)
+        vectors = self.vectors if self.vectors is not None else [None] * len(self.chunks)
+        chunks = [
+            ingest_pb2.ChunkInput(text=text, vector=[] if vector is None else np.asarray(vector, np.float32).tolist())
+            for text, vector in zip(self.chunks, vectors)
+        ]
+        return ingest_pb2.Document(external_id=self.external_id, text=self.text, chunks=chunks, metadata=metadata)
+
+
+class Client:
+    def __init__(self, target: str, api_key: str, timeout_s: float = 600.0) -> None:
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._metadata = (("authorization", f"Bearer {api_key}"),)
+        self._timeout = timeout_s
+        self.admin = tenant_admin_pb2_grpc.TenantAdminStub(self._channel)
+        self.ingest = ingest_pb2_grpc.IngestStub(self._channel)
+        self.retrieval = retrieval_pb2_grpc.RetrievalStub(self._channel)
+        self.kv = kv_cache_pb2_grpc.KVCacheStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, method, request):
+        return method(request, metadata=self._metadata, timeout=self._timeout)
+
+    # ---- admin
+
+    def create_tenant(self, tenant_id: str) -> tenant_admin_pb2.Tenant:
+        return self._call(self.admin.CreateTenant, tenant_admin_pb2.CreateTenantRequest(tenant_id=tenant_id)).tenant
+
+    def get_tenant(self, tenant_id: str) -> tenant_admin_pb2.Tenant:
+        return self._call(self.admin.GetTenant, tenant_admin_pb2.GetTenantRequest(tenant_id=tenant_id)).tenant
+
+    def list_tenants(self) -> list[tenant_admin_pb2.Tenant]:
+        return list(self._call(self.admin.ListTenants, tenant_admin_pb2.ListTenantsRequest()).tenants)
+
+    def delete_tenant(self, tenant_id: str) -> int:
+        return self._call(self.admin.DeleteTenant, tenant_admin_pb2.DeleteTenantRequest(tenant_id=tenant_id)).deleted_chunks
+
+    def create_api_key(self, tenant_id: str = "", rights: Sequence[str] = ()) -> tenant_admin_pb2.CreateApiKeyResponse:
+        """A tenant key for `tenant_id` (read and write unless `rights` says), or an admin key when empty."""
+        scope = tenant_admin_pb2.KEY_SCOPE_TENANT if tenant_id else tenant_admin_pb2.KEY_SCOPE_ADMIN
+        codes = [tenant_admin_pb2.KeyRight.Value(f"KEY_RIGHT_{r.upper()}") for r in rights]
+        request = tenant_admin_pb2.CreateApiKeyRequest(scope=scope, tenant_id=tenant_id, rights=codes)
+        return self._call(self.admin.CreateApiKey, request)
+
+    def revoke_api_key(self, key_id: str) -> None:
+        self._call(self.admin.RevokeApiKey, tenant_admin_pb2.RevokeApiKeyRequest(key_id=key_id))
+
+    def grant(self, owner: str, external_ids: Sequence[str], grantee: str) -> list[int]:
+        request = tenant_admin_pb2.GrantChunksRequest(owner_tenant_id=owner, external_ids=external_ids, grantee_tenant_id=grantee)
+        return list(self._call(self.admin.GrantChunks, request).chunk_ids)
+
+    def revoke(self, owner: str, external_ids: Sequence[str], grantee: str) -> list[int]:
+        request = tenant_admin_pb2.RevokeChunksRequest(owner_tenant_id=owner, external_ids=external_ids, grantee_tenant_id=grantee)
+        return list(self._call(self.admin.RevokeChunks, request).chunk_ids)
+
+    # ---- data plane (the tenant comes from the key)
+
+    def upsert(self, batches: Iterable[Sequence[DocumentText]]) -> ingest_pb2.UpsertResponse:
+        """Stream batches; each is committed in one transaction. Returns once all are durable."""
+        requests = (ingest_pb2.UpsertRequest(documents=[d.message() for d in batch]) for batch in batches)
+        return self.ingest.Upsert(requests, metadata=self._metadata, timeout=self._timeout)
+
+    def delete(self, external_ids: Sequence[str]) -> int:
+        return self._call(self.ingest.Delete, ingest_pb2.DeleteRequest(external_ids=external_ids)).deleted_chunks
+
+    def search(self, query: str | np.ndarray, k: int = 5) -> retrieval_pb2.SearchResponse:
+        if isinstance(query, str):
+            request = retrieval_pb2.SearchRequest(query_text=query, k=k)
+        else:
+            request = retrieval_pb2.SearchRequest(query_vector=np.asarray(query, np.float32).tolist(), k=k)
+        return self._call(self.retrieval.Search, request)
+
+    def ask(self, question: str, k: int = 0, max_new_tokens: int = 0) -> Iterator[retrieval_pb2.RetrieveAndGenerateResponse]:
+        """Stream: the chunks used, then tokens, then the timings."""
+        request = retrieval_pb2.RetrieveAndGenerateRequest(question=question, k=k, max_new_tokens=max_new_tokens)
+        return self.retrieval.RetrieveAndGenerate(request, metadata=self._metadata, timeout=self._timeout)
+
+    def fetch_kv(self, chunk_ids: Sequence[int]) -> dict[int, tuple[str, bytes]]:
+        """Each chunk's (codec, encoded KV blob), reassembled from the streamed pieces."""
+        pieces: dict[int, list[bytes]] = {}
+        codecs: dict[int, str] = {}
+        for piece in self.kv.Fetch(kv_cache_pb2.FetchRequest(chunk_ids=chunk_ids), metadata=self._metadata, timeout=self._timeout):
+            pieces.setdefault(piece.chunk_id, []).append(piece.data)
+            codecs[piece.chunk_id] = piece.codec
+        return {chunk_id: (codecs[chunk_id], b"".join(parts)) for chunk_id, parts in pieces.items()}

@@ -1,0 +1,85 @@
+"""Server configuration: one typed dataclass, built once at the edge from a TOML file and TENANTKV_* variables."""
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Mapping
+
+from store.config import StoreConfig
+from store.errors import InvalidArgument
+from worker.config import WorkerConfig
+
+ENV_PREFIX = "TENANTKV_"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    data_dir: Path = Path("tenantkv-data")
+    host: str = "127.0.0.1"
+    port: int = 50051
+    # gRPC messages both ways; KV travels in streamed pieces well below it.
+    max_message_bytes: int = 4 << 20
+    dim: int = 384
+    default_k: int = 5
+    max_k: int = 1000
+    rag_default_k: int = 3
+    rag_max_k: int = 16
+    default_max_new_tokens: int = 64
+    max_new_tokens_limit: int = 512
+    max_documents_per_batch: int = 1000
+    max_text_bytes: int = 1 << 20
+    llm_path: Path | None = None
+    embedder_path: Path | None = None
+    cache_dir: Path = Path.home() / ".cache" / "tenantkv"
+    chunk_tokens: int = 256
+    admin_key_file: Path | None = None  # defaults to <data_dir>/admin.key
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.admin_key_file or self.data_dir / "admin.key"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def store_config(self) -> StoreConfig:
+        return StoreConfig(path=self.data_dir / "store", dim=self.dim)
+
+    def worker_config(self) -> WorkerConfig:
+        return WorkerConfig(
+            llm_path=self.llm_path,
+            embedder_path=self.embedder_path,
+            cache_dir=self.cache_dir,
+            chunk_tokens=self.chunk_tokens,
+        )
+
+
+def load_config(toml_path: Path | None = None, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Defaults, overridden by the TOML file's keys, overridden by TENANTKV_<KEY> variables."""
+    values: dict[str, object] = {}
+    if toml_path is not None:
+        values.update(tomllib.loads(Path(toml_path).read_text()))
+    env = os.environ if environ is None else environ
+    for f in fields(ServerConfig):
+        name = ENV_PREFIX + f.name.upper()
+        if name in env:
+            values[f.name] = env[name]
+    return replace(ServerConfig(), **{name: _coerce(name, value) for name, value in values.items()})
+
+
+def _coerce(name: str, value: object) -> object:
+    types = {f.name: f.type for f in fields(ServerConfig)}
+    if name not in types:
+        raise InvalidArgument(f"unknown configuration key {name!r}")
+    kind = types[name]
+    try:
+        if kind is int:
+            return int(value)
+        if kind is str:
+            return str(value)
+        if value == "" and kind != Path:
+            return None  # an optional path left empty
+        return Path(str(value)).expanduser()
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"configuration key {name!r}: {exc}") from exc

@@ -1,0 +1,77 @@
+"""Protobuf messages to validated Python values and back; every error names the request field."""
+
+import math
+
+import numpy as np
+from google.protobuf import json_format, struct_pb2
+
+from protos.tenantkv.v1 import common_pb2, ingest_pb2
+from server.runtime import ChunkSpec, DocumentSpec, Hit
+from store.errors import InvalidArgument
+
+
+def vector_from(values, dim: int, field: str) -> np.ndarray:
+    """A float32 [dim] vector with finite values."""
+    vector = np.asarray(values, dtype=np.float32)
+    if vector.shape != (dim,):
+        raise InvalidArgument(f"{field}: expected {dim} values, got {vector.size}")
+    if not np.isfinite(vector).all():
+        raise InvalidArgument(f"{field}: values must be finite (no NaN or infinity)")
+    return vector
+
+
+def bounded_int(value: int, low: int, high: int, field: str) -> int:
+    if not low <= value <= high:
+        raise InvalidArgument(f"{field}: must be between {low} and {high}, got {value}")
+    return value
+
+
+def dict_from_struct(struct: struct_pb2.Struct) -> dict:
+    return json_format.MessageToDict(struct)
+
+
+def struct_from_dict(values: dict) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
+def documents_from(request: ingest_pb2.UpsertRequest, dim: int, max_documents: int, max_text_bytes: int) -> list[DocumentSpec]:
+    """The documents of one upsert batch, with text xor chunks, and vectors of the store's dimension."""
+    if not request.documents:
+        raise InvalidArgument("documents: a batch needs at least one document")
+    if len(request.documents) > max_documents:
+        raise InvalidArgument(f"documents: at most {max_documents} per batch, got {len(request.documents)}")
+    seen: set[str] = set()
+    specs = []
+    for i, doc in enumerate(request.documents):
+        field = f"documents[{i}]"
+        if doc.external_id in seen:
+            raise InvalidArgument(f"{field}.external_id: {doc.external_id!r} appears twice in one batch")
+        seen.add(doc.external_id)
+        if bool(doc.text.strip()) == bool(doc.chunks):
+            raise InvalidArgument(f"{field}: give either non-empty text or chunks")
+        chunks = []
+        for j, chunk in enumerate(doc.chunks):
+            if not chunk.text.strip():
+                raise InvalidArgument(f"{field}.chunks[{j}].text: must not be empty")
+            vector = vector_from(chunk.vector, dim, f"{field}.chunks[{j}].vector") if chunk.vector else None
+            chunks.append(ChunkSpec(text=chunk.text, vector=vector))
+        size = len(doc.text.encode()) + sum(len(c.text.encode()) for c in chunks)
+        if size > max_text_bytes:
+            raise InvalidArgument(f"{field}: text of {size} bytes exceeds the limit of {max_text_bytes}")
+        specs.append(DocumentSpec(external_id=doc.external_id, metadata=dict_from_struct(doc.metadata), text=doc.text, chunks=chunks))
+    return specs
+
+
+def hit_message(hit: Hit) -> common_pb2.ChunkHit:
+    chunk = hit.chunk
+    return common_pb2.ChunkHit(
+        chunk_id=chunk.chunk_id,
+        external_id=chunk.external_id,
+        chunk_index=chunk.index,
+        score=hit.score if math.isfinite(hit.score) else 0.0,
+        text=chunk.text,
+        metadata=struct_from_dict(chunk.metadata),
+        owner_tenant_id=chunk.owner,
+    )

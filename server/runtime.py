@@ -1,0 +1,245 @@
+"""The service's logic in plain Python: store, index and models wired together.
+
+Every method blocks (LMDB, numpy, torch), so the gRPC layer calls them off the event loop.
+The store is the source of truth; the index is derived from it at start and updated after
+each commit, so a crash between the two leaves nothing the next start does not rebuild.
+"""
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from index.flat import FlatTenantIndex
+from kvcodec import codec_of
+from server.config import ServerConfig
+from store.errors import InvalidArgument, NotFound
+from store.records import Chunk, ChunkInput, DocumentInput, KeyScope, UpsertResult
+from store.store import Store
+from worker.chunker import chunk_text
+from worker.config import WorkerConfig
+from worker.embedder import Embedder
+from worker.generate import GeneratedToken, generate_stream
+from worker.llm import LLM, load_llm
+from worker.prompt import build_rag_prompt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Models:
+    """The models one process serves with; loaded once and shared (tests share one per session)."""
+
+    llm: LLM
+    embedder: Embedder
+
+
+def load_models(config: WorkerConfig) -> Models:
+    embedder_path = config.embedder_path
+    return Models(llm=load_llm(config), embedder=Embedder(embedder_path) if embedder_path else Embedder.default())
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkSpec:
+    text: str
+    vector: np.ndarray | None  # float32 [dim], or None to embed
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentSpec:
+    """One document of an upsert batch, validated for shape but not yet chunked or embedded."""
+
+    external_id: str
+    metadata: dict
+    text: str
+    chunks: list[ChunkSpec]
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    chunk: Chunk
+    score: float
+
+
+class Runtime:
+    def __init__(self, config: ServerConfig, store: Store, models: Models) -> None:
+        self.config = config
+        self.store = store
+        self.models = models
+        self.index = FlatTenantIndex(dim=store.dim)
+        self._index_lock = threading.Lock()
+        self._numbers: dict[str, int] = {}
+
+    @classmethod
+    def open(cls, config: ServerConfig, models: Models | None = None) -> "Runtime":
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(config.store_config())
+        runtime = cls(config, store, models or load_models(config.worker_config()))
+        runtime.rebuild_index()
+        return runtime
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ---- start-up
+
+    def rebuild_index(self) -> None:
+        """Load every chunk's vector and readers from the store into a fresh index."""
+        index = FlatTenantIndex(dim=self.store.dim)
+        total = 0
+        for entries in tqdm(self.store.iter_index_entries(), desc="index", unit="batch", disable=None):
+            _add_entries(index, entries.ids, entries.vectors, entries.readers)
+            total += len(entries.ids)
+        with self._index_lock:
+            self.index = index
+        log.info("index rebuilt from the store: %d chunks", total)
+
+    def ensure_admin_key(self) -> str | None:
+        """Create an admin key on first start and write it to a file only its owner can read."""
+        path = self.config.admin_key_path
+        if path.exists():
+            return None
+        _, token = self.store.create_api_key(KeyScope.ADMIN, None, frozenset({"read", "write"}))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        log.info("admin key written to %s", path)
+        return token
+
+    # ---- tenants
+
+    def tenant_number(self, name: str) -> int:
+        number = self._numbers.get(name)
+        if number is None:
+            number = self._numbers[name] = self.store.get_tenant(name).number
+        return number
+
+    def delete_tenant(self, name: str) -> int:
+        number = self.tenant_number(name)
+        deletion = self.store.delete_tenant(name)
+        self._numbers.pop(name, None)
+        with self._index_lock:
+            self.index.remove(deletion.removed_chunk_ids)
+            for chunk_id, _ in deletion.revoked:
+                self.index.revoke(np.array([chunk_id], dtype=np.int64), number)
+        return len(deletion.removed_chunk_ids)
+
+    def grant(self, owner: str, external_ids: list[str], grantee: str) -> np.ndarray:
+        grantee_number = self.tenant_number(grantee)
+        ids = self.store.grant(owner, external_ids, grantee)
+        with self._index_lock:
+            self.index.grant(ids, grantee_number)
+        return ids
+
+    def revoke(self, owner: str, external_ids: list[str], grantee: str) -> np.ndarray:
+        grantee_number = self.tenant_number(grantee)
+        ids = self.store.revoke(owner, external_ids, grantee)
+        with self._index_lock:
+            self.index.revoke(ids, grantee_number)
+        return ids
+
+    # ---- ingestion
+
+    def prepare(self, documents: list[DocumentSpec]) -> list[DocumentInput]:
+        """Chunk and embed a batch (model work); nothing is written."""
+        tokenizer = self.models.llm.tokenizer
+        pieces: list[list[tuple[str, np.ndarray, np.ndarray | None]]] = []
+        for doc in documents:
+            if doc.text:
+                cut = chunk_text(doc.text, tokenizer, self.config.chunk_tokens)
+                pieces.append([(c.text, c.token_ids, None) for c in cut])
+            else:
+                pieces.append([(c.text, _token_ids(tokenizer, c.text), c.vector) for c in doc.chunks])
+        to_embed = [text for doc in pieces for text, _, vector in doc if vector is None]
+        embedded = iter(self.models.embedder.embed(to_embed) if to_embed else ())
+        return [
+            DocumentInput(
+                external_id=doc.external_id,
+                metadata=doc.metadata,
+                chunks=[
+                    ChunkInput(text=text, token_ids=ids, vector=vector if vector is not None else next(embedded))
+                    for text, ids, vector in chunks
+                ],
+            )
+            for doc, chunks in zip(documents, pieces)
+        ]
+
+    def commit(self, tenant: str, documents: list[DocumentInput]) -> UpsertResult:
+        """Write one batch durably in one transaction, then bring the index up to date."""
+        result = self.store.upsert(tenant, documents, kv_fingerprint=self.models.llm.fingerprint)
+        vectors = np.stack([c.vector for d in documents for c in d.chunks]).astype(np.float32, copy=False)
+        readers = [sorted(self.tenant_number(t) for t in c.readers) for c in self.store.readable_chunks(tenant, result.added)]
+        with self._index_lock:
+            if len(result.removed):
+                self.index.remove(result.removed)
+            _add_entries(self.index, result.added, vectors, readers, owner=self.tenant_number(tenant))
+        return result
+
+    def delete_documents(self, tenant: str, external_ids: list[str]) -> int:
+        removed = self.store.delete_documents(tenant, external_ids)
+        with self._index_lock:
+            self.index.remove(removed)
+        return len(removed)
+
+    # ---- retrieval
+
+    def embed_query(self, text: str) -> np.ndarray:
+        if not text.strip():
+            raise InvalidArgument("query_text: must not be empty")
+        return self.models.embedder.embed([text])[0]
+
+    def search(self, tenant: str, query: np.ndarray, k: int) -> list[Hit]:
+        """Top-k chunks `tenant` may read; the store re-checks every hit the index returns."""
+        number = self.tenant_number(tenant)
+        with self._index_lock:
+            scores, ids = self.index.search(query[None, :], number, k)
+        found = ids[0] >= 0
+        score_of = dict(zip(ids[0][found].tolist(), scores[0][found].tolist()))
+        chunks = self.store.readable_chunks(tenant, list(score_of))
+        return [Hit(chunk=c, score=score_of[c.chunk_id]) for c in chunks]
+
+    def rag_prompt(self, hits: list[Hit], question: str) -> np.ndarray:
+        if not question.strip():
+            raise InvalidArgument("question: must not be empty")
+        return build_rag_prompt(self.models.llm.tokenizer, [h.chunk.text for h in hits], question)
+
+    def generate(self, prompt_ids: np.ndarray, max_new_tokens: int) -> Iterator[GeneratedToken]:
+        return generate_stream(self.models.llm, prompt_ids, max_new_tokens)
+
+    def kv_chunk_ids(self, tenant: str, chunk_ids: list[int]) -> list[int]:
+        """The requested chunks that have KV, in request order; NotFound for any the tenant may not read."""
+        readable = {c.chunk_id: c for c in self.store.readable_chunks(tenant, chunk_ids)}
+        for chunk_id in chunk_ids:
+            if chunk_id not in readable:
+                raise NotFound(f"chunk_ids: chunk {chunk_id} not found")
+        return [chunk_id for chunk_id in chunk_ids if readable[chunk_id].has_kv]
+
+    def read_kv(self, chunk_id: int) -> tuple[str, bytes]:
+        """A chunk's encoded KV blob and the codec its header names."""
+        blob = self.store.read_kv(chunk_id)
+        if blob is None:
+            raise NotFound(f"chunk_ids: chunk {chunk_id} has no KV")
+        return codec_of(blob), blob
+
+
+def _token_ids(tokenizer, text: str) -> np.ndarray:
+    return np.asarray(tokenizer.encode(text, add_special_tokens=False), dtype=np.int32)
+
+
+def _add_entries(index, ids: np.ndarray, vectors: np.ndarray, readers: list[list[int]], owner: int | None = None) -> None:
+    """Add chunks to the index under their first reader (or `owner`) and grant the rest."""
+    if len(ids) == 0:
+        return
+    firsts = np.array([owner if owner is not None else r[0] for r in readers], dtype=np.int64)
+    for tenant in np.unique(firsts):
+        mine = firsts == tenant
+        index.add(ids[mine], vectors[mine], int(tenant))
+    for chunk_id, first, tenants in zip(ids.tolist(), firsts.tolist(), readers):
+        for tenant in tenants:
+            if tenant != first:
+                index.grant(np.array([chunk_id], dtype=np.int64), tenant)

@@ -1,0 +1,221 @@
+"""The four gRPC servicers: thin translations between protobuf and `Runtime`, run off the event loop.
+
+Authentication, authorisation and error-to-status mapping happen in `server.interceptor`;
+a servicer only reads the caller's tenant from `current_caller()`.
+"""
+
+import time
+from typing import AsyncIterator, Callable
+
+from protos.tenantkv.v1 import (
+    ingest_pb2,
+    ingest_pb2_grpc,
+    kv_cache_pb2,
+    kv_cache_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+    tenant_admin_pb2,
+    tenant_admin_pb2_grpc,
+)
+from server.convert import bounded_int, documents_from, hit_message, vector_from
+from server.interceptor import current_caller
+from server.offload import Offload
+from server.runtime import Runtime
+from store.errors import InvalidArgument, Unavailable
+from store.records import KeyScope, Tenant, TenantState
+
+KV_PIECE_BYTES = 3 << 20
+MAX_FETCH_IDS = 256
+RIGHTS = {tenant_admin_pb2.KEY_RIGHT_READ: "read", tenant_admin_pb2.KEY_RIGHT_WRITE: "write"}
+SCOPES = {tenant_admin_pb2.KEY_SCOPE_ADMIN: KeyScope.ADMIN, tenant_admin_pb2.KEY_SCOPE_TENANT: KeyScope.TENANT}
+
+RuntimeSource = Callable[[], Runtime | None]
+
+
+class _Servicer:
+    def __init__(self, runtime: RuntimeSource, offload: Offload) -> None:
+        self._runtime_source = runtime
+        self.offload = offload
+
+    @property
+    def runtime(self) -> Runtime:
+        runtime = self._runtime_source()
+        if runtime is None:
+            raise Unavailable("the server is still loading its store, index and models")
+        return runtime
+
+
+class TenantAdminServicer(_Servicer, tenant_admin_pb2_grpc.TenantAdminServicer):
+    async def CreateTenant(self, request, context):
+        tenant = await self.offload.io(self.runtime.store.create_tenant, request.tenant_id)
+        return tenant_admin_pb2.CreateTenantResponse(tenant=await self._tenant_message(tenant))
+
+    async def GetTenant(self, request, context):
+        tenant = await self.offload.io(self.runtime.store.get_tenant, request.tenant_id)
+        return tenant_admin_pb2.GetTenantResponse(tenant=await self._tenant_message(tenant))
+
+    async def ListTenants(self, request, context):
+        tenants = await self.offload.io(self.runtime.store.list_tenants)
+        return tenant_admin_pb2.ListTenantsResponse(tenants=[await self._tenant_message(t) for t in tenants])
+
+    async def DeleteTenant(self, request, context):
+        deleted = await self.offload.io(self.runtime.delete_tenant, request.tenant_id)
+        return tenant_admin_pb2.DeleteTenantResponse(deleted_chunks=deleted)
+
+    async def CreateApiKey(self, request, context):
+        scope = SCOPES.get(request.scope)
+        if scope is None:
+            raise InvalidArgument("scope: must be KEY_SCOPE_ADMIN or KEY_SCOPE_TENANT")
+        if (scope is KeyScope.TENANT) != bool(request.tenant_id):
+            raise InvalidArgument("tenant_id: required for tenant keys and empty for admin keys")
+        if any(r not in RIGHTS for r in request.rights):
+            raise InvalidArgument("rights: only KEY_RIGHT_READ and KEY_RIGHT_WRITE")
+        rights = frozenset(RIGHTS[r] for r in request.rights) or frozenset(RIGHTS.values())
+        key, token = await self.offload.io(self.runtime.store.create_api_key, scope, request.tenant_id or None, rights)
+        return tenant_admin_pb2.CreateApiKeyResponse(key_id=key.key_id, api_key=token)
+
+    async def RevokeApiKey(self, request, context):
+        await self.offload.io(self.runtime.store.revoke_api_key, request.key_id)
+        return tenant_admin_pb2.RevokeApiKeyResponse()
+
+    async def GrantChunks(self, request, context):
+        ids = await self.offload.io(
+            self.runtime.grant, request.owner_tenant_id, list(request.external_ids), request.grantee_tenant_id
+        )
+        return tenant_admin_pb2.GrantChunksResponse(chunk_ids=ids.tolist())
+
+    async def RevokeChunks(self, request, context):
+        ids = await self.offload.io(
+            self.runtime.revoke, request.owner_tenant_id, list(request.external_ids), request.grantee_tenant_id
+        )
+        return tenant_admin_pb2.RevokeChunksResponse(chunk_ids=ids.tolist())
+
+    async def _tenant_message(self, tenant: Tenant) -> tenant_admin_pb2.Tenant:
+        stats = await self.offload.io(self.runtime.store.tenant_stats, tenant.name)
+        return tenant_admin_pb2.Tenant(
+            tenant_id=tenant.name,
+            state=_STATES[tenant.state],
+            created_unix_ms=tenant.created_unix_ms,
+            stats=tenant_admin_pb2.TenantStats(
+                documents=stats.documents,
+                chunks=stats.chunks,
+                granted_chunks=stats.granted_chunks,
+                text_bytes=stats.text_bytes,
+                vector_bytes=stats.vector_bytes,
+                kv_bytes=stats.kv_bytes,
+                api_keys=stats.api_keys,
+            ),
+        )
+
+
+_STATES = {
+    TenantState.ACTIVE: tenant_admin_pb2.TENANT_STATE_ACTIVE,
+    TenantState.SUSPENDED: tenant_admin_pb2.TENANT_STATE_SUSPENDED,
+    TenantState.DELETING: tenant_admin_pb2.TENANT_STATE_DELETING,
+}
+
+
+class IngestServicer(_Servicer, ingest_pb2_grpc.IngestServicer):
+    async def Upsert(self, request_iterator, context):
+        """Each request is one batch: chunked and embedded, then committed in one transaction."""
+        tenant = current_caller().tenant
+        config = self.runtime.config
+        documents = chunks = batches = 0
+        async for request in request_iterator:
+            specs = documents_from(request, self.runtime.store.dim, config.max_documents_per_batch, config.max_text_bytes)
+            prepared = await self.offload.model(self.runtime.prepare, specs)
+            result = await self.offload.io(self.runtime.commit, tenant, prepared)
+            documents += result.documents
+            chunks += len(result.added)
+            batches += 1
+        return ingest_pb2.UpsertResponse(documents=documents, chunks=chunks, batches=batches)
+
+    async def Delete(self, request, context):
+        if not request.external_ids:
+            raise InvalidArgument("external_ids: name at least one document")
+        deleted = await self.offload.io(self.runtime.delete_documents, current_caller().tenant, list(request.external_ids))
+        return ingest_pb2.DeleteResponse(deleted_chunks=deleted)
+
+
+class RetrievalServicer(_Servicer, retrieval_pb2_grpc.RetrievalServicer):
+    async def Search(self, request, context):
+        tenant = current_caller().tenant
+        k = bounded_int(request.k, 1, self.runtime.config.max_k, "k")
+        started = time.perf_counter()
+        query = await self._query_vector(request)
+        hits = await self.offload.io(self.runtime.search, tenant, query, k)
+        return retrieval_pb2.SearchResponse(
+            hits=[hit_message(h) for h in hits], search_ms=(time.perf_counter() - started) * 1e3
+        )
+
+    async def RetrieveAndGenerate(self, request, context) -> AsyncIterator[retrieval_pb2.RetrieveAndGenerateResponse]:
+        tenant = current_caller().tenant
+        runtime = self.runtime
+        config = runtime.config
+        if request.mode not in (retrieval_pb2.GENERATION_MODE_UNSPECIFIED, retrieval_pb2.GENERATION_MODE_FULL_PREFILL):
+            raise InvalidArgument("mode: unknown generation mode")
+        k = bounded_int(request.k or config.rag_default_k, 1, config.rag_max_k, "k")
+        max_new = bounded_int(
+            request.max_new_tokens or config.default_max_new_tokens, 1, config.max_new_tokens_limit, "max_new_tokens"
+        )
+        started = time.perf_counter()
+        query = await self.offload.model(runtime.embed_query, request.question)
+        hits = await self.offload.io(runtime.search, tenant, query, k)
+        retrieval_ms = (time.perf_counter() - started) * 1e3
+        yield retrieval_pb2.RetrieveAndGenerateResponse(chunks=retrieval_pb2.ChunksUsed(hits=[hit_message(h) for h in hits]))
+        prompt = await self.offload.model(runtime.rag_prompt, hits, request.question)
+        tokens = runtime.generate(prompt, max_new)
+        first_token_ms = 0.0
+        generated = 0
+        try:
+            while (token := await self.offload.model(next, tokens, None)) is not None:
+                if generated == 0:
+                    first_token_ms = (time.perf_counter() - started) * 1e3
+                    decode_started = time.perf_counter()
+                generated += 1
+                yield retrieval_pb2.RetrieveAndGenerateResponse(
+                    token=retrieval_pb2.TokenDelta(token_id=token.token_id, text=token.text)
+                )
+        finally:
+            await self.offload.model(tokens.close)
+        total_ms = (time.perf_counter() - started) * 1e3
+        decode_s = time.perf_counter() - decode_started if generated > 1 else 0.0
+        yield retrieval_pb2.RetrieveAndGenerateResponse(
+            stats=retrieval_pb2.GenerationStats(
+                retrieval_ms=retrieval_ms,
+                time_to_first_token_ms=first_token_ms,
+                prompt_tokens=len(prompt),
+                tokens_generated=generated,
+                tokens_per_s=(generated - 1) / decode_s if decode_s > 0 else 0.0,
+                total_ms=total_ms,
+                mode=retrieval_pb2.GENERATION_MODE_FULL_PREFILL,
+            )
+        )
+
+    async def _query_vector(self, request):
+        if bool(request.query_text) == bool(request.query_vector):
+            raise InvalidArgument("query: give exactly one of query_text and query_vector")
+        if request.query_vector:
+            return vector_from(request.query_vector, self.runtime.store.dim, "query_vector")
+        return await self.offload.model(self.runtime.embed_query, request.query_text)
+
+
+class KVCacheServicer(_Servicer, kv_cache_pb2_grpc.KVCacheServicer):
+    async def Fetch(self, request, context) -> AsyncIterator[kv_cache_pb2.FetchResponse]:
+        """Each blob in pieces of at most 3 MiB, so messages stay under the 4 MiB limit."""
+        tenant = current_caller().tenant
+        ids = list(request.chunk_ids)
+        if not 1 <= len(ids) <= MAX_FETCH_IDS:
+            raise InvalidArgument(f"chunk_ids: give 1 to {MAX_FETCH_IDS} ids, got {len(ids)}")
+        for chunk_id in await self.offload.io(self.runtime.kv_chunk_ids, tenant, ids):
+            codec, blob = await self.offload.io(self.runtime.read_kv, chunk_id)
+            for offset in range(0, len(blob), KV_PIECE_BYTES):
+                piece = blob[offset : offset + KV_PIECE_BYTES]
+                yield kv_cache_pb2.FetchResponse(
+                    chunk_id=chunk_id,
+                    codec=codec,
+                    total_bytes=len(blob),
+                    offset=offset,
+                    data=piece,
+                    last=offset + len(piece) == len(blob),
+                )

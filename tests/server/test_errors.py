@@ -1,0 +1,119 @@
+"""Bad input gets the precise status with a message naming the field, and the server keeps serving."""
+
+import grpc
+import numpy as np
+import pytest
+
+from protos.tenantkv.v1 import ingest_pb2, ingest_pb2_grpc, retrieval_pb2
+from server.client import Client, DocumentText
+from tests.server.conftest import unit_vectors, vector_documents
+
+CODE = grpc.StatusCode
+
+
+def expect(code: grpc.StatusCode, call, *args, match: str = "", **kwargs) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        result = call(*args, **kwargs)
+        if hasattr(result, "__iter__") and not isinstance(result, (list, dict)):
+            list(result)
+    assert err.value.code() == code, err.value.details()
+    assert match in err.value.details()
+
+
+@pytest.fixture
+def loaded(alice, bob):
+    alice.client.upsert([vector_documents("a", unit_vectors(3, seed=21))])
+    bob.client.upsert([vector_documents("b", unit_vectors(3, seed=22))])
+    return alice, bob
+
+
+def test_search_arguments(loaded) -> None:
+    alice, _ = loaded
+    good = unit_vectors(1, seed=23)[0]
+    expect(CODE.INVALID_ARGUMENT, alice.client.search, good[:100], match="query_vector")
+    expect(CODE.INVALID_ARGUMENT, alice.client.search, np.full(384, np.nan, np.float32), match="query_vector")
+    expect(CODE.INVALID_ARGUMENT, alice.client.search, np.full(384, np.inf, np.float32), match="finite")
+    expect(CODE.INVALID_ARGUMENT, alice.client.search, "   ", match="query_text")
+    expect(CODE.INVALID_ARGUMENT, alice.client.search, good, k=0, match="k")
+    expect(CODE.INVALID_ARGUMENT, alice.client.search, good, k=-3, match="k")
+    expect(CODE.INVALID_ARGUMENT, alice.client.search, good, k=10**9, match="k")
+    both = retrieval_pb2.SearchRequest(query_text="x", query_vector=good.tolist(), k=1)
+    expect(CODE.INVALID_ARGUMENT, alice.client._call, alice.client.retrieval.Search, both, match="exactly one")
+    assert len(alice.client.search(good, k=2).hits) == 2  # still serving
+
+
+def test_upsert_arguments(alice) -> None:
+    vector = unit_vectors(1, seed=24)[0]
+    cases = [
+        ([DocumentText("x", chunks=["t"], vectors=[vector[:5]])], "documents[0].chunks[0].vector"),
+        ([DocumentText("x", chunks=["t"], vectors=[np.full(384, np.nan, np.float32)])], "finite"),
+        ([DocumentText("x", text="")], "documents[0]"),
+        ([DocumentText("x", chunks=[" "])], "documents[0].chunks[0].text"),
+        ([DocumentText("x", text="a"), DocumentText("x", text="b")], "twice"),
+        ([DocumentText("", text="no id")], "external_id"),
+        ([DocumentText("bad\nid", text="control characters")], "external_id"),
+        ([DocumentText("x", text="big", metadata={"blob": "x" * 40_000})], "metadata"),
+    ]
+    for batch, field in cases:
+        expect(CODE.INVALID_ARGUMENT, alice.client.upsert, [batch], match=field)
+    expect(CODE.INVALID_ARGUMENT, alice.client.upsert, [[]], match="documents")
+    too_many = [DocumentText(f"d{i}", chunks=["t"], vectors=[vector]) for i in range(1001)]
+    expect(CODE.INVALID_ARGUMENT, alice.client.upsert, [too_many], match="at most 1000")
+    assert alice.client.upsert([vector_documents("ok", unit_vectors(1, seed=25))]).chunks == 1
+
+
+def test_too_large_message_is_resource_exhausted(server, alice) -> None:
+    """The server's own 4 MiB limit, from a client whose send limit is higher."""
+    huge = ingest_pb2.UpsertRequest(documents=[DocumentText("huge", text="word " * (1 << 20)).message()])
+    with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 16 << 20)]) as channel:
+        stub = ingest_pb2_grpc.IngestStub(channel)
+        expect(CODE.RESOURCE_EXHAUSTED, stub.Upsert, iter([huge]), metadata=alice.client._metadata)
+    assert alice.client.upsert([vector_documents("ok", unit_vectors(1, seed=26))]).chunks == 1
+
+
+def test_credentials(server, loaded, admin) -> None:
+    alice, _ = loaded
+    vector = unit_vectors(1, seed=27)[0]
+    with Client(server.address, "") as anonymous:
+        expect(CODE.UNAUTHENTICATED, anonymous.search, vector, match="authorization")
+    with Client(server.address, "tkv_nonsense") as wrong:
+        expect(CODE.UNAUTHENTICATED, wrong.search, vector)
+        expect(CODE.UNAUTHENTICATED, wrong.list_tenants)
+    expect(CODE.PERMISSION_DENIED, alice.client.list_tenants, match="admin")
+    expect(CODE.PERMISSION_DENIED, alice.client.create_tenant, "mallory")
+    expect(CODE.PERMISSION_DENIED, admin.search, vector, match="tenant")
+    assert len(alice.client.search(vector, k=1).hits) == 1
+
+
+def test_admin_arguments(loaded, admin) -> None:
+    expect(CODE.INVALID_ARGUMENT, admin.create_tenant, "Not Valid!", match="tenant")
+    expect(CODE.INVALID_ARGUMENT, admin.create_tenant, "", match="tenant")
+    expect(CODE.ALREADY_EXISTS, admin.create_tenant, "alice")
+    expect(CODE.NOT_FOUND, admin.get_tenant, "nobody")
+    expect(CODE.NOT_FOUND, admin.delete_tenant, "nobody")
+    expect(CODE.NOT_FOUND, admin.create_api_key, "nobody")
+    expect(CODE.NOT_FOUND, admin.revoke_api_key, "0123456789abcdef")
+    expect(CODE.NOT_FOUND, admin.grant, "alice", ["no-such-doc"], "bob")
+    expect(CODE.NOT_FOUND, admin.grant, "alice", ["b-0"], "bob", match="b-0")  # bob's document, named as alice's
+    expect(CODE.NOT_FOUND, admin.grant, "alice", ["a-0"], "nobody")
+    assert admin.get_tenant("alice").stats.chunks == 3
+
+
+def test_other_tenants_objects_are_not_found(loaded) -> None:
+    alice, bob = loaded
+    bob_ids = [h.chunk_id for h in bob.client.search(unit_vectors(1, seed=22)[0], k=3).hits]
+    expect(CODE.NOT_FOUND, alice.client.fetch_kv, bob_ids[:1], match="chunk")
+    expect(CODE.INVALID_ARGUMENT, alice.client.fetch_kv, [], match="chunk_ids")
+    expect(CODE.INVALID_ARGUMENT, alice.client.fetch_kv, list(range(1, 300)), match="chunk_ids")
+    assert alice.client.delete(["b-0"]) == 0  # bob's id means nothing in alice's namespace
+    assert len(bob.client.search(unit_vectors(1, seed=22)[0], k=3).hits) == 3
+
+
+def test_generation_arguments(loaded) -> None:
+    alice, _ = loaded
+    expect(CODE.INVALID_ARGUMENT, alice.client.ask, "", match="question")
+    expect(CODE.INVALID_ARGUMENT, alice.client.ask, "q?", k=-1, match="k")
+    expect(CODE.INVALID_ARGUMENT, alice.client.ask, "q?", k=100, match="k")
+    expect(CODE.INVALID_ARGUMENT, alice.client.ask, "q?", max_new_tokens=100_000, match="max_new_tokens")
+    bad_mode = retrieval_pb2.RetrieveAndGenerateRequest(question="q?", mode=99)
+    expect(CODE.INVALID_ARGUMENT, alice.client._call, alice.client.retrieval.RetrieveAndGenerate, bad_mode, match="mode")

@@ -1,0 +1,103 @@
+"""The store's record types: what goes in and what comes out of `Store`."""
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class TenantState(enum.Enum):
+    ACTIVE = 1
+    SUSPENDED = 2
+    DELETING = 3
+
+
+class KeyScope(enum.Enum):
+    ADMIN = 1
+    TENANT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    name: str
+    number: int  # uint32 the index uses; never reused
+    state: TenantState
+    created_unix_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TenantStats:
+    documents: int
+    chunks: int
+    granted_chunks: int  # chunks of other tenants this tenant may read
+    text_bytes: int
+    vector_bytes: int
+    kv_bytes: int
+    api_keys: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    key_id: str
+    scope: KeyScope
+    tenant: str | None
+    rights: frozenset[str]  # subset of {"read", "write"}
+    created_unix_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkInput:
+    text: str
+    token_ids: np.ndarray  # int32 [n]
+    vector: np.ndarray  # float32 [dim]
+    kv_blob: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentInput:
+    external_id: str
+    metadata: dict
+    chunks: list[ChunkInput]
+
+
+@dataclass(frozen=True, slots=True)
+class KVRef:
+    segment: int
+    offset: int
+    length: int
+    crc32: int
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    chunk_id: int
+    owner: str
+    external_id: str
+    index: int  # position within its document
+    text: str
+    token_ids: np.ndarray  # int32 [n]
+    metadata: dict
+    readers: frozenset[str]  # owner plus granted tenants
+    has_kv: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertResult:
+    added: np.ndarray  # int64 chunk ids, in input order (documents, then chunks)
+    removed: np.ndarray  # int64 chunk ids of the documents replaced
+    documents: int
+
+
+@dataclass(frozen=True, slots=True)
+class TenantDeletion:
+    removed_chunk_ids: np.ndarray  # int64: the tenant's own chunks
+    revoked: list[tuple[int, str]]  # (chunk id, tenant): grants of others' chunks to it that were dropped
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntries:
+    """A batch for rebuilding an index: each chunk's vector and the tenant numbers that may read it, owner first."""
+
+    ids: np.ndarray  # int64 [n]
+    vectors: np.ndarray  # float32 [n, dim]
+    readers: list[list[int]]

@@ -1,0 +1,605 @@
+"""The durable store: one LMDB environment for tenants, keys, chunks and vectors; KV blobs in segments.
+
+Writes follow one rule: payload first, then the record that points to it, in one LMDB
+transaction, and the caller is told only after the commit. LMDB named databases:
+
+    meta       b"schema", b"dim", b"next_chunk", b"next_tenant"
+    tenants    name -> JSON {number, state, created, documents, chunks, text_bytes, kv_bytes, api_keys}
+    keys       key_id -> JSON {sha256, scope, tenant, rights, created}    (never the secret)
+    docs       owner number (u32) | external id -> JSON {chunks: [ids], grantees: [names]}
+    chunks     chunk id (u64) -> JSON {owner, external_id, index, text, metadata, readers, kv}
+    tokens     chunk id -> int32 token ids
+    vectors    chunk id -> float32 [dim]
+    readable   reader number (u32) | chunk id (u64) -> b""   (what a tenant may read: own and granted)
+    kvblobs    SHA-256(model fingerprint | token ids | salt) -> JSON {segment, offset, length, crc32, refs}
+
+The KV salt is the owner tenant, so identical chunks of one tenant share a blob and nothing is
+shared across tenants (no cross-tenant timing signal).
+"""
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import struct
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence, TypeVar
+
+import lmdb
+import numpy as np
+
+from store.config import StoreConfig
+from store.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from store.records import (
+    ApiKey,
+    Chunk,
+    DocumentInput,
+    IndexEntries,
+    KeyScope,
+    KVRef,
+    Tenant,
+    TenantDeletion,
+    TenantState,
+    TenantStats,
+    UpsertResult,
+)
+from store.segments import SegmentLog
+
+SCHEMA_VERSION = 1
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+EXTERNAL_ID = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,254}[\x21-\x7e])?")
+KEY_ID_HEX = 16
+MAX_METADATA_BYTES = 16 << 10
+RIGHTS = frozenset({"read", "write"})
+U32 = struct.Struct(">I")
+U64 = struct.Struct(">Q")
+DB_NAMES = ("meta", "tenants", "keys", "docs", "chunks", "tokens", "vectors", "readable", "kvblobs")
+
+T = TypeVar("T")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _dumps(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _check_tenant_name(name: str, field: str = "tenant_id") -> str:
+    if not isinstance(name, str) or not TENANT_NAME.fullmatch(name):
+        raise InvalidArgument(f"{field}: {name!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+    return name
+
+
+def _check_external_id(external_id: str, field: str = "external_id") -> str:
+    if not isinstance(external_id, str) or not EXTERNAL_ID.fullmatch(external_id):
+        raise InvalidArgument(f"{field}: {external_id!r} must be 1 to 256 printable ASCII characters, no edge spaces")
+    return external_id
+
+
+class _ResizeGuard:
+    """Many transactions at once, or one map resize alone (LMDB forbids resizing under open transactions)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._resizing = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            while self._active:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class Store:
+    def __init__(self, config: StoreConfig) -> None:
+        if config.dim <= 0:
+            raise InvalidArgument(f"dim: must be positive, got {config.dim}")
+        config.path.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self._env = lmdb.open(
+            str(config.path / "lmdb"),
+            map_size=config.map_size,
+            max_dbs=len(DB_NAMES) + 2,
+            sync=config.sync,
+            subdir=True,
+            max_readers=512,
+        )
+        self._env.reader_check()
+        self._db = {name: self._env.open_db(name.encode()) for name in DB_NAMES}
+        self._guard = _ResizeGuard()
+        self._write_lock = threading.Lock()
+        self._segments = SegmentLog(config.path / "segments", config.max_segment_bytes, config.sync)
+        self.dim = self._init_schema(config.dim)
+
+    def _init_schema(self, dim: int) -> int:
+        def init(txn: lmdb.Transaction) -> int:
+            meta = self._db["meta"]
+            stored = txn.get(b"dim", db=meta)
+            if stored is None:
+                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=meta)
+                txn.put(b"dim", str(dim).encode(), db=meta)
+                return dim
+            schema = int(txn.get(b"schema", db=meta))
+            if schema != SCHEMA_VERSION:
+                raise FailedPrecondition(f"store schema {schema} is not {SCHEMA_VERSION}")
+            if int(stored) != dim:
+                raise FailedPrecondition(f"dim: the store holds {int(stored)}-d vectors, not {dim}-d")
+            return dim
+
+        return self._write(init)
+
+    def close(self) -> None:
+        self._segments.close()
+        self._env.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- transactions
+
+    def _read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        with self._guard.shared(), self._env.begin() as txn:
+            return fn(txn)
+
+    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run `fn` in one write transaction, doubling the map and retrying when it is full."""
+        with self._write_lock:
+            return self._write_locked(fn)
+
+    def _write_locked(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """`_write` for a caller that holds the write lock already."""
+        while True:
+            try:
+                with self._guard.shared(), self._env.begin(write=True) as txn:
+                    return fn(txn)
+            except lmdb.MapFullError:
+                with self._guard.exclusive():
+                    self._env.set_mapsize(self._env.info()["map_size"] * 2)
+
+    # ---- tenants
+
+    def _tenant_record(self, txn: lmdb.Transaction, name: str, field: str = "tenant_id") -> dict:
+        raw = txn.get(_check_tenant_name(name, field).encode(), db=self._db["tenants"])
+        if raw is None:
+            raise NotFound(f"{field}: tenant {name!r} not found")
+        return json.loads(raw)
+
+    def _put_tenant(self, txn: lmdb.Transaction, name: str, record: dict) -> None:
+        txn.put(name.encode(), _dumps(record), db=self._db["tenants"])
+
+    @staticmethod
+    def _tenant(name: str, record: dict) -> Tenant:
+        return Tenant(name, record["number"], TenantState(record["state"]), record["created"])
+
+    def create_tenant(self, name: str) -> Tenant:
+        _check_tenant_name(name)
+
+        def create(txn: lmdb.Transaction) -> Tenant:
+            if txn.get(name.encode(), db=self._db["tenants"]) is not None:
+                raise AlreadyExists(f"tenant_id: tenant {name!r} exists already")
+            number = int(txn.get(b"next_tenant", b"1", db=self._db["meta"]))
+            txn.put(b"next_tenant", str(number + 1).encode(), db=self._db["meta"])
+            record = dict(number=number, state=TenantState.ACTIVE.value, created=_now_ms(), documents=0, chunks=0, text_bytes=0, kv_bytes=0, api_keys=0)
+            self._put_tenant(txn, name, record)
+            return self._tenant(name, record)
+
+        return self._write(create)
+
+    def get_tenant(self, name: str) -> Tenant:
+        return self._tenant(name, self._read(lambda txn: self._tenant_record(txn, name)))
+
+    def list_tenants(self) -> list[Tenant]:
+        def scan(txn: lmdb.Transaction) -> list[Tenant]:
+            return [self._tenant(k.decode(), json.loads(v)) for k, v in txn.cursor(db=self._db["tenants"])]
+
+        return self._read(scan)
+
+    def tenant_stats(self, name: str) -> TenantStats:
+        def stats(txn: lmdb.Transaction) -> TenantStats:
+            record = self._tenant_record(txn, name)
+            readable = sum(1 for _ in self._prefix_keys(txn, "readable", U32.pack(record["number"])))
+            return TenantStats(
+                documents=record["documents"],
+                chunks=record["chunks"],
+                granted_chunks=readable - record["chunks"],
+                text_bytes=record["text_bytes"],
+                vector_bytes=record["chunks"] * self.dim * 4,
+                kv_bytes=record["kv_bytes"],
+                api_keys=record["api_keys"],
+            )
+
+        return self._read(stats)
+
+    def delete_tenant(self, name: str) -> TenantDeletion:
+        """Everything of the tenant, both directions of grants and its keys, in one durable transaction."""
+
+        def delete(txn: lmdb.Transaction) -> TenantDeletion:
+            record = self._tenant_record(txn, name)
+            prefix = U32.pack(record["number"])
+            removed: list[int] = []
+            for key in list(self._prefix_keys(txn, "docs", prefix)):
+                removed.extend(self._remove_document(txn, key))
+            revoked = []
+            for key in list(self._prefix_keys(txn, "readable", prefix)):
+                chunk_id = U64.unpack(key[4:])[0]
+                chunk = self._chunk_record(txn, chunk_id)
+                doc_key = self._doc_key(self._tenant_record(txn, chunk["owner"])["number"], chunk["external_id"])
+                self._set_grant(txn, doc_key, name, record["number"], grant=False)
+                revoked.append((chunk_id, name))
+            for key_id, raw in list(txn.cursor(db=self._db["keys"])):
+                if json.loads(raw)["tenant"] == name:
+                    txn.delete(key_id, db=self._db["keys"])
+            txn.delete(name.encode(), db=self._db["tenants"])
+            return TenantDeletion(np.array(removed, dtype=np.int64), sorted(set(revoked)))
+
+        return self._write(delete)
+
+    # ---- API keys
+
+    def create_api_key(self, scope: KeyScope, tenant: str | None, rights: frozenset[str]) -> tuple[ApiKey, str]:
+        if not rights or not rights <= RIGHTS:
+            raise InvalidArgument(f"rights: a non-empty subset of {sorted(RIGHTS)}")
+        if (scope is KeyScope.TENANT) != (tenant is not None):
+            raise InvalidArgument("tenant_id: required for tenant keys and absent for admin keys")
+        key_id = secrets.token_hex(KEY_ID_HEX // 2)
+        secret = secrets.token_urlsafe(32)
+        key = ApiKey(key_id, scope, tenant, frozenset(rights), _now_ms())
+
+        def create(txn: lmdb.Transaction) -> None:
+            if tenant is not None:
+                record = self._tenant_record(txn, tenant)
+                record["api_keys"] += 1
+                self._put_tenant(txn, tenant, record)
+            digest = hashlib.sha256(secret.encode()).hexdigest()
+            value = dict(sha256=digest, scope=scope.value, tenant=tenant, rights=sorted(rights), created=key.created_unix_ms)
+            txn.put(key_id.encode(), _dumps(value), db=self._db["keys"])
+
+        self._write(create)
+        return key, f"tkv_{key_id}_{secret}"
+
+    def authenticate(self, token: str) -> ApiKey:
+        """The key a bearer token names, checked in constant time; Unauthenticated otherwise."""
+        key_id, secret = token[4 : 4 + KEY_ID_HEX], token[5 + KEY_ID_HEX :]
+        if not token.startswith("tkv_") or token[4 + KEY_ID_HEX : 5 + KEY_ID_HEX] != "_" or not secret:
+            raise Unauthenticated("malformed API key")
+        raw = self._read(lambda txn: txn.get(key_id.encode(), db=self._db["keys"]))
+        record = json.loads(raw) if raw is not None else None
+        expected = bytes.fromhex(record["sha256"]) if record else bytes(32)
+        if not hmac.compare_digest(hashlib.sha256(secret.encode()).digest(), expected) or record is None:
+            raise Unauthenticated("unknown or revoked API key")
+        return ApiKey(key_id, KeyScope(record["scope"]), record["tenant"], frozenset(record["rights"]), record["created"])
+
+    def revoke_api_key(self, key_id: str) -> None:
+        def revoke(txn: lmdb.Transaction) -> None:
+            raw = txn.get(key_id.encode(), db=self._db["keys"]) if key_id else None
+            if raw is None:
+                raise NotFound(f"key_id: key {key_id!r} not found")
+            tenant = json.loads(raw)["tenant"]
+            if tenant is not None:
+                record = self._tenant_record(txn, tenant)
+                record["api_keys"] -= 1
+                self._put_tenant(txn, tenant, record)
+            txn.delete(key_id.encode(), db=self._db["keys"])
+
+        self._write(revoke)
+
+    # ---- documents and chunks
+
+    @staticmethod
+    def _doc_key(owner_number: int, external_id: str) -> bytes:
+        return U32.pack(owner_number) + external_id.encode()
+
+    def _chunk_record(self, txn: lmdb.Transaction, chunk_id: int) -> dict:
+        return json.loads(txn.get(U64.pack(chunk_id), db=self._db["chunks"]))
+
+    def _prefix_keys(self, txn: lmdb.Transaction, db: str, prefix: bytes) -> Iterator[bytes]:
+        cursor = txn.cursor(db=self._db[db])
+        if not cursor.set_range(prefix):
+            return
+        for key in cursor.iternext(keys=True, values=False):
+            if not key.startswith(prefix):
+                return
+            yield key
+
+    def _validate(self, documents: list[DocumentInput]) -> None:
+        if not documents:
+            raise InvalidArgument("documents: a batch needs at least one document")
+        seen = set()
+        for i, doc in enumerate(documents):
+            _check_external_id(doc.external_id, f"documents[{i}].external_id")
+            if doc.external_id in seen:
+                raise InvalidArgument(f"documents[{i}].external_id: {doc.external_id!r} appears twice in one batch")
+            seen.add(doc.external_id)
+            if not isinstance(doc.metadata, dict):
+                raise InvalidArgument(f"documents[{i}].metadata: must be a JSON object")
+            if len(_dumps(doc.metadata)) > MAX_METADATA_BYTES:
+                raise InvalidArgument(f"documents[{i}].metadata: more than {MAX_METADATA_BYTES} bytes as JSON")
+            if not doc.chunks:
+                raise InvalidArgument(f"documents[{i}].chunks: a document needs at least one chunk")
+            for j, chunk in enumerate(doc.chunks):
+                field = f"documents[{i}].chunks[{j}]"
+                vector = chunk.vector
+                if not isinstance(vector, np.ndarray) or vector.dtype != np.float32 or vector.shape != (self.dim,):
+                    raise InvalidArgument(f"{field}.vector: must be float32 [{self.dim}]")
+                if not np.isfinite(vector).all():
+                    raise InvalidArgument(f"{field}.vector: values must be finite")
+                if not isinstance(chunk.token_ids, np.ndarray) or chunk.token_ids.ndim != 1:
+                    raise InvalidArgument(f"{field}.token_ids: must be a 1-d integer array")
+
+    def upsert(self, tenant: str, documents: list[DocumentInput], kv_fingerprint: str = "") -> UpsertResult:
+        """Insert or replace documents in one transaction; their KV blobs are durable before it commits.
+
+        A replaced document keeps its grants: its new chunks are readable by the same tenants.
+        """
+        self._validate(documents)
+        kv_keys = [
+            [self._kv_key(kv_fingerprint, c.token_ids, tenant) if c.kv_blob is not None else None for c in d.chunks]
+            for d in documents
+        ]
+        with self._write_lock:
+            known = self._read(lambda txn: {k for keys in kv_keys for k in keys if k and txn.get(k, db=self._db["kvblobs"])})
+            fresh = {k: c.kv_blob for d, keys in zip(documents, kv_keys) for c, k in zip(d.chunks, keys) if k and k not in known}
+            refs = dict(zip(fresh, self._segments.append(list(fresh.values()))))
+            return self._write_locked(lambda txn: self._upsert(txn, tenant, documents, kv_keys, refs))
+
+    def _upsert(self, txn, tenant: str, documents: list[DocumentInput], kv_keys, refs: dict[bytes, KVRef]) -> UpsertResult:
+        record = self._tenant_record(txn, tenant)
+        number = record["number"]
+        next_chunk = int(txn.get(b"next_chunk", b"1", db=self._db["meta"]))
+        added, removed = [], []
+        for doc, keys in zip(documents, kv_keys):
+            doc_key = self._doc_key(number, doc.external_id)
+            old = txn.get(doc_key, db=self._db["docs"])
+            grantees = json.loads(old)["grantees"] if old else []
+            if old:
+                removed.extend(self._remove_document(txn, doc_key))
+            readers = [tenant, *grantees]
+            reader_numbers = [number, *(self._tenant_record(txn, g)["number"] for g in grantees)]
+            ids = []
+            for index, (chunk, kv_key) in enumerate(zip(doc.chunks, keys)):
+                chunk_id = next_chunk
+                next_chunk += 1
+                ids.append(chunk_id)
+                if kv_key is not None:
+                    self._ref_blob(txn, kv_key, refs.get(kv_key), tenant)
+                value = dict(
+                    owner=tenant, external_id=doc.external_id, index=index, text=chunk.text,
+                    metadata=doc.metadata, readers=readers, kv=kv_key.hex() if kv_key else None,
+                )
+                key = U64.pack(chunk_id)
+                txn.put(key, _dumps(value), db=self._db["chunks"])
+                txn.put(key, np.asarray(chunk.token_ids, dtype=np.int32).tobytes(), db=self._db["tokens"])
+                txn.put(key, chunk.vector.tobytes(), db=self._db["vectors"])
+                for reader in reader_numbers:
+                    txn.put(U32.pack(reader) + key, b"", db=self._db["readable"])
+            txn.put(doc_key, _dumps(dict(chunks=ids, grantees=grantees)), db=self._db["docs"])
+            added.extend(ids)
+            record = self._tenant_record(txn, tenant)
+            record["documents"] += 1
+            record["chunks"] += len(ids)
+            record["text_bytes"] += sum(len(c.text.encode()) for c in doc.chunks)
+            self._put_tenant(txn, tenant, record)
+        txn.put(b"next_chunk", str(next_chunk).encode(), db=self._db["meta"])
+        return UpsertResult(np.array(added, dtype=np.int64), np.array(removed, dtype=np.int64), len(documents))
+
+    @staticmethod
+    def _kv_key(fingerprint: str, token_ids: np.ndarray, salt: str) -> bytes:
+        digest = hashlib.sha256(fingerprint.encode() + b"\0")
+        digest.update(np.asarray(token_ids, dtype=np.int32).tobytes())
+        digest.update(b"\0" + salt.encode())
+        return digest.digest()
+
+    def _ref_blob(self, txn, kv_key: bytes, ref: KVRef | None, owner: str) -> None:
+        raw = txn.get(kv_key, db=self._db["kvblobs"])
+        if raw is not None:
+            blob = json.loads(raw)
+            blob["refs"] += 1
+        else:
+            blob = dict(segment=ref.segment, offset=ref.offset, length=ref.length, crc32=ref.crc32, refs=1)
+            record = self._tenant_record(txn, owner)
+            record["kv_bytes"] += ref.length
+            self._put_tenant(txn, owner, record)
+        txn.put(kv_key, _dumps(blob), db=self._db["kvblobs"])
+
+    def _unref_blob(self, txn, kv_key: bytes, owner: str) -> None:
+        blob = json.loads(txn.get(kv_key, db=self._db["kvblobs"]))
+        blob["refs"] -= 1
+        if blob["refs"] > 0:
+            txn.put(kv_key, _dumps(blob), db=self._db["kvblobs"])
+            return
+        txn.delete(kv_key, db=self._db["kvblobs"])
+        record = self._tenant_record(txn, owner)
+        record["kv_bytes"] -= blob["length"]
+        self._put_tenant(txn, owner, record)
+
+    def _remove_document(self, txn, doc_key: bytes) -> list[int]:
+        """Delete a document's chunks, their vectors, tokens, reader entries and blob references."""
+        doc = json.loads(txn.get(doc_key, db=self._db["docs"]))
+        text_bytes = 0
+        owner = None
+        for chunk_id in doc["chunks"]:
+            key = U64.pack(chunk_id)
+            chunk = self._chunk_record(txn, chunk_id)
+            owner = chunk["owner"]
+            text_bytes += len(chunk["text"].encode())
+            for reader in chunk["readers"]:
+                reader_record = txn.get(reader.encode(), db=self._db["tenants"])
+                if reader_record is not None:
+                    txn.delete(U32.pack(json.loads(reader_record)["number"]) + key, db=self._db["readable"])
+            if chunk["kv"]:
+                self._unref_blob(txn, bytes.fromhex(chunk["kv"]), owner)
+            for db in ("chunks", "tokens", "vectors"):
+                txn.delete(key, db=self._db[db])
+        txn.delete(doc_key, db=self._db["docs"])
+        if owner is not None:
+            record = self._tenant_record(txn, owner)
+            record["documents"] -= 1
+            record["chunks"] -= len(doc["chunks"])
+            record["text_bytes"] -= text_bytes
+            self._put_tenant(txn, owner, record)
+        return doc["chunks"]
+
+    def delete_documents(self, tenant: str, external_ids: list[str]) -> np.ndarray:
+        """Remove the tenant's documents; ids it does not own are ignored (deletion is idempotent)."""
+        for i, external_id in enumerate(external_ids):
+            _check_external_id(external_id, f"external_ids[{i}]")
+
+        def delete(txn: lmdb.Transaction) -> np.ndarray:
+            number = self._tenant_record(txn, tenant)["number"]
+            removed = []
+            for external_id in external_ids:
+                doc_key = self._doc_key(number, external_id)
+                if txn.get(doc_key, db=self._db["docs"]) is not None:
+                    removed.extend(self._remove_document(txn, doc_key))
+            return np.array(removed, dtype=np.int64)
+
+        return self._write(delete)
+
+    def _owned_doc_keys(self, txn, tenant: str, external_ids: list[str]) -> list[bytes]:
+        number = self._tenant_record(txn, tenant, "owner_tenant_id")["number"]
+        keys = []
+        for i, external_id in enumerate(external_ids):
+            key = self._doc_key(number, _check_external_id(external_id, f"external_ids[{i}]"))
+            if txn.get(key, db=self._db["docs"]) is None:
+                raise NotFound(f"external_ids: document {external_id!r} of tenant {tenant!r} not found")
+            keys.append(key)
+        return keys
+
+    def document_chunk_ids(self, tenant: str, external_ids: list[str]) -> np.ndarray:
+        def ids(txn: lmdb.Transaction) -> np.ndarray:
+            keys = self._owned_doc_keys(txn, tenant, external_ids)
+            return np.array([c for k in keys for c in json.loads(txn.get(k, db=self._db["docs"]))["chunks"]], dtype=np.int64)
+
+        return self._read(ids)
+
+    def _set_grant(self, txn, doc_key: bytes, grantee: str, grantee_number: int, grant: bool) -> list[int]:
+        """Add or drop `grantee` as a reader of every chunk of a document; returns the chunks changed."""
+        doc = json.loads(txn.get(doc_key, db=self._db["docs"]))
+        if (grantee in doc["grantees"]) == grant:
+            return []
+        doc["grantees"] = sorted(set(doc["grantees"]) | {grantee}) if grant else [g for g in doc["grantees"] if g != grantee]
+        txn.put(doc_key, _dumps(doc), db=self._db["docs"])
+        for chunk_id in doc["chunks"]:
+            key = U64.pack(chunk_id)
+            chunk = self._chunk_record(txn, chunk_id)
+            chunk["readers"] = [chunk["readers"][0], *doc["grantees"]]
+            txn.put(key, _dumps(chunk), db=self._db["chunks"])
+            if grant:
+                txn.put(U32.pack(grantee_number) + key, b"", db=self._db["readable"])
+            else:
+                txn.delete(U32.pack(grantee_number) + key, db=self._db["readable"])
+        return doc["chunks"]
+
+    def _change_grants(self, owner: str, external_ids: list[str], grantee: str, grant: bool) -> np.ndarray:
+        def change(txn: lmdb.Transaction) -> np.ndarray:
+            grantee_number = self._tenant_record(txn, grantee, "grantee_tenant_id")["number"]
+            if grantee == owner:
+                raise InvalidArgument("grantee_tenant_id: the owner reads its own documents already")
+            changed = []
+            for doc_key in self._owned_doc_keys(txn, owner, external_ids):
+                changed.extend(self._set_grant(txn, doc_key, grantee, grantee_number, grant))
+            return np.array(changed, dtype=np.int64)
+
+        return self._write(change)
+
+    def grant(self, owner: str, external_ids: list[str], grantee: str) -> np.ndarray:
+        """Let `grantee` read every chunk of the owner's documents; returns the chunk ids newly granted."""
+        return self._change_grants(owner, external_ids, grantee, grant=True)
+
+    def revoke(self, owner: str, external_ids: list[str], grantee: str) -> np.ndarray:
+        """Undo `grant`; returns the chunk ids whose grant was dropped."""
+        return self._change_grants(owner, external_ids, grantee, grant=False)
+
+    def readable_chunks(self, tenant: str, chunk_ids: Sequence[int]) -> list[Chunk]:
+        """The chunks among `chunk_ids` that `tenant` may read, in the order asked."""
+
+        def read(txn: lmdb.Transaction) -> list[Chunk]:
+            prefix = U32.pack(self._tenant_record(txn, tenant)["number"])
+            chunks = []
+            for chunk_id in chunk_ids:
+                chunk_id = int(chunk_id)
+                if not 0 < chunk_id < 1 << 64 or txn.get(prefix + U64.pack(chunk_id), db=self._db["readable"]) is None:
+                    continue
+                record = self._chunk_record(txn, chunk_id)
+                tokens = np.frombuffer(txn.get(U64.pack(chunk_id), db=self._db["tokens"]), dtype=np.int32).copy()
+                chunks.append(
+                    Chunk(
+                        chunk_id=chunk_id, owner=record["owner"], external_id=record["external_id"], index=record["index"],
+                        text=record["text"], token_ids=tokens, metadata=record["metadata"],
+                        readers=frozenset(record["readers"]), has_kv=record["kv"] is not None,
+                    )
+                )
+            return chunks
+
+        return self._read(read)
+
+    def read_kv(self, chunk_id: int) -> bytes | None:
+        """A chunk's KV blob, None if it has none; Corrupted if its bytes fail the checksum."""
+
+        def locate(txn: lmdb.Transaction) -> KVRef | None:
+            raw = txn.get(U64.pack(chunk_id), db=self._db["chunks"])
+            kv = json.loads(raw)["kv"] if raw is not None else None
+            if kv is None:
+                return None
+            blob = json.loads(txn.get(bytes.fromhex(kv), db=self._db["kvblobs"]))
+            return KVRef(blob["segment"], blob["offset"], blob["length"], blob["crc32"])
+
+        ref = self._read(locate)
+        return None if ref is None else self._segments.read(ref)
+
+    def iter_index_entries(self, batch: int = 4096) -> Iterator[IndexEntries]:
+        """Every chunk's vector and reader tenant numbers (owner first), in chunk id order."""
+        numbers = {t.name: t.number for t in self.list_tenants()}
+        after = 0
+        while True:
+            def read(txn: lmdb.Transaction) -> list[tuple[int, bytes, list[str]]]:
+                cursor = txn.cursor(db=self._db["chunks"])
+                rows = []
+                if cursor.set_range(U64.pack(after + 1)):
+                    for key, value in cursor:
+                        chunk_id = U64.unpack(key)[0]
+                        rows.append((chunk_id, txn.get(key, db=self._db["vectors"]), json.loads(value)["readers"]))
+                        if len(rows) == batch:
+                            break
+                return rows
+
+            rows = self._read(read)
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield IndexEntries(
+                ids=np.array([r[0] for r in rows], dtype=np.int64),
+                vectors=np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim),
+                readers=[[numbers[name] for name in r[2] if name in numbers] for r in rows],
+            )

@@ -2,3 +2,8 @@
 
 May import `kernels`.
 """
+
+from kvcodec.codec import CODECS, codec_of, decode, encode
+from kvcodec.header import CorruptBlobError
+
+__all__ = ["CODECS", "CorruptBlobError", "codec_of", "decode", "encode"]

@@ -1,0 +1,53 @@
+"""encode(kv, codec) -> bytes and decode(bytes) -> tensor over the registered codecs."""
+
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+from kvcodec import fp16
+from kvcodec.header import CorruptBlobError, Header, pack, unpack
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    name: str
+    codec_id: int  # written in every blob: never reuse a number
+    version: int
+    implementation: ModuleType
+
+
+_REGISTRY = [Codec("fp16", 1, 1, fp16)]
+CODECS: dict[str, Codec] = {c.name: c for c in _REGISTRY}
+_BY_ID = {c.codec_id: c for c in _REGISTRY}
+
+
+def encode(kv: torch.Tensor, codec: str) -> bytes:
+    if codec not in CODECS:
+        raise ValueError(f"codec: unknown {codec!r}; known: {sorted(CODECS)}")
+    if not isinstance(kv, torch.Tensor) or not kv.is_floating_point():
+        raise TypeError("kv: expected a floating-point torch tensor")
+    spec = CODECS[codec]
+    header = Header(spec.codec_id, spec.version, torch.float16, tuple(kv.shape), b"")
+    return pack(header, spec.implementation.encode(kv))
+
+
+def decode(blob: bytes) -> torch.Tensor:
+    header, payload = unpack(blob)
+    spec = _codec_for(header)
+    try:
+        return spec.implementation.decode(payload, header.shape).to(header.dtype)
+    except Exception as exc:  # zstd and reshape errors alike mean the payload is not what the header says
+        raise CorruptBlobError(f"{spec.name} payload does not decode: {exc}") from exc
+
+
+def codec_of(blob: bytes) -> str:
+    """The codec named in a blob's header (checks the header and payload checksum too)."""
+    return _codec_for(unpack(blob)[0]).name
+
+
+def _codec_for(header: Header) -> Codec:
+    spec = _BY_ID.get(header.codec_id)
+    if spec is None or header.codec_version > spec.version:
+        raise CorruptBlobError(f"unknown codec id {header.codec_id} version {header.codec_version}")
+    return spec

@@ -53,22 +53,29 @@ class TenantKVServer:
         self.port = 0
         self._models = models
         self._offload = Offload()
-        self._health = HealthServicer()
+        self._health: HealthServicer | None = None
+        self._server: grpc.aio.Server | None = None
+
+    def _build(self) -> grpc.aio.Server:
+        """The grpc.aio server with every service; built on the loop that will run it."""
         options = [
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.max_receive_message_length", self.config.max_message_bytes),
+            ("grpc.max_send_message_length", self.config.max_message_bytes),
         ]
-        self._server = grpc.aio.server(interceptors=[AuthInterceptor(self._authenticate)], options=options)
+        server = grpc.aio.server(interceptors=[AuthInterceptor(self._authenticate)], options=options)
         source = lambda: self.runtime  # noqa: E731 - servicers see the runtime once it is loaded
-        tenant_admin_pb2_grpc.add_TenantAdminServicer_to_server(TenantAdminServicer(source, self._offload), self._server)
-        ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(source, self._offload), self._server)
-        retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(source, self._offload), self._server)
-        kv_cache_pb2_grpc.add_KVCacheServicer_to_server(KVCacheServicer(source, self._offload), self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection([*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME], self._server)
+        tenant_admin_pb2_grpc.add_TenantAdminServicer_to_server(TenantAdminServicer(source, self._offload), server)
+        ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(source, self._offload), server)
+        retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(source, self._offload), server)
+        kv_cache_pb2_grpc.add_KVCacheServicer_to_server(KVCacheServicer(source, self._offload), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection([*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
+        return server
 
     async def start(self) -> int:
         """Listen (NOT_SERVING) and return the bound port; `load()` makes it SERVING."""
+        self._health = HealthServicer()
+        self._server = self._build()
         self.port = self._server.add_insecure_port(self.config.address)
         if self.port == 0:
             raise OSError(f"cannot bind {self.config.address}")

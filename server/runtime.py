@@ -188,9 +188,9 @@ class Runtime:
 
     # ---- retrieval
 
-    def embed_query(self, text: str) -> np.ndarray:
+    def embed_query(self, text: str, field: str = "query_text") -> np.ndarray:
         if not text.strip():
-            raise InvalidArgument("query_text: must not be empty")
+            raise InvalidArgument(f"{field}: must not be empty")
         return self.models.embedder.embed([text])[0]
 
     def search(self, tenant: str, query: np.ndarray, k: int) -> list[Hit]:
@@ -204,8 +204,6 @@ class Runtime:
         return [Hit(chunk=c, score=score_of[c.chunk_id]) for c in chunks]
 
     def rag_prompt(self, hits: list[Hit], question: str) -> np.ndarray:
-        if not question.strip():
-            raise InvalidArgument("question: must not be empty")
         return build_rag_prompt(self.models.llm.tokenizer, [h.chunk.text for h in hits], question)
 
     def generate(self, prompt_ids: np.ndarray, max_new_tokens: int) -> Iterator[GeneratedToken]:

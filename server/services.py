@@ -159,7 +159,7 @@ class RetrievalServicer(_Servicer, retrieval_pb2_grpc.RetrievalServicer):
             request.max_new_tokens or config.default_max_new_tokens, 1, config.max_new_tokens_limit, "max_new_tokens"
         )
         started = time.perf_counter()
-        query = await self.offload.model(runtime.embed_query, request.question)
+        query = await self.offload.model(runtime.embed_query, request.question, "question")
         hits = await self.offload.io(runtime.search, tenant, query, k)
         retrieval_ms = (time.perf_counter() - started) * 1e3
         yield retrieval_pb2.RetrieveAndGenerateResponse(chunks=retrieval_pb2.ChunksUsed(hits=[hit_message(h) for h in hits]))

@@ -97,7 +97,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             raise Unauthenticated("missing 'authorization: Bearer <api key>' metadata")
         key = await asyncio.to_thread(self._authenticate, token.strip())
         if key.scope is not access.scope:
-            raise PermissionDenied(f"this call needs a {access.scope.name.lower()} key")
+            raise PermissionDenied(f"this call needs a key of scope {access.scope.name.lower()}")
         if access.right is not None and access.right not in key.rights:
             raise PermissionDenied(f"this key lacks the {access.right!r} right")
         return Caller(key=key, request_id=request_id)

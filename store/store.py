@@ -25,6 +25,7 @@ import secrets
 import struct
 import threading
 import time
+import unicodedata
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence, TypeVar
 
@@ -50,7 +51,7 @@ from store.segments import SegmentLog
 
 SCHEMA_VERSION = 1
 TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-EXTERNAL_ID = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,254}[\x21-\x7e])?")
+MAX_EXTERNAL_ID_BYTES = 256  # LMDB keys are at most 511 bytes
 KEY_ID_HEX = 16
 MAX_METADATA_BYTES = 16 << 10
 RIGHTS = frozenset({"read", "write"})
@@ -76,8 +77,18 @@ def _check_tenant_name(name: str, field: str = "tenant_id") -> str:
 
 
 def _check_external_id(external_id: str, field: str = "external_id") -> str:
-    if not isinstance(external_id, str) or not EXTERNAL_ID.fullmatch(external_id):
-        raise InvalidArgument(f"{field}: {external_id!r} must be 1 to 256 printable ASCII characters, no edge spaces")
+    """Any text of 1 to 256 UTF-8 bytes without control characters or surrounding whitespace."""
+    valid = (
+        isinstance(external_id, str)
+        and 0 < len(external_id.encode("utf-8", "surrogatepass")) <= MAX_EXTERNAL_ID_BYTES
+        and external_id == external_id.strip()
+        and not any(unicodedata.category(ch).startswith("C") for ch in external_id)
+    )
+    if not valid:
+        raise InvalidArgument(
+            f"{field}: {external_id[:64]!r} must be 1 to {MAX_EXTERNAL_ID_BYTES} bytes of UTF-8 text, "
+            "without control characters or surrounding spaces"
+        )
     return external_id
 
 

@@ -1,0 +1,260 @@
+"""The store against a real LMDB in tmp_path: every method, reopening, growth, corruption, concurrency."""
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from store.config import StoreConfig
+from store.errors import AlreadyExists, Corrupted, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from store.records import ChunkInput, DocumentInput, KeyScope, TenantState
+from store.store import Store
+
+DIM = 8
+
+
+def vec(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+
+
+def doc(external_id: str, n_chunks: int = 1, kv: bool = False, seed: int = 0, metadata: dict | None = None) -> DocumentInput:
+    chunks = [
+        ChunkInput(
+            text=f"{external_id} chunk {i}",
+            token_ids=np.arange(i, i + 5, dtype=np.int32) + seed,
+            vector=vec(seed * 100 + i),
+            kv_blob=(f"kv of {external_id} {i} {seed}".encode() * 10) if kv else None,
+        )
+        for i in range(n_chunks)
+    ]
+    return DocumentInput(external_id=external_id, metadata=metadata or {"source": external_id}, chunks=chunks)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> StoreConfig:
+    return StoreConfig(path=tmp_path / "store", dim=DIM)
+
+
+@pytest.fixture
+def store(config: StoreConfig):
+    with Store(config) as opened:
+        opened.create_tenant("alice")
+        opened.create_tenant("bob")
+        yield opened
+
+
+def test_tenants(store: Store) -> None:
+    assert [t.name for t in store.list_tenants()] == ["alice", "bob"]
+    alice = store.get_tenant("alice")
+    assert alice.state is TenantState.ACTIVE and alice.number == 1 and store.get_tenant("bob").number == 2
+    with pytest.raises(AlreadyExists):
+        store.create_tenant("alice")
+    with pytest.raises(NotFound, match="carol"):
+        store.get_tenant("carol")
+    for bad in ["", "Alice", "-x", "a" * 64, "a b", "ä"]:
+        with pytest.raises(InvalidArgument, match="tenant_id"):
+            store.create_tenant(bad)
+
+
+def test_tenant_numbers_are_never_reused(store: Store) -> None:
+    store.delete_tenant("bob")
+    assert store.create_tenant("bob").number == 3
+
+
+def test_api_keys(store: Store, config: StoreConfig) -> None:
+    key, token = store.create_api_key(KeyScope.TENANT, "alice", frozenset({"read"}))
+    assert store.authenticate(token) == key
+    assert store.tenant_stats("alice").api_keys == 1
+    for bad in ["", "tkv_", token[:-1], token + "x", "Bearer " + token, token.replace("tkv_", "xyz_")]:
+        with pytest.raises(Unauthenticated):
+            store.authenticate(bad)
+    store.revoke_api_key(key.key_id)
+    with pytest.raises(Unauthenticated):
+        store.authenticate(token)
+    with pytest.raises(NotFound):
+        store.revoke_api_key(key.key_id)
+    with pytest.raises(NotFound):
+        store.create_api_key(KeyScope.TENANT, "carol", frozenset({"read"}))
+    with pytest.raises(InvalidArgument, match="rights"):
+        store.create_api_key(KeyScope.TENANT, "alice", frozenset({"admin"}))
+    admin, admin_token = store.create_api_key(KeyScope.ADMIN, None, frozenset({"read", "write"}))
+    assert store.authenticate(admin_token).scope is KeyScope.ADMIN
+    store.close()
+    secret = admin_token.split("_", 2)[2].encode()
+    assert not any(secret in p.read_bytes() for p in config.path.rglob("*") if p.is_file())
+
+
+def test_upsert_read_and_replace(store: Store) -> None:
+    first = store.upsert("alice", [doc("a", 2), doc("b", 1)])
+    assert first.added.tolist() == [1, 2, 3] and first.removed.tolist() == [] and first.documents == 2
+    chunks = store.readable_chunks("alice", [3, 1, 2, 99])
+    assert [(c.chunk_id, c.external_id, c.index) for c in chunks] == [(3, "b", 0), (1, "a", 0), (2, "a", 1)]
+    assert chunks[1].metadata == {"source": "a"} and chunks[1].readers == {"alice"}
+    assert chunks[1].token_ids.tolist() == [0, 1, 2, 3, 4]
+    assert store.readable_chunks("bob", [1, 2, 3]) == []
+    second = store.upsert("alice", [doc("a", 1, seed=5)])
+    assert second.removed.tolist() == [1, 2] and second.added.tolist() == [4]
+    stats = store.tenant_stats("alice")
+    assert (stats.documents, stats.chunks, stats.vector_bytes) == (2, 2, 2 * DIM * 4)
+    assert store.document_chunk_ids("alice", ["a", "b"]).tolist() == [4, 3]
+
+
+def test_upsert_validates(store: Store) -> None:
+    cases = [
+        ([], "documents"),
+        ([doc("a"), doc("a")], "twice"),
+        ([doc("")], "external_id"),
+        ([doc("x" * 257)], "external_id"),
+        ([doc("é" * 129)], "external_id"),
+        ([doc("tab\tid")], "external_id"),
+        ([doc("a", metadata={"big": "x" * 20_000})], "metadata"),
+        ([DocumentInput("a", {}, [])], "chunks"),
+        ([DocumentInput("a", {}, [ChunkInput("t", np.arange(3, dtype=np.int32), np.zeros(DIM - 1, np.float32))])], "vector"),
+        ([DocumentInput("a", {}, [ChunkInput("t", np.arange(3, dtype=np.int32), np.full(DIM, np.nan, np.float32))])], "finite"),
+        ([DocumentInput("a", {}, [ChunkInput("t", np.arange(3, dtype=np.int32), np.zeros(DIM, np.float64))])], "float32"),
+    ]
+    for documents, match in cases:
+        with pytest.raises(InvalidArgument, match=match):
+            store.upsert("alice", documents)
+    with pytest.raises(NotFound):
+        store.upsert("carol", [doc("a")])
+    assert store.tenant_stats("alice").chunks == 0
+
+
+def test_delete_documents_is_idempotent(store: Store) -> None:
+    store.upsert("alice", [doc("a", 2), doc("b")])
+    assert store.delete_documents("alice", ["a", "nope"]).tolist() == [1, 2]
+    assert store.delete_documents("alice", ["a"]).tolist() == []
+    assert store.delete_documents("bob", ["b"]).tolist() == []
+    assert store.tenant_stats("alice").chunks == 1
+
+
+def test_grants_follow_documents_and_survive_replacement(store: Store) -> None:
+    store.upsert("alice", [doc("a", 2), doc("b")])
+    assert store.grant("alice", ["a"], "bob").tolist() == [1, 2]
+    assert store.grant("alice", ["a"], "bob").tolist() == []  # already granted
+    assert [c.chunk_id for c in store.readable_chunks("bob", [1, 2, 3])] == [1, 2]
+    assert store.tenant_stats("bob").granted_chunks == 2
+    replaced = store.upsert("alice", [doc("a", 1, seed=9)])
+    assert [c.owner for c in store.readable_chunks("bob", replaced.added)] == ["alice"]
+    assert store.revoke("alice", ["a"], "bob").tolist() == replaced.added.tolist()
+    assert store.readable_chunks("bob", replaced.added) == []
+    with pytest.raises(NotFound, match="b"):
+        store.grant("bob", ["b"], "alice")
+    with pytest.raises(NotFound, match="grantee"):
+        store.grant("alice", ["a"], "carol")
+    with pytest.raises(InvalidArgument, match="owner"):
+        store.grant("alice", ["a"], "alice")
+
+
+def test_delete_tenant_removes_everything_both_ways(store: Store) -> None:
+    store.upsert("alice", [doc("a", 2, kv=True)])
+    store.upsert("bob", [doc("b", kv=True)])
+    store.grant("alice", ["a"], "bob")
+    store.grant("bob", ["b"], "alice")
+    store.create_api_key(KeyScope.TENANT, "alice", frozenset({"read"}))
+    deletion = store.delete_tenant("alice")
+    assert deletion.removed_chunk_ids.tolist() == [1, 2]
+    assert deletion.revoked == [(3, "alice")]
+    assert store.readable_chunks("bob", [1, 2]) == []
+    assert [c.readers for c in store.readable_chunks("bob", [3])] == [frozenset({"bob"})]
+    assert store.tenant_stats("bob").granted_chunks == 0
+    with pytest.raises(NotFound):
+        store.tenant_stats("alice")
+    store.create_tenant("alice")
+    assert store.tenant_stats("alice") == store.tenant_stats("alice").__class__(0, 0, 0, 0, 0, 0, 0)
+
+
+def test_kv_blobs_are_shared_within_a_tenant_and_refcounted(store: Store) -> None:
+    a = doc("a", kv=True)
+    same_tokens = DocumentInput("a2", {}, [a.chunks[0]])
+    result = store.upsert("alice", [a, same_tokens], kv_fingerprint="model-1")
+    blob = a.chunks[0].kv_blob
+    assert [store.read_kv(int(i)) for i in result.added] == [blob, blob]
+    assert store.tenant_stats("alice").kv_bytes == len(blob)  # one copy
+    store.delete_documents("alice", ["a"])
+    assert store.read_kv(int(result.added[1])) == blob
+    store.delete_documents("alice", ["a2"])
+    assert store.tenant_stats("alice").kv_bytes == 0
+    assert store.read_kv(999) is None
+
+
+def test_reopen_keeps_commits_and_forgets_deletions(config: StoreConfig) -> None:
+    with Store(config) as store:
+        store.create_tenant("alice")
+        store.upsert("alice", [doc("a", kv=True), doc("b", kv=True)])
+        store.delete_documents("alice", ["b"])
+    with Store(config) as store:
+        assert [c.external_id for c in store.readable_chunks("alice", [1, 2])] == ["a"]
+        assert store.read_kv(1) is not None
+        entries = list(store.iter_index_entries())
+        assert [e.ids.tolist() for e in entries] == [[1]] and entries[0].readers == [[1]]
+        np.testing.assert_array_equal(entries[0].vectors[0], vec(0))
+    with pytest.raises(FailedPrecondition, match="dim"):
+        Store(StoreConfig(path=config.path, dim=DIM + 1))
+
+
+def test_map_grows_when_full(tmp_path: Path) -> None:
+    with Store(StoreConfig(path=tmp_path / "s", dim=DIM, map_size=1 << 16)) as store:
+        store.create_tenant("alice")
+        for batch in range(20):
+            store.upsert("alice", [doc(f"d{batch}-{i}", 4, seed=batch) for i in range(25)])
+        assert store.tenant_stats("alice").chunks == 20 * 25 * 4
+
+
+def test_torn_segment_tail_is_cut_and_flipped_bytes_detected(config: StoreConfig) -> None:
+    with Store(config) as store:
+        store.create_tenant("alice")
+        store.upsert("alice", [doc("a", kv=True)])
+    segment = next((config.path / "segments").glob("*.seg"))
+    good = segment.read_bytes()
+    segment.write_bytes(good + b"TKVB\xff\xff\x00\x00partial")  # a crash mid-append
+    with Store(config) as store:
+        assert segment.read_bytes() == good
+        assert store.read_kv(1) is not None
+        store.upsert("alice", [doc("b", kv=True, seed=3)])
+        assert store.read_kv(2) is not None
+    flipped = bytearray(segment.read_bytes())
+    flipped[20] ^= 0xFF
+    segment.write_bytes(bytes(flipped))
+    with Store(config) as store:
+        with pytest.raises(Corrupted):
+            store.read_kv(1)
+
+
+def test_concurrent_readers_and_writer(store: Store) -> None:
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for i in range(60):
+                store.upsert("alice", [doc(f"w{i}", 2, kv=True, seed=i)])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                seen = store.readable_chunks("alice", range(1, 200))
+                assert all(c.owner == "alice" for c in seen)
+                store.tenant_stats("alice")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write)] + [threading.Thread(target=read) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.tenant_stats("alice").chunks == 120
+
+
+def test_external_ids_may_be_any_printable_text(store: Store) -> None:
+    ids = ["Acid–base reaction", "東京", "a b", "x" * 256]
+    store.upsert("alice", [doc(i) for i in ids])
+    assert store.document_chunk_ids("alice", ids).tolist() == [1, 2, 3, 4]

@@ -1,0 +1,71 @@
+"""Blobs round-trip, name their codec, and refuse to decode when truncated, flipped or unknown."""
+
+import struct
+
+import pytest
+import torch
+
+from kvcodec import CODECS, CorruptBlobError, codec_of, decode, encode
+from kvcodec.header import HEADER_VERSION, Header, pack
+
+SHAPE = (30, 2, 3, 37, 64)  # SmolLM2: layers, keys/values, kv heads, tokens (odd), head dim
+
+
+@pytest.fixture
+def kv() -> torch.Tensor:
+    return torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+
+
+def test_fp16_is_lossless_for_fp16_values(kv: torch.Tensor) -> None:
+    blob = encode(kv, "fp16")
+    assert codec_of(blob) == "fp16"
+    decoded = decode(blob)
+    assert decoded.dtype == torch.float16 and decoded.shape == SHAPE
+    assert torch.equal(decoded, kv.to(torch.float16))
+
+
+def test_shuffled_fp16_compresses_smooth_kv() -> None:
+    smooth = torch.linspace(0, 1, 30 * 2 * 3 * 64 * 64).reshape(30, 2, 3, 64, 64)
+    assert len(encode(smooth, "fp16")) < smooth.numel() * 2 * 0.6
+
+
+@pytest.mark.parametrize("cut", [1, 10, 100])
+def test_truncated_blobs_are_detected(kv: torch.Tensor, cut: int) -> None:
+    blob = encode(kv, "fp16")
+    with pytest.raises(CorruptBlobError, match="truncated"):
+        decode(blob[:-cut] if cut < 100 else blob[:12])
+
+
+def test_flipped_byte_is_detected(kv: torch.Tensor) -> None:
+    blob = bytearray(encode(kv, "fp16"))
+    blob[len(blob) // 2] ^= 0x01
+    with pytest.raises(CorruptBlobError, match="checksum"):
+        decode(bytes(blob))
+
+
+def test_unknown_codec_and_header_version(kv: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="codec"):
+        encode(kv, "zip")
+    future = pack(Header(codec_id=200, codec_version=1, dtype=torch.float16, shape=(1,), params=b""), b"xx")
+    with pytest.raises(CorruptBlobError, match="unknown codec"):
+        decode(future)
+    blob = bytearray(encode(kv, "fp16"))
+    blob[4] = HEADER_VERSION + 1
+    with pytest.raises(CorruptBlobError, match="header version"):
+        decode(bytes(blob))
+    with pytest.raises(CorruptBlobError, match="magic"):
+        decode(b"NOPE" + bytes(blob[4:]))
+
+
+def test_version_one_fp16_blob_layout_stays_readable() -> None:
+    """A blob assembled by hand in the v1 layout: later builds must still decode it."""
+    import zlib
+
+    import numpy as np
+    import zstandard
+
+    values = np.arange(6, dtype=np.float16)
+    payload = zstandard.ZstdCompressor().compress(np.ascontiguousarray(values.view(np.uint8).reshape(-1, 2).T).tobytes())
+    blob = b"TKVC" + bytes([1, CODECS["fp16"].codec_id, 1, 1, 2]) + struct.pack("<2I", 2, 3) + struct.pack("<I", 0)
+    blob += struct.pack("<QI", len(payload), zlib.crc32(payload)) + payload
+    assert decode(blob).tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]

@@ -7,6 +7,7 @@ thread for the demo and the tests.
 
 import asyncio
 import logging
+import signal
 import threading
 from concurrent.futures import Future
 
@@ -98,9 +99,6 @@ class TenantKVServer:
             self.runtime.close()
             self.runtime = None
 
-    async def wait(self) -> None:
-        await self._server.wait_for_termination()
-
     def _authenticate(self, token: str) -> ApiKey:
         if self.runtime is None:
             raise Unavailable("the server is still loading its store, index and models")
@@ -112,12 +110,17 @@ class TenantKVServer:
 
 
 async def serve(config: ServerConfig) -> None:
-    """Run until cancelled (Ctrl-C or SIGTERM), then stop cleanly."""
+    """Run until SIGINT or SIGTERM, then stop cleanly: in-flight calls get a grace period."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     server = TenantKVServer(config)
     await server.start()
     try:
         await server.load()
-        await server.wait()
+        await stop.wait()
+        log.info("stopping")
     finally:
         await server.stop()
 

@@ -116,8 +116,7 @@ def _serve(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from server.app import serve  # imports torch and the models only for this command
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(load_config(args.config)))
+    asyncio.run(serve(load_config(args.config)))
     return 0
 
 

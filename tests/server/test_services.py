@@ -6,6 +6,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from protos.tenantkv.v1 import kv_cache_pb2
 from server.app import SERVICE_NAMES
 from server.client import DocumentText
 from tests.server.conftest import unit_vectors, vector_documents
@@ -133,3 +134,23 @@ def test_read_only_key_cannot_ingest(make_tenant) -> None:
     with pytest.raises(grpc.RpcError) as err:
         reader.client.upsert([vector_documents("x", unit_vectors(1, seed=8))])
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_kv_fetch_streams_large_blobs_in_pieces_under_the_message_limit(server, alice) -> None:
+    """A blob larger than one message arrives whole, in pieces of at most 3 MiB, codec named."""
+    import torch
+
+    from kvcodec import encode
+    from store.records import ChunkInput, DocumentInput
+
+    kv = torch.randn(30, 2, 3, 300, 64)
+    blob = encode(kv, "fp16")
+    assert len(blob) > 4 << 20
+    runtime = server.server.runtime
+    vector = unit_vectors(1, seed=12)[0]
+    chunk = ChunkInput(text="with kv", token_ids=np.arange(300, dtype=np.int32), vector=vector, kv_blob=blob)
+    added = runtime.commit("alice", [DocumentInput("kv-doc", {}, [chunk])]).added.tolist()
+    pieces = list(alice.client.kv.Fetch(kv_cache_pb2.FetchRequest(chunk_ids=added), metadata=alice.client._metadata))
+    assert len(pieces) == -(-len(blob) // (3 << 20)) and pieces[-1].last and not pieces[0].last
+    assert all(len(p.data) <= 3 << 20 and p.codec == "fp16" for p in pieces)
+    assert alice.client.fetch_kv(added) == {added[0]: ("fp16", blob)}

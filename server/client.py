@@ -119,9 +119,12 @@ class Client:
             request = retrieval_pb2.SearchRequest(query_vector=np.asarray(query, np.float32).tolist(), k=k)
         return self._call(self.retrieval.Search, request)
 
-    def ask(self, question: str, k: int = 0, max_new_tokens: int = 0) -> Iterator[retrieval_pb2.RetrieveAndGenerateResponse]:
-        """Stream: the chunks used, then tokens, then the timings."""
-        request = retrieval_pb2.RetrieveAndGenerateRequest(question=question, k=k, max_new_tokens=max_new_tokens)
+    def ask(
+        self, question: str, k: int = 0, max_new_tokens: int = 0, mode: str = ""
+    ) -> Iterator[retrieval_pb2.RetrieveAndGenerateResponse]:
+        """Stream: the chunks used, then tokens, then the timings. `mode`: full_prefill, full_reuse or blend."""
+        code = retrieval_pb2.GenerationMode.Value(f"GENERATION_MODE_{mode.upper()}") if mode else 0
+        request = retrieval_pb2.RetrieveAndGenerateRequest(question=question, k=k, max_new_tokens=max_new_tokens, mode=code)
         return self.retrieval.RetrieveAndGenerate(request, metadata=self._metadata, timeout=self._timeout)
 
     def fetch_kv(self, chunk_ids: Sequence[int]) -> dict[int, tuple[str, bytes]]:

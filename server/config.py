@@ -33,6 +33,9 @@ class ServerConfig:
     embedder_path: Path | None = None
     cache_dir: Path = Path.home() / ".cache" / "tenantkv"
     chunk_tokens: int = 256
+    precompute_kv: bool = True  # each chunk's KV at ingestion, so questions reuse it
+    kv_codec: str = "fp16"
+    kv_cache_bytes: int = 1 << 30  # decoded chunk KV kept in worker memory
     admin_key_file: Path | None = None  # defaults to <data_dir>/admin.key
 
     @property
@@ -74,6 +77,8 @@ def _coerce(name: str, value: object) -> object:
         raise InvalidArgument(f"unknown configuration key {name!r}")
     kind = types[name]
     try:
+        if kind is bool:
+            return _boolean(value)
         if kind is int:
             return int(value)
         if kind is str:
@@ -83,3 +88,12 @@ def _coerce(name: str, value: object) -> object:
         return Path(str(value)).expanduser()
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"configuration key {name!r}: {exc}") from exc
+
+
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"expected a boolean, got {value!r}")
+    return text in ("true", "1", "yes")

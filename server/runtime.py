@@ -5,6 +5,7 @@ The store is the source of truth; the index is derived from it at start and upda
 each commit, so a crash between the two leaves nothing the next start does not rebuild.
 """
 
+import functools
 import logging
 import os
 import threading
@@ -20,12 +21,13 @@ from server.config import ServerConfig
 from store.errors import InvalidArgument, NotFound
 from store.records import Chunk, ChunkInput, DocumentInput, KeyScope, UpsertResult
 from store.store import Store
-from worker.chunker import chunk_text
+from worker.chunker import chunk_text, token_ids
 from worker.config import WorkerConfig
 from worker.embedder import Embedder
-from worker.generate import GeneratedToken, generate_stream
+from worker.blend import PrefillMode
+from worker.engine import Engine, EngineConfig, RetrievedChunk
+from worker.generate import GeneratedToken
 from worker.llm import LLM, load_llm
-from worker.prompt import build_rag_prompt
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class Runtime:
         self.config = config
         self.store = store
         self.models = models
+        self.engine = Engine(models.llm, EngineConfig(kv_codec=config.kv_codec, cache_bytes=config.kv_cache_bytes))
         self.index = FlatTenantIndex(dim=store.dim)
         self._index_lock = threading.Lock()
         self._numbers: dict[str, int] = {}
@@ -146,7 +149,7 @@ class Runtime:
     # ---- ingestion
 
     def prepare(self, documents: list[DocumentSpec]) -> list[DocumentInput]:
-        """Chunk and embed a batch (model work); nothing is written."""
+        """Chunk, embed and precompute KV for a batch (model work); nothing is written."""
         tokenizer = self.models.llm.tokenizer
         pieces: list[list[tuple[str, np.ndarray, np.ndarray | None]]] = []
         for doc in documents:
@@ -154,7 +157,7 @@ class Runtime:
                 cut = chunk_text(doc.text, tokenizer, self.config.chunk_tokens)
                 pieces.append([(c.text, c.token_ids, None) for c in cut])
             else:
-                pieces.append([(c.text, _token_ids(tokenizer, c.text), c.vector) for c in doc.chunks])
+                pieces.append([(c.text, token_ids(tokenizer, c.text), c.vector) for c in doc.chunks])
         to_embed = [text for doc in pieces for text, _, vector in doc if vector is None]
         embedded = iter(self.models.embedder.embed(to_embed) if to_embed else ())
         return [
@@ -162,7 +165,12 @@ class Runtime:
                 external_id=doc.external_id,
                 metadata=doc.metadata,
                 chunks=[
-                    ChunkInput(text=text, token_ids=ids, vector=vector if vector is not None else next(embedded))
+                    ChunkInput(
+                        text=text,
+                        token_ids=ids,
+                        vector=vector if vector is not None else next(embedded),
+                        kv_blob=self.engine.encode_chunk_kv(ids) if self.config.precompute_kv else None,
+                    )
                     for text, ids, vector in chunks
                 ],
             )
@@ -171,7 +179,7 @@ class Runtime:
 
     def commit(self, tenant: str, documents: list[DocumentInput]) -> UpsertResult:
         """Write one batch durably in one transaction, then bring the index up to date."""
-        result = self.store.upsert(tenant, documents, kv_fingerprint=self.models.llm.fingerprint)
+        result = self.store.upsert(tenant, documents, kv_fingerprint=self.engine.kv_fingerprint)
         vectors = np.stack([c.vector for d in documents for c in d.chunks]).astype(np.float32, copy=False)
         readers = [sorted(self.tenant_number(t) for t in c.readers) for c in self.store.readable_chunks(tenant, result.added)]
         with self._index_lock:
@@ -203,11 +211,16 @@ class Runtime:
         chunks = self.store.readable_chunks(tenant, list(score_of))
         return [Hit(chunk=c, score=score_of[c.chunk_id]) for c in chunks]
 
-    def rag_prompt(self, hits: list[Hit], question: str) -> np.ndarray:
-        return build_rag_prompt(self.models.llm.tokenizer, [h.chunk.text for h in hits], question)
+    def answer(self, hits: list[Hit], question: str, mode: PrefillMode, max_new_tokens: int) -> Iterator[GeneratedToken]:
+        """Generate from the hits' chunks: their KV comes from the worker's cache, else the store."""
+        chunks = [
+            RetrievedChunk(h.chunk.chunk_id, h.chunk.token_ids, functools.partial(self.store.read_kv, h.chunk.chunk_id))
+            for h in hits
+        ]
+        return self.engine.answer(chunks, question, mode, max_new_tokens)
 
-    def generate(self, prompt_ids: np.ndarray, max_new_tokens: int) -> Iterator[GeneratedToken]:
-        return generate_stream(self.models.llm, prompt_ids, max_new_tokens)
+    def prompt_tokens(self, hits: list[Hit], question: str) -> int:
+        return len(self.engine.layout.full(self.models.llm.tokenizer, [h.chunk.token_ids for h in hits], question))
 
     def kv_chunk_ids(self, tenant: str, chunk_ids: list[int]) -> list[int]:
         """The requested chunks that have KV, in request order; NotFound for any the tenant may not read."""
@@ -223,10 +236,6 @@ class Runtime:
         if blob is None:
             raise NotFound(f"chunk_ids: chunk {chunk_id} has no KV")
         return codec_of(blob), blob
-
-
-def _token_ids(tokenizer, text: str) -> np.ndarray:
-    return np.asarray(tokenizer.encode(text, add_special_tokens=False), dtype=np.int32)
 
 
 def _add_entries(index, ids: np.ndarray, vectors: np.ndarray, readers: list[list[int]], owner: int | None = None) -> None:

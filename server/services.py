@@ -23,11 +23,18 @@ from server.offload import Offload
 from server.runtime import Runtime
 from store.errors import InvalidArgument, Unavailable
 from store.records import KeyScope, Tenant, TenantState
+from worker.blend import PrefillMode
 
 KV_PIECE_BYTES = 3 << 20
 MAX_FETCH_IDS = 256
 RIGHTS = {tenant_admin_pb2.KEY_RIGHT_READ: "read", tenant_admin_pb2.KEY_RIGHT_WRITE: "write"}
 SCOPES = {tenant_admin_pb2.KEY_SCOPE_ADMIN: KeyScope.ADMIN, tenant_admin_pb2.KEY_SCOPE_TENANT: KeyScope.TENANT}
+
+MODES = {
+    retrieval_pb2.GENERATION_MODE_FULL_PREFILL: PrefillMode.FULL_PREFILL,
+    retrieval_pb2.GENERATION_MODE_FULL_REUSE: PrefillMode.FULL_REUSE,
+    retrieval_pb2.GENERATION_MODE_BLEND: PrefillMode.BLEND,
+}
 
 RuntimeSource = Callable[[], Runtime | None]
 
@@ -152,8 +159,9 @@ class RetrievalServicer(_Servicer, retrieval_pb2_grpc.RetrievalServicer):
         tenant = current_caller().tenant
         runtime = self.runtime
         config = runtime.config
-        if request.mode not in (retrieval_pb2.GENERATION_MODE_UNSPECIFIED, retrieval_pb2.GENERATION_MODE_FULL_PREFILL):
-            raise InvalidArgument("mode: unknown generation mode")
+        mode = MODES.get(request.mode or retrieval_pb2.GENERATION_MODE_BLEND)
+        if mode is None:
+            raise InvalidArgument(f"mode: unknown generation mode {request.mode}")
         k = bounded_int(request.k or config.rag_default_k, 1, config.rag_max_k, "k")
         max_new = bounded_int(
             request.max_new_tokens or config.default_max_new_tokens, 1, config.max_new_tokens_limit, "max_new_tokens"
@@ -163,8 +171,8 @@ class RetrievalServicer(_Servicer, retrieval_pb2_grpc.RetrievalServicer):
         hits = await self.offload.io(runtime.search, tenant, query, k)
         retrieval_ms = (time.perf_counter() - started) * 1e3
         yield retrieval_pb2.RetrieveAndGenerateResponse(chunks=retrieval_pb2.ChunksUsed(hits=[hit_message(h) for h in hits]))
-        prompt = await self.offload.model(runtime.rag_prompt, hits, request.question)
-        tokens = runtime.generate(prompt, max_new)
+        prompt_tokens = await self.offload.model(runtime.prompt_tokens, hits, request.question)
+        tokens = await self.offload.model(runtime.answer, hits, request.question, mode, max_new)
         first_token_ms = 0.0
         generated = 0
         try:
@@ -184,11 +192,11 @@ class RetrievalServicer(_Servicer, retrieval_pb2_grpc.RetrievalServicer):
             stats=retrieval_pb2.GenerationStats(
                 retrieval_ms=retrieval_ms,
                 time_to_first_token_ms=first_token_ms,
-                prompt_tokens=len(prompt),
+                prompt_tokens=prompt_tokens,
                 tokens_generated=generated,
                 tokens_per_s=(generated - 1) / decode_s if decode_s > 0 else 0.0,
                 total_ms=total_ms,
-                mode=retrieval_pb2.GENERATION_MODE_FULL_PREFILL,
+                mode=request.mode or retrieval_pb2.GENERATION_MODE_BLEND,
             )
         )
 

@@ -388,13 +388,13 @@ class Store:
         record = self._tenant_record(txn, tenant)
         number = record["number"]
         next_chunk = int(txn.get(b"next_chunk", b"1", db=self._db["meta"]))
-        added, removed = [], []
+        added, replaced = [], []
         for doc, keys in zip(documents, kv_keys):
             doc_key = self._doc_key(number, doc.external_id)
             old = txn.get(doc_key, db=self._db["docs"])
             grantees = json.loads(old)["grantees"] if old else []
             if old:
-                removed.extend(self._remove_document(txn, doc_key))
+                replaced.append(json.loads(old)["chunks"])
             readers = [tenant, *grantees]
             reader_numbers = [number, *(self._tenant_record(txn, g)["number"] for g in grantees)]
             ids = []
@@ -421,7 +421,11 @@ class Store:
             record["chunks"] += len(ids)
             record["text_bytes"] += sum(len(c.text.encode()) for c in doc.chunks)
             self._put_tenant(txn, tenant, record)
+        # Replaced chunks go last, so a blob they share with the new chunks keeps its record.
+        for chunk_ids in replaced:
+            self._drop_chunks(txn, chunk_ids)
         txn.put(b"next_chunk", str(next_chunk).encode(), db=self._db["meta"])
+        removed = [chunk_id for chunk_ids in replaced for chunk_id in chunk_ids]
         return UpsertResult(np.array(added, dtype=np.int64), np.array(removed, dtype=np.int64), len(documents))
 
     @staticmethod
@@ -455,11 +459,17 @@ class Store:
         self._put_tenant(txn, owner, record)
 
     def _remove_document(self, txn, doc_key: bytes) -> list[int]:
-        """Delete a document's chunks, their vectors, tokens, reader entries and blob references."""
-        doc = json.loads(txn.get(doc_key, db=self._db["docs"]))
+        """Delete a document: its record, its chunks, and their vectors, tokens, reader entries and blob references."""
+        chunk_ids = json.loads(txn.get(doc_key, db=self._db["docs"]))["chunks"]
+        txn.delete(doc_key, db=self._db["docs"])
+        self._drop_chunks(txn, chunk_ids)
+        return chunk_ids
+
+    def _drop_chunks(self, txn, chunk_ids: list[int]) -> None:
+        """Delete one document's chunks and count the document and its chunks out of its owner's totals."""
         text_bytes = 0
         owner = None
-        for chunk_id in doc["chunks"]:
+        for chunk_id in chunk_ids:
             key = U64.pack(chunk_id)
             chunk = self._chunk_record(txn, chunk_id)
             owner = chunk["owner"]
@@ -472,14 +482,12 @@ class Store:
                 self._unref_blob(txn, bytes.fromhex(chunk["kv"]), owner)
             for db in ("chunks", "tokens", "vectors"):
                 txn.delete(key, db=self._db[db])
-        txn.delete(doc_key, db=self._db["docs"])
         if owner is not None:
             record = self._tenant_record(txn, owner)
             record["documents"] -= 1
-            record["chunks"] -= len(doc["chunks"])
+            record["chunks"] -= len(chunk_ids)
             record["text_bytes"] -= text_bytes
             self._put_tenant(txn, owner, record)
-        return doc["chunks"]
 
     def delete_documents(self, tenant: str, external_ids: list[str]) -> np.ndarray:
         """Remove the tenant's documents; ids it does not own are ignored (deletion is idempotent)."""

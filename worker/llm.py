@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from worker.config import WorkerConfig
+from worker.llama import LlamaForward
 from worker.packages import default_llm_path
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ class LLM:
     tokenizer: PreTrainedTokenizerBase
     fingerprint: str  # names the weights: KV computed by other weights must never be reused
     stop_token_ids: frozenset[int]
+    forward: LlamaForward  # our own forward pass over the model's weights
 
 
 def fingerprint_of(path: Path) -> str:
@@ -53,7 +55,13 @@ def load_llm(config: WorkerConfig) -> LLM:
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model.eval()
     stops = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
-    return LLM(model=model, tokenizer=tokenizer, fingerprint=fingerprint, stop_token_ids=frozenset(t for t in stops if t is not None))
+    return LLM(
+        model=model,
+        tokenizer=tokenizer,
+        fingerprint=fingerprint,
+        stop_token_ids=frozenset(t for t in stops if t is not None),
+        forward=LlamaForward(model),
+    )
 
 
 def _converted_copy(gguf: Path, folder: Path) -> Path:

@@ -114,10 +114,19 @@ def test_retrieve_and_generate_streams_chunks_tokens_then_stats(alice) -> None:
     assert "paris" in answer.lower()
 
 
-def test_kv_fetch_is_empty_without_precomputed_kv(alice) -> None:
+def test_kv_is_precomputed_at_ingestion_and_fetched(server, alice) -> None:
+    from kvcodec import decode
+
     alice.client.upsert([vector_documents("a", unit_vectors(2, seed=5))])
-    ids = [h.chunk_id for h in alice.client.search(unit_vectors(1, seed=6)[0], k=2).hits]
-    assert alice.client.fetch_kv(ids) == {}
+    hits = alice.client.search(unit_vectors(1, seed=6)[0], k=2).hits
+    fetched = alice.client.fetch_kv([h.chunk_id for h in hits])
+    assert set(fetched) == {h.chunk_id for h in hits}
+    layout = server.server.runtime.engine.layout
+    for hit in hits:
+        codec, blob = fetched[hit.chunk_id]
+        tokens = len(server.server.runtime.models.llm.tokenizer.encode(hit.text, add_special_tokens=False))
+        assert codec == "fp16"
+        assert tuple(decode(blob).shape) == (30, 2, 3, tokens + len(layout.separator), 64)
 
 
 def test_revoked_key_is_unauthenticated(alice, admin) -> None:

@@ -258,3 +258,13 @@ def test_external_ids_may_be_any_printable_text(store: Store) -> None:
     ids = ["Acid–base reaction", "東京", "a b", "x" * 256]
     store.upsert("alice", [doc(i) for i in ids])
     assert store.document_chunk_ids("alice", ids).tolist() == [1, 2, 3, 4]
+
+
+def test_replacing_a_document_with_the_same_kv_keeps_the_blob(store: Store) -> None:
+    """The old chunk's blob reference drops to zero only after the new chunk took its own."""
+    first = store.upsert("alice", [doc("a", kv=True)], kv_fingerprint="m")
+    again = store.upsert("alice", [doc("a", kv=True)], kv_fingerprint="m")
+    assert again.removed.tolist() == first.added.tolist()
+    assert store.read_kv(int(again.added[0])) == doc("a", kv=True).chunks[0].kv_blob
+    assert store.tenant_stats("alice").kv_bytes == len(doc("a", kv=True).chunks[0].kv_blob)
+    assert (store.tenant_stats("alice").documents, store.tenant_stats("alice").chunks) == (1, 1)

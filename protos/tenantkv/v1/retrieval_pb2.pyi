@@ -12,8 +12,12 @@ class GenerationMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     GENERATION_MODE_UNSPECIFIED: _ClassVar[GenerationMode]
     GENERATION_MODE_FULL_PREFILL: _ClassVar[GenerationMode]
+    GENERATION_MODE_FULL_REUSE: _ClassVar[GenerationMode]
+    GENERATION_MODE_BLEND: _ClassVar[GenerationMode]
 GENERATION_MODE_UNSPECIFIED: GenerationMode
 GENERATION_MODE_FULL_PREFILL: GenerationMode
+GENERATION_MODE_FULL_REUSE: GenerationMode
+GENERATION_MODE_BLEND: GenerationMode
 
 class SearchRequest(_message.Message):
     __slots__ = ("query_text", "query_vector", "k")

@@ -1,0 +1,178 @@
+"""Chunk KV precompute and CacheBlend-style blended prefill.
+
+A `Blender` is bound to one system prefix (the start every prompt shares). Its KV is computed
+once. A chunk's KV is computed right after that prefix, alone: its first tokens then see the same
+prefix (and attention sink) they will see at question time, which keeps the cache close to what
+a full prefill would produce. Only the chunk's own tokens are kept, keys before RoPE, so the
+chunk can be placed at any position later.
+
+`blend_prefill` lays out `[prefix][chunk 1]...[chunk k][question]`, rotates each chunk's cached
+keys to its final positions, computes every new token fully for the layers before `check_layer`,
+and at `check_layer` compares each chunk token's fresh KV with its cache. The `recompute_ratio`
+of chunk tokens that deviate most, plus the question, run through the remaining layers; every
+other chunk token keeps its cached KV from there on.
+"""
+
+import enum
+import math
+from dataclasses import dataclass
+
+import torch
+
+from worker.llama import KVBuffer, LlamaForward
+from worker.rope import rotate
+
+
+class PrefillMode(enum.Enum):
+    FULL_PREFILL = "full_prefill"  # every token from its ids: the reference
+    FULL_REUSE = "full_reuse"  # cached chunk KV as is, only the question computed
+    BLEND = "blend"  # selective recompute
+
+
+class Deviation(enum.Enum):
+    VALUE = "value"  # CacheBlend's choice
+    KEY = "key"  # LMCache's choice
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkKV:
+    """One chunk's KV computed on its own: float [layers, 2, kv_heads, tokens, head_dim], keys before RoPE."""
+
+    tokens: torch.Tensor  # int64 [tokens]
+    kv: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return self.kv.nelement() * self.kv.element_size() + self.tokens.nelement() * 8
+
+
+@dataclass(frozen=True, slots=True)
+class Prefill:
+    logits: torch.Tensor  # [vocab], for the token after the prompt
+    kv: KVBuffer  # the whole prompt's KV, ready for decoding
+    recomputed: int  # chunk tokens recomputed past the check layer
+
+
+class Blender:
+    def __init__(self, forward: LlamaForward, system: torch.Tensor) -> None:
+        self.forward = forward
+        self.system = forward.check_tokens(system, "system")
+        if len(self.system) == 0:
+            raise ValueError("system: the shared prefix must have at least one token")
+        self._prefix = forward.new_buffer(len(self.system))
+        forward.forward(self.system, self._prefix)
+
+    def _buffer_with_prefix(self, capacity: int) -> KVBuffer:
+        kv = self.forward.new_buffer(capacity)
+        p = len(self.system)
+        kv.keys[:, :, :p] = self._prefix.keys[:, :, :p]
+        kv.values[:, :, :p] = self._prefix.values[:, :, :p]
+        kv.length = p
+        return kv
+
+    @torch.inference_mode()
+    def prefill_chunk(self, tokens: torch.Tensor) -> ChunkKV:
+        """The chunk's KV, computed after the system prefix, keys kept before RoPE."""
+        f = self.forward
+        tokens = f.check_tokens(tokens)
+        if len(tokens) == 0:
+            raise ValueError("tokens: a chunk needs at least one token")
+        p = len(self.system)
+        kv = self._buffer_with_prefix(p + len(tokens))
+        positions = torch.arange(p, p + len(tokens))
+        cos, sin = f.rope(positions)
+        out = torch.empty(f.layers_count, 2, f.kv_heads, len(tokens), f.head_dim, dtype=f.dtype)
+        h = f.embed[tokens]
+        for layer in range(f.layers_count):
+            q, k, v = f.qkv(layer, h)
+            out[layer, 0], out[layer, 1] = k, v
+            kv.keys[layer, :, positions] = rotate(k, cos, sin)
+            kv.values[layer, :, positions] = v
+            h = f.attend(layer, h, rotate(q, cos, sin), positions, kv)
+        return ChunkKV(tokens=tokens, kv=out)
+
+    @torch.inference_mode()
+    def blend_prefill(
+        self,
+        chunks: list[ChunkKV],
+        question: torch.Tensor,
+        recompute_ratio: float = 0.15,
+        check_layer: int = 1,
+        mode: PrefillMode = PrefillMode.BLEND,
+        deviation: Deviation = Deviation.VALUE,
+        reserve: int = 0,
+    ) -> Prefill:
+        """Prefill `[prefix][chunks][question]` reusing the chunks' KV; `reserve` leaves room for decoding."""
+        f = self.forward
+        question = f.check_tokens(question, "question")
+        if len(question) == 0:
+            raise ValueError("question: needs at least one token")
+        if not 0.0 <= recompute_ratio <= 1.0:
+            raise ValueError(f"recompute_ratio: must lie in [0, 1], got {recompute_ratio}")
+        if not 0 <= check_layer < f.layers_count:
+            raise ValueError(f"check_layer: must lie in [0, {f.layers_count}), got {check_layer}")
+        for i, chunk in enumerate(chunks):
+            expected = (f.layers_count, 2, f.kv_heads, len(chunk.tokens), f.head_dim)
+            if tuple(chunk.kv.shape) != expected:
+                raise ValueError(f"chunks[{i}]: KV shape {tuple(chunk.kv.shape)} does not match {expected}")
+        p = len(self.system)
+        chunk_count = sum(len(c.tokens) for c in chunks)
+        total = p + chunk_count + len(question)
+        if total + reserve > f.max_positions:
+            raise ValueError(f"question: the prompt needs {total + reserve} positions, the model has {f.max_positions}")
+        kv = self._buffer_with_prefix(total + reserve)
+        self._place_chunks(chunks, kv)
+        ids = torch.cat([*(c.tokens for c in chunks), question])
+        positions = torch.arange(p, total)
+        question_rows = torch.arange(chunk_count, len(ids))
+        h = f.embed[ids]
+        if mode is PrefillMode.FULL_PREFILL:
+            recompute_ratio, check_layer = 1.0, f.layers_count - 1
+        if mode is PrefillMode.FULL_REUSE or chunk_count == 0:
+            h, positions, kept = h[question_rows], positions[question_rows], 0
+            for layer in range(f.layers_count):
+                h = f.layer(layer, h, positions, kv)
+        else:
+            for layer in range(check_layer):
+                h = f.layer(layer, h, positions, kv)
+            h, positions, kept = self._check_and_select(h, positions, kv, check_layer, chunk_count, recompute_ratio, deviation)
+            for layer in range(check_layer + 1, f.layers_count):
+                h = f.layer(layer, h, positions, kv)
+        kv.length = total
+        return Prefill(logits=f.logits(h[-1:])[0], kv=kv, recomputed=kept)
+
+    def _place_chunks(self, chunks: list[ChunkKV], kv: KVBuffer) -> None:
+        """Copy each chunk's cached KV into the buffer, keys rotated to the chunk's final positions."""
+        start = kv.length
+        for chunk in chunks:
+            positions = torch.arange(start, start + len(chunk.tokens))
+            cos, sin = self.forward.rope(positions)
+            kv.keys[:, :, positions] = rotate(chunk.kv[:, 0].to(self.forward.dtype), cos, sin)
+            kv.values[:, :, positions] = chunk.kv[:, 1].to(self.forward.dtype)
+            start += len(chunk.tokens)
+
+    def _check_and_select(self, h, positions, kv: KVBuffer, layer: int, chunk_count: int, ratio: float, deviation: Deviation):
+        """At the check layer: fresh KV for every token, then only the most deviating chunk tokens and the question go on."""
+        f = self.forward
+        q, k, v = f.qkv(layer, h)
+        cos, sin = f.rope(positions)
+        k = rotate(k, cos, sin)
+        chunk_positions = positions[:chunk_count]
+        if deviation is Deviation.VALUE:
+            fresh, cached = v[:, :chunk_count], kv.values[layer][:, chunk_positions]
+        else:
+            fresh, cached = k[:, :chunk_count], kv.keys[layer][:, chunk_positions]
+        selected = top_deviations(fresh, cached, math.ceil(ratio * chunk_count))
+        kv.keys[layer, :, positions] = k
+        kv.values[layer, :, positions] = v
+        rows = torch.cat([selected, torch.arange(chunk_count, len(positions))])
+        h = f.attend(layer, h[rows], rotate(q, cos, sin)[:, rows], positions[rows], kv)
+        return h, positions[rows], len(selected)
+
+
+def top_deviations(fresh: torch.Tensor, cached: torch.Tensor, count: int) -> torch.Tensor:
+    """Row indices (ascending) of the `count` tokens whose KV [heads, tokens, dim] moved most (L2 over heads and dims)."""
+    if count <= 0:
+        return torch.empty(0, dtype=torch.long)
+    distance = (fresh.float() - cached.float()).pow(2).sum(dim=(0, 2))
+    return torch.topk(distance, min(count, len(distance))).indices.sort().values

@@ -1,0 +1,161 @@
+"""Our own forward pass for the Llama family (Llama, Mistral, Qwen2, SmolLM), over HF weights.
+
+RMSNorm, rotary embedding with the model's theta and scaling, grouped-query attention through
+`scaled_dot_product_attention`, SwiGLU MLP. The pass is split so that callers choose which tokens
+run through which layers (`qkv`, then `attend`): blended prefill recomputes only some tokens.
+
+Sequence KV lives in a `KVBuffer` whose slot i holds the token at position i, keys after RoPE.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from worker.rope import RopeConfig, cos_sin, inverse_frequencies, rotate
+
+
+@dataclass(frozen=True, slots=True)
+class LayerWeights:
+    input_norm: torch.Tensor
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    q_bias: torch.Tensor | None
+    k_bias: torch.Tensor | None
+    v_bias: torch.Tensor | None
+    o: torch.Tensor
+    post_norm: torch.Tensor
+    gate: torch.Tensor
+    up: torch.Tensor
+    down: torch.Tensor
+
+
+class KVBuffer:
+    """Keys (after RoPE) and values of one sequence for every layer: [layers, kv_heads, capacity, head_dim]."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, capacity: int, dtype: torch.dtype) -> None:
+        self.keys = torch.zeros(layers, kv_heads, capacity, head_dim, dtype=dtype)
+        self.values = torch.zeros_like(self.keys)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[2]
+
+    def reserve(self, capacity: int) -> None:
+        if capacity > self.capacity:
+            grow = capacity - self.capacity
+            self.keys = F.pad(self.keys, (0, 0, 0, grow))
+            self.values = F.pad(self.values, (0, 0, 0, grow))
+
+
+class LlamaForward:
+    def __init__(self, model) -> None:
+        """Takes the weights of a transformers Llama-family causal LM (not copied: shared tensors)."""
+        config = model.config
+        self.layers_count: int = config.num_hidden_layers
+        self.heads: int = config.num_attention_heads
+        self.kv_heads: int = config.num_key_value_heads
+        self.head_dim: int = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.eps: float = config.rms_norm_eps
+        self.vocab_size: int = config.vocab_size
+        self.max_positions: int = config.max_position_embeddings
+        inner = model.model
+        self.embed = inner.embed_tokens.weight.detach()
+        self.final_norm = inner.norm.weight.detach()
+        self.lm_head = model.lm_head.weight.detach()
+        self.dtype = self.embed.dtype
+        self.inv_freq = inverse_frequencies(RopeConfig.from_hf(config))
+        self.layers = [self._layer_weights(layer) for layer in inner.layers]
+
+    @staticmethod
+    def _layer_weights(layer) -> LayerWeights:
+        attn, mlp = layer.self_attn, layer.mlp
+
+        def bias(linear):
+            return None if linear.bias is None else linear.bias.detach()
+
+        return LayerWeights(
+            input_norm=layer.input_layernorm.weight.detach(),
+            q=attn.q_proj.weight.detach(),
+            k=attn.k_proj.weight.detach(),
+            v=attn.v_proj.weight.detach(),
+            q_bias=bias(attn.q_proj),
+            k_bias=bias(attn.k_proj),
+            v_bias=bias(attn.v_proj),
+            o=attn.o_proj.weight.detach(),
+            post_norm=layer.post_attention_layernorm.weight.detach(),
+            gate=mlp.gate_proj.weight.detach(),
+            up=mlp.up_proj.weight.detach(),
+            down=mlp.down_proj.weight.detach(),
+        )
+
+    def new_buffer(self, capacity: int) -> KVBuffer:
+        return KVBuffer(self.layers_count, self.kv_heads, self.head_dim, capacity, self.dtype)
+
+    def check_tokens(self, ids: torch.Tensor, name: str = "tokens") -> torch.Tensor:
+        ids = torch.as_tensor(ids)
+        if ids.ndim != 1 or ids.is_floating_point():
+            raise ValueError(f"{name}: expected a 1-d integer tensor, got {tuple(ids.shape)} {ids.dtype}")
+        if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            raise ValueError(f"{name}: token ids must lie in [0, {self.vocab_size})")
+        return ids.to(torch.long)
+
+    def norm(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        h32 = h.to(torch.float32)
+        return (h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + self.eps)).to(h.dtype) * weight
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return cos_sin(self.inv_freq, positions)
+
+    def qkv(self, layer: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries [heads, n, d], keys and values [kv_heads, n, d] of hidden states h [n, hidden], before RoPE."""
+        w = self.layers[layer]
+        x = self.norm(h, w.input_norm)
+        n = len(h)
+        q = F.linear(x, w.q, w.q_bias).view(n, self.heads, self.head_dim).transpose(0, 1)
+        k = F.linear(x, w.k, w.k_bias).view(n, self.kv_heads, self.head_dim).transpose(0, 1)
+        v = F.linear(x, w.v, w.v_bias).view(n, self.kv_heads, self.head_dim).transpose(0, 1)
+        return q, k, v
+
+    def attend(self, layer: int, h: torch.Tensor, q: torch.Tensor, positions: torch.Tensor, kv: KVBuffer) -> torch.Tensor:
+        """The rest of the layer for tokens at `positions` (queries after RoPE), attending causally to `kv`."""
+        w = self.layers[layer]
+        visible = int(positions.max()) + 1
+        mask = torch.arange(visible)[None, :] <= positions[:, None]
+        out = F.scaled_dot_product_attention(
+            q[None],
+            kv.keys[layer, :, :visible][None],
+            kv.values[layer, :, :visible][None],
+            attn_mask=mask[None, None],
+            enable_gqa=True,
+        )[0]
+        h = h + F.linear(out.transpose(0, 1).reshape(len(h), self.heads * self.head_dim), w.o)
+        x = self.norm(h, w.post_norm)
+        return h + F.linear(F.silu(F.linear(x, w.gate)) * F.linear(x, w.up), w.down)
+
+    def layer(self, layer: int, h: torch.Tensor, positions: torch.Tensor, kv: KVBuffer) -> torch.Tensor:
+        """One full layer: write the tokens' keys and values at their positions, then attend."""
+        q, k, v = self.qkv(layer, h)
+        cos, sin = self.rope(positions)
+        kv.keys[layer, :, positions] = rotate(k, cos, sin)
+        kv.values[layer, :, positions] = v
+        return self.attend(layer, h, rotate(q, cos, sin), positions, kv)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.norm(h, self.final_norm), self.lm_head)
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, kv: KVBuffer) -> torch.Tensor:
+        """Run `ids` after the `kv.length` tokens already in `kv`; returns logits [n, vocab] and extends `kv`."""
+        ids = self.check_tokens(ids, "ids")
+        positions = torch.arange(kv.length, kv.length + len(ids))
+        if kv.length + len(ids) > self.max_positions:
+            raise ValueError(f"ids: {kv.length + len(ids)} positions exceed the model's {self.max_positions}")
+        kv.reserve(kv.length + len(ids))
+        h = self.embed[ids]
+        for layer in range(self.layers_count):
+            h = self.layer(layer, h, positions, kv)
+        kv.length += len(ids)
+        return self.logits(h)

@@ -102,7 +102,10 @@ class Blender:
         deviation: Deviation = Deviation.VALUE,
         reserve: int = 0,
     ) -> Prefill:
-        """Prefill `[prefix][chunks][question]` reusing the chunks' KV; `reserve` leaves room for decoding."""
+        """Prefill `[prefix][chunks][question]` reusing the chunks' KV; `reserve` leaves room for decoding.
+
+        FULL_PREFILL reads only the chunks' tokens, never their KV: it is the reference.
+        """
         f = self.forward
         question = f.check_tokens(question, "question")
         if len(question) == 0:
@@ -111,23 +114,25 @@ class Blender:
             raise ValueError(f"recompute_ratio: must lie in [0, 1], got {recompute_ratio}")
         if not 0 <= check_layer < f.layers_count:
             raise ValueError(f"check_layer: must lie in [0, {f.layers_count}), got {check_layer}")
-        for i, chunk in enumerate(chunks):
-            expected = (f.layers_count, 2, f.kv_heads, len(chunk.tokens), f.head_dim)
-            if tuple(chunk.kv.shape) != expected:
-                raise ValueError(f"chunks[{i}]: KV shape {tuple(chunk.kv.shape)} does not match {expected}")
         p = len(self.system)
         chunk_count = sum(len(c.tokens) for c in chunks)
         total = p + chunk_count + len(question)
         if total + reserve > f.max_positions:
             raise ValueError(f"question: the prompt needs {total + reserve} positions, the model has {f.max_positions}")
+        ids = torch.cat([*(c.tokens for c in chunks), question])
+        if mode is PrefillMode.FULL_PREFILL:  # every token from position 0: the plain forward pass
+            kv = f.new_buffer(total + reserve)
+            logits = f.forward(torch.cat([self.system, ids]), kv)[-1]
+            return Prefill(logits=logits, kv=kv, recomputed=chunk_count)
+        for i, chunk in enumerate(chunks):
+            expected = (f.layers_count, 2, f.kv_heads, len(chunk.tokens), f.head_dim)
+            if tuple(chunk.kv.shape) != expected:
+                raise ValueError(f"chunks[{i}]: KV shape {tuple(chunk.kv.shape)} does not match {expected}")
         kv = self._buffer_with_prefix(total + reserve)
         self._place_chunks(chunks, kv)
-        ids = torch.cat([*(c.tokens for c in chunks), question])
         positions = torch.arange(p, total)
         question_rows = torch.arange(chunk_count, len(ids))
         h = f.embed[ids]
-        if mode is PrefillMode.FULL_PREFILL:
-            recompute_ratio, check_layer = 1.0, f.layers_count - 1
         if mode is PrefillMode.FULL_REUSE or chunk_count == 0:
             h, positions, kept = h[question_rows], positions[question_rows], 0
             for layer in range(f.layers_count):

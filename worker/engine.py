@@ -81,7 +81,10 @@ class Engine:
 
     def _answer(self, chunks, question_ids, mode: PrefillMode, max_new_tokens: int) -> Iterator[GeneratedToken]:
         started = time.perf_counter()
-        loaded = [self._load(c) for c in chunks]
+        if mode is PrefillMode.FULL_PREFILL:  # reads tokens only, so no KV is loaded
+            loaded = [ChunkKV(torch.from_numpy(self.layout.chunk_segment(c.token_ids)), torch.empty(0)) for c in chunks]
+        else:
+            loaded = [self._load(c) for c in chunks]
         prefill = self.blender.blend_prefill(
             loaded,
             question_ids,

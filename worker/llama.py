@@ -123,14 +123,12 @@ class LlamaForward:
         """The rest of the layer for tokens at `positions` (queries after RoPE), attending causally to `kv`."""
         w = self.layers[layer]
         visible = int(positions.max()) + 1
-        mask = torch.arange(visible)[None, :] <= positions[:, None]
-        out = F.scaled_dot_product_attention(
-            q[None],
-            kv.keys[layer, :, :visible][None],
-            kv.values[layer, :, :visible][None],
-            attn_mask=mask[None, None],
-            enable_gqa=True,
-        )[0]
+        keys, values = kv.keys[layer, :, :visible][None], kv.values[layer, :, :visible][None]
+        if len(positions) == visible:  # the whole sequence from position 0: the fast causal kernel
+            out = F.scaled_dot_product_attention(q[None], keys, values, is_causal=True, enable_gqa=True)[0]
+        else:
+            mask = torch.arange(visible)[None, :] <= positions[:, None]
+            out = F.scaled_dot_product_attention(q[None], keys, values, attn_mask=mask[None, None], enable_gqa=True)[0]
         h = h + F.linear(out.transpose(0, 1).reshape(len(h), self.heads * self.head_dim), w.o)
         x = self.norm(h, w.post_norm)
         return h + F.linear(F.silu(F.linear(x, w.gate)) * F.linear(x, w.up), w.down)

@@ -1,12 +1,19 @@
 """encode(kv, codec) -> bytes and decode(bytes) -> tensor over the registered codecs."""
 
 from dataclasses import dataclass
-from types import ModuleType
+from typing import Protocol
 
 import torch
 
 from kvcodec import fp16
 from kvcodec.header import CorruptBlobError, Header, pack, unpack
+from kvcodec.quantized import QuantSpec
+
+
+class Implementation(Protocol):
+    def encode(self, kv: torch.Tensor) -> bytes: ...
+
+    def decode(self, payload: memoryview, shape: tuple[int, ...]) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,10 +21,16 @@ class Codec:
     name: str
     codec_id: int  # written in every blob: never reuse a number
     version: int
-    implementation: ModuleType
+    implementation: Implementation
+    lossless: bool = False
 
 
-_REGISTRY = [Codec("fp16", 1, 1, fp16)]
+_REGISTRY = [
+    Codec("fp16", 1, 1, fp16, lossless=True),
+    Codec("int8", 2, 1, QuantSpec(key_bits=8, value_bits=8, group=32, keys_per_channel=False)),
+    Codec("kivi4", 3, 1, QuantSpec(key_bits=4, value_bits=4, group=32)),
+    Codec("kivi2", 4, 1, QuantSpec(key_bits=2, value_bits=2, group=32)),
+]
 CODECS: dict[str, Codec] = {c.name: c for c in _REGISTRY}
 _BY_ID = {c.codec_id: c for c in _REGISTRY}
 
@@ -27,6 +40,8 @@ def encode(kv: torch.Tensor, codec: str) -> bytes:
         raise ValueError(f"codec: unknown {codec!r}; known: {sorted(CODECS)}")
     if not isinstance(kv, torch.Tensor) or not kv.is_floating_point():
         raise TypeError("kv: expected a floating-point torch tensor")
+    if kv.ndim != 5 or kv.shape[1] != 2:
+        raise ValueError(f"kv: expected [layers, 2, kv_heads, tokens, head_dim], got {tuple(kv.shape)}")
     spec = CODECS[codec]
     header = Header(spec.codec_id, spec.version, torch.float16, tuple(kv.shape), b"")
     return pack(header, spec.implementation.encode(kv))

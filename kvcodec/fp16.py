@@ -4,36 +4,20 @@ Shuffling puts the slowly varying high bytes (sign, exponent) next to each other
 compresses far better than interleaved pairs; the low mantissa bytes are close to random.
 """
 
-import threading
-
 import numpy as np
 import torch
-import zstandard
 
-_local = threading.local()
-ZSTD_LEVEL = 3
-
-
-def _compressor() -> zstandard.ZstdCompressor:
-    if not hasattr(_local, "compressor"):
-        _local.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-        _local.decompressor = zstandard.ZstdDecompressor()
-    return _local.compressor
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    _compressor()
-    return _local.decompressor
+from kvcodec import zstd
 
 
 def encode(kv: torch.Tensor) -> bytes:
     planes = kv.detach().to(torch.float16).contiguous().cpu().numpy().view(np.uint8).reshape(-1, 2)
-    return _compressor().compress(np.ascontiguousarray(planes.T).tobytes())
+    return zstd.compress(np.ascontiguousarray(planes.T).tobytes())
 
 
 def decode(payload: memoryview, shape: tuple[int, ...]) -> torch.Tensor:
     count = int(np.prod(shape))
-    raw = _decompressor().decompress(payload, max_output_size=2 * count)
+    raw = zstd.decompress(payload)
     if len(raw) != 2 * count:
         raise ValueError(f"fp16 payload holds {len(raw)} bytes, shape needs {2 * count}")
     pairs = np.frombuffer(raw, dtype=np.uint8).reshape(2, count).T.copy()

@@ -1,6 +1,9 @@
 """Session-wide fixtures: the real models, loaded once, and real servers on free loopback ports."""
 
 import os
+
+# Triton kernels run in its interpreter on machines without a GPU; set before anything imports triton.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 from pathlib import Path
 
 import pytest

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.deviation import top_deviations
 from worker.llama import KVBuffer, LlamaForward
 from worker.rope import rotate
 
@@ -173,11 +174,3 @@ class Blender:
         rows = torch.cat([selected, torch.arange(chunk_count, len(positions))])
         h = f.attend(layer, h[rows], rotate(q, cos, sin)[:, rows], positions[rows], kv)
         return h, positions[rows], len(selected)
-
-
-def top_deviations(fresh: torch.Tensor, cached: torch.Tensor, count: int) -> torch.Tensor:
-    """Row indices (ascending) of the `count` tokens whose KV [heads, tokens, dim] moved most (L2 over heads and dims)."""
-    if count <= 0:
-        return torch.empty(0, dtype=torch.long)
-    distance = (fresh.float() - cached.float()).pow(2).sum(dim=(0, 2))
-    return torch.topk(distance, min(count, len(distance))).indices.sort().values

@@ -69,3 +69,43 @@ def test_version_one_fp16_blob_layout_stays_readable() -> None:
     blob = b"TKVC" + bytes([1, CODECS["fp16"].codec_id, 1, 1, 2]) + struct.pack("<2I", 2, 3) + struct.pack("<I", 0)
     blob += struct.pack("<QI", len(payload), zlib.crc32(payload)) + payload
     assert decode(blob).tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+
+
+# Relative error bounds on Gaussian KV (real SmolLM2 KV does better: bench/codec.py).
+LOSSY_BOUNDS = {"int8": (0.02, 0.02), "kivi4": (0.10, 0.12), "kivi2": (0.45, 0.55)}
+
+
+@pytest.mark.parametrize("codec", sorted(LOSSY_BOUNDS))
+@pytest.mark.parametrize("tokens", [1, 31, 32, 33, 100])
+def test_lossy_round_trips_within_bounds(codec: str, tokens: int) -> None:
+    kv = torch.randn(4, 2, 3, tokens, 64, generator=torch.Generator().manual_seed(tokens))
+    blob = encode(kv, codec)
+    assert codec_of(blob) == codec
+    decoded = decode(blob).float()
+    assert decoded.shape == kv.shape
+    key_bound, value_bound = LOSSY_BOUNDS[codec]
+    for index, bound in ((0, key_bound), (1, value_bound)):
+        error = (decoded[:, index] - kv[:, index]).norm() / kv[:, index].norm()
+        assert error < bound, (codec, index, float(error))
+
+
+def test_quantised_codecs_are_smaller_in_order() -> None:
+    kv = torch.randn(4, 2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    sizes = {codec: len(encode(kv, codec)) for codec in ("fp16", "int8", "kivi4", "kivi2")}
+    assert sizes["fp16"] > sizes["int8"] > sizes["kivi4"] > sizes["kivi2"]
+    assert kv.numel() * 2 / sizes["kivi4"] > 3.0
+
+
+@pytest.mark.parametrize("codec", ["int8", "kivi4", "kivi2"])
+def test_lossy_corruption_is_detected(codec: str) -> None:
+    blob = bytearray(encode(torch.randn(2, 2, 1, 40, 64), codec))
+    blob[-3] ^= 0x10
+    with pytest.raises(CorruptBlobError):
+        decode(bytes(blob))
+    with pytest.raises(CorruptBlobError):
+        decode(bytes(blob[:-7]))
+
+
+def test_kv_layout_is_checked() -> None:
+    with pytest.raises(ValueError, match="kv"):
+        encode(torch.randn(2, 3, 1, 4, 64), "kivi4")

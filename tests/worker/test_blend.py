@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from worker.blend import Blender, ChunkKV, Deviation, PrefillMode, top_deviations
+from kernels.deviation import top_deviations
+from worker.blend import Blender, ChunkKV, Deviation, PrefillMode
 from worker.kv_cache import ChunkKVCache
 
 

@@ -1,0 +1,103 @@
+"""Quantised codecs over KV [layers, 2, kv_heads, tokens, head_dim] (index 0 keys, 1 values).
+
+Keys are quantised per channel (groups of `group` tokens share a scale for each channel) or per
+token, values per token (groups of `group` channels), as KIVI found best: key outliers sit in
+fixed channels, value error matters per token. Tokens are padded to a whole group with the last
+token's values and cut off again on decode. Codes are bit-packed, then everything is zstd'd.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kvcodec import zstd
+from kernels.packing import pack, unpack
+from kvcodec.quant import dequantize, quantize
+
+
+@dataclass(frozen=True, slots=True)
+class QuantSpec:
+    key_bits: int
+    value_bits: int
+    group: int  # tokens per key group when keys are per channel; channels per value group
+    keys_per_channel: bool = True
+
+    def encode(self, kv: torch.Tensor) -> bytes:
+        kv = kv.detach().float().cpu()
+        keys, values = kv[:, 0], kv[:, 1]  # [L, H, T, D]
+        tokens = keys.shape[2]
+        parts = [*self._keys(_pad_tokens(keys, self.group) if self.keys_per_channel else keys), *self._values(values)]
+        return zstd.compress(b"".join(np.ascontiguousarray(p).tobytes() for p in parts)) if tokens else b""
+
+    def _keys(self, keys: torch.Tensor) -> list[np.ndarray]:
+        if self.keys_per_channel:
+            l, h, t, d = keys.shape
+            grouped = keys.reshape(l, h, t // self.group, self.group, d)
+            codes, scale, low = quantize(grouped, self.key_bits, dim=3)
+            codes = codes.reshape(l, h, t, d)
+        else:
+            codes, scale, low = _per_token(keys, self.key_bits, keys.shape[-1])
+        return [pack(codes, self.key_bits), scale.numpy(), low.numpy()]
+
+    def _values(self, values: torch.Tensor) -> list[np.ndarray]:
+        codes, scale, low = _per_token(values, self.value_bits, self.group)
+        return [pack(codes, self.value_bits), scale.numpy(), low.numpy()]
+
+    def decode(self, payload: memoryview, shape: tuple[int, ...]) -> torch.Tensor:
+        layers, two, heads, tokens, dim = shape
+        if tokens == 0:
+            return torch.zeros(shape, dtype=torch.float16)
+        raw = memoryview(zstd.decompress(payload))
+        padded = -(-tokens // self.group) * self.group if self.keys_per_channel else tokens
+        reader = _Reader(raw)
+        key_codes = unpack(reader.take(np.uint8, (layers, heads, padded, dim * self.key_bits // 8)), self.key_bits)
+        if self.keys_per_channel:
+            groups = (layers, heads, padded // self.group, 1, dim)
+            scale, low = reader.take(np.float16, groups), reader.take(np.float16, groups)
+            keys = dequantize(key_codes.reshape(layers, heads, padded // self.group, self.group, dim), scale, low)
+            keys = keys.reshape(layers, heads, padded, dim)[:, :, :tokens]
+        else:
+            keys = _dequantize_per_token(key_codes, reader, (layers, heads, tokens), dim, dim)
+        value_codes = unpack(reader.take(np.uint8, (layers, heads, tokens, dim * self.value_bits // 8)), self.value_bits)
+        values = _dequantize_per_token(value_codes, reader, (layers, heads, tokens), dim, self.group)
+        reader.finish()
+        return torch.stack([keys, values], dim=1).to(torch.float16)
+
+
+def _pad_tokens(x: torch.Tensor, group: int) -> torch.Tensor:
+    pad = -x.shape[2] % group
+    return torch.cat([x, x[:, :, -1:].expand(-1, -1, pad, -1)], dim=2) if pad else x
+
+
+def _per_token(x: torch.Tensor, bits: int, group: int):
+    l, h, t, d = x.shape
+    codes, scale, low = quantize(x.reshape(l, h, t, d // group, group), bits, dim=4)
+    return codes.reshape(l, h, t, d), scale, low
+
+
+def _dequantize_per_token(codes: torch.Tensor, reader: "_Reader", lead: tuple[int, ...], dim: int, group: int) -> torch.Tensor:
+    shape = (*lead, dim // group, 1)
+    scale, low = reader.take(np.float16, shape), reader.take(np.float16, shape)
+    return dequantize(codes.reshape(*lead, dim // group, group), scale, low).reshape(*lead, dim)
+
+
+class _Reader:
+    """Consecutive typed arrays out of one buffer; any shortfall or leftover is an error."""
+
+    def __init__(self, raw: memoryview) -> None:
+        self._raw = raw
+        self._offset = 0
+
+    def take(self, dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        count = int(np.prod(shape))
+        size = count * np.dtype(dtype).itemsize
+        if self._offset + size > len(self._raw):
+            raise ValueError("payload shorter than its shape requires")
+        array = np.frombuffer(self._raw, dtype=dtype, count=count, offset=self._offset).reshape(shape)
+        self._offset += size
+        return torch.from_numpy(array.copy())
+
+    def finish(self) -> None:
+        if self._offset != len(self._raw):
+            raise ValueError("payload longer than its shape requires")

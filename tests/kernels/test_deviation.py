@@ -1,0 +1,29 @@
+"""The per-token deviation kernel (Triton, run by its interpreter here) against its torch twin."""
+
+import pytest
+import torch
+
+from kernels.deviation import token_deviation, token_deviation_reference, top_deviations
+from kernels.triton_deviation import token_deviation_triton
+
+
+@pytest.mark.parametrize("tokens", [1, 63, 64, 65, 200])
+def test_kernel_equals_reference(tokens: int) -> None:
+    generator = torch.Generator().manual_seed(tokens)
+    fresh, cached = torch.randn(3, tokens, 64, generator=generator), torch.randn(3, tokens, 64, generator=generator)
+    torch.testing.assert_close(token_deviation_triton(fresh, cached), token_deviation_reference(fresh, cached), atol=1e-3, rtol=1e-5)
+
+
+def test_top_deviations_finds_planted_tokens() -> None:
+    fresh = torch.zeros(3, 100, 64)
+    cached = fresh.clone()
+    cached[:, [7, 50, 99]] += torch.tensor([1.0, 3.0, 2.0])[None, :, None]
+    assert top_deviations(fresh, cached, 3).tolist() == [7, 50, 99]
+    assert top_deviations(fresh, cached, 1).tolist() == [50]
+    assert top_deviations(fresh, cached, 0).tolist() == []
+    assert len(top_deviations(fresh, cached, 500)) == 100
+
+
+def test_shape_mismatch_is_rejected() -> None:
+    with pytest.raises(ValueError, match="fresh"):
+        token_deviation(torch.zeros(3, 4, 64), torch.zeros(3, 5, 64))

@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from index.flat import FlatTenantIndex
+from index.curator import CuratorIndex
 from kvcodec import codec_of
 from server.config import ServerConfig
 from store.errors import InvalidArgument, NotFound
@@ -30,6 +30,10 @@ from worker.generate import GeneratedToken
 from worker.llm import LLM, load_llm
 
 log = logging.getLogger(__name__)
+
+MIN_TRAIN_VECTORS = 2048  # below this every tenant is scanned exactly: no tree needed
+TRAIN_SAMPLE = 50_000
+RETRAIN_GROWTH = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +77,11 @@ class Runtime:
         self.store = store
         self.models = models
         self.engine = Engine(models.llm, EngineConfig(kv_codec=config.kv_codec, cache_bytes=config.kv_cache_bytes))
-        self.index = FlatTenantIndex(dim=store.dim)
-        self._index_lock = threading.Lock()
+        self.index = CuratorIndex(store.dim)
+        self._trained_at = 0  # index size when its tree was last trained
+        # Held across a store write and the index update that follows it, so a rebuild that reads
+        # the store never races a commit; searches hold it only for the index lookup.
+        self._index_lock = threading.RLock()
         self._numbers: dict[str, int] = {}
 
     @classmethod
@@ -91,15 +98,27 @@ class Runtime:
     # ---- start-up
 
     def rebuild_index(self) -> None:
-        """Load every chunk's vector and readers from the store into a fresh index."""
-        index = FlatTenantIndex(dim=self.store.dim)
-        total = 0
-        for entries in tqdm(self.store.iter_index_entries(), desc="index", unit="batch", disable=None):
-            _add_entries(index, entries.ids, entries.vectors, entries.readers)
-            total += len(entries.ids)
+        """A fresh index from the store: its tree trained on a sample of the stored vectors."""
         with self._index_lock:
+            batches = list(tqdm(self.store.iter_index_entries(), desc="index", unit="batch", disable=None))
+            total = sum(len(b.ids) for b in batches)
+            index = CuratorIndex(self.store.dim)
+            if total >= MIN_TRAIN_VECTORS:
+                vectors = np.concatenate([b.vectors for b in batches])
+                picks = np.random.default_rng(0).choice(total, size=min(total, TRAIN_SAMPLE), replace=False)
+                index.train(vectors[np.sort(picks)])
+            for b in batches:
+                _add_entries(index, b.ids, b.vectors, b.readers)
+            index.build()
             self.index = index
-        log.info("index rebuilt from the store: %d chunks", total)
+            self._trained_at = total
+        log.info("index rebuilt from the store: %d chunks, tree of %d nodes", total, len(index.tree.centroids))
+
+    def _retrain_if_grown(self) -> None:
+        """Retrain the tree each time the index has grown RETRAIN_GROWTH-fold (amortised O(1) a vector)."""
+        size = len(self.index)
+        if size >= MIN_TRAIN_VECTORS and size >= RETRAIN_GROWTH * self._trained_at:
+            self.rebuild_index()
 
     def ensure_admin_key(self) -> str | None:
         """Create an admin key on first start and write it to a file only its owner can read."""
@@ -124,9 +143,9 @@ class Runtime:
 
     def delete_tenant(self, name: str) -> int:
         number = self.tenant_number(name)
-        deletion = self.store.delete_tenant(name)
-        self._numbers.pop(name, None)
         with self._index_lock:
+            deletion = self.store.delete_tenant(name)
+            self._numbers.pop(name, None)
             self.index.remove(deletion.removed_chunk_ids)
             for chunk_id, _ in deletion.revoked:
                 self.index.revoke(np.array([chunk_id], dtype=np.int64), number)
@@ -134,15 +153,15 @@ class Runtime:
 
     def grant(self, owner: str, external_ids: list[str], grantee: str) -> np.ndarray:
         grantee_number = self.tenant_number(grantee)
-        ids = self.store.grant(owner, external_ids, grantee)
         with self._index_lock:
+            ids = self.store.grant(owner, external_ids, grantee)
             self.index.grant(ids, grantee_number)
         return ids
 
     def revoke(self, owner: str, external_ids: list[str], grantee: str) -> np.ndarray:
         grantee_number = self.tenant_number(grantee)
-        ids = self.store.revoke(owner, external_ids, grantee)
         with self._index_lock:
+            ids = self.store.revoke(owner, external_ids, grantee)
             self.index.revoke(ids, grantee_number)
         return ids
 
@@ -179,18 +198,21 @@ class Runtime:
 
     def commit(self, tenant: str, documents: list[DocumentInput]) -> UpsertResult:
         """Write one batch durably in one transaction, then bring the index up to date."""
-        result = self.store.upsert(tenant, documents, kv_fingerprint=self.engine.kv_fingerprint)
         vectors = np.stack([c.vector for d in documents for c in d.chunks]).astype(np.float32, copy=False)
-        readers = [sorted(self.tenant_number(t) for t in c.readers) for c in self.store.readable_chunks(tenant, result.added)]
+        owner = self.tenant_number(tenant)
         with self._index_lock:
+            result = self.store.upsert(tenant, documents, kv_fingerprint=self.engine.kv_fingerprint)
+            chunks = self.store.readable_chunks(tenant, result.added)
+            readers = [sorted(self.tenant_number(t) for t in c.readers) for c in chunks]
             if len(result.removed):
                 self.index.remove(result.removed)
-            _add_entries(self.index, result.added, vectors, readers, owner=self.tenant_number(tenant))
+            _add_entries(self.index, result.added, vectors, readers, owner=owner)
+            self._retrain_if_grown()
         return result
 
     def delete_documents(self, tenant: str, external_ids: list[str]) -> int:
-        removed = self.store.delete_documents(tenant, external_ids)
         with self._index_lock:
+            removed = self.store.delete_documents(tenant, external_ids)
             self.index.remove(removed)
         return len(removed)
 

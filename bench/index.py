@@ -1,0 +1,192 @@
+"""Is the Curator-style index as fast as an index per tenant, at the memory of one shared index?
+
+For each dataset and index: recall@10 against exact tenant-restricted search, mean and p99
+latency (one thread, one query at a time), batch throughput (queries grouped by tenant), build
+time, memory of the index structures beyond the raw vectors and in total, and the cost per vector
+of insert+grant and of delete. Each index's search effort is swept; the table and the JSON report
+the cheapest setting reaching recall@10 >= 0.95 (and say which reached >= 0.90).
+
+    .venv/bin/python bench/index.py [--quick | --full] [--datasets synth,synth_uniform,wiki,wiki_lang]
+
+Writes bench/results/index.json.
+"""
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# This script is named like the `index` package: import the package with this folder off the
+# path, then put the folder back for `index_data`.
+BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from index.baselines import FilteredSharedIndex, PerTenantIndex  # noqa: E402
+from index.curator import CuratorConfig, CuratorIndex  # noqa: E402
+from index.flat import FlatTenantIndex  # noqa: E402
+
+sys.path.append(str(BENCH))
+from index_data import Dataset, synthetic, wikipedia  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+K = 10
+EFFORTS = {
+    "curator": [32, 64, 128, 256, 512, 1024, 2048],
+    "per_tenant_ivf": [1, 2, 4, 8, 16, 32, 64],
+    "per_tenant_hnsw": [16, 32, 64, 128, 256, 512],
+    "filtered_shared_ivf": [4, 8, 16, 32, 64, 128, 256, 512],
+    "filtered_shared_hnsw": [32, 64, 128, 256, 512, 1024],
+    "flat": [0],
+}
+
+
+def make_index(name: str, dim: int):
+    if name == "curator":
+        return CuratorIndex(dim, CuratorConfig())
+    if name == "flat":
+        return FlatTenantIndex(dim)
+    kind = name.rsplit("_", 1)[1]
+    return (PerTenantIndex if name.startswith("per_tenant") else FilteredSharedIndex)(dim, kind)
+
+
+def set_effort(index, effort: int) -> None:
+    if isinstance(index, CuratorIndex):
+        index.config = CuratorConfig(tree=index.config.tree, split_threshold=index.config.split_threshold,
+                                     exact_threshold=index.config.exact_threshold, ef=effort, metric=index.config.metric)
+    elif not isinstance(index, FlatTenantIndex):
+        index.effort = effort
+
+
+def load(index, data: Dataset, rows: np.ndarray) -> None:
+    """Add rows under their owners, then grant the other readers."""
+    owners = np.array([data.readers[i][0] for i in rows.tolist()])
+    for tenant in np.unique(owners).tolist():
+        mine = rows[owners == tenant]
+        index.add(mine.astype(np.int64), data.vectors[mine], tenant)
+    grants: dict[int, list[int]] = {}
+    for i in rows.tolist():
+        for tenant in data.readers[i][1:].tolist():
+            grants.setdefault(tenant, []).append(i)
+    for tenant, ids in grants.items():
+        index.grant(np.array(ids, dtype=np.int64), tenant)
+
+
+@dataclass
+class Measured:
+    recall: float
+    mean_ms: float
+    p99_ms: float
+    batch_qps: float
+
+
+def measure(index, data: Dataset, truth: np.ndarray) -> Measured:
+    latencies, found = [], []
+    for q, tenant in zip(data.queries, data.query_tenants.tolist()):
+        started = time.perf_counter()
+        _, ids = index.search(q[None, :], tenant, K)
+        latencies.append(time.perf_counter() - started)
+        found.append(ids[0])
+    recalls = [len(set(f.tolist()) & set(t[t >= 0].tolist())) / max(1, (t >= 0).sum()) for f, t in zip(found, truth)]
+    started = time.perf_counter()
+    for tenant in np.unique(data.query_tenants).tolist():
+        index.search(data.queries[data.query_tenants == tenant], tenant, K)
+    batch_s = time.perf_counter() - started
+    ms = np.array(latencies) * 1e3
+    return Measured(float(np.mean(recalls)), float(ms.mean()), float(np.percentile(ms, 99)), len(data.queries) / batch_s)
+
+
+def update_costs(index, data: Dataset, rows: np.ndarray) -> tuple[float, float]:
+    """Microseconds per vector to insert and grant to a second tenant, then to delete."""
+    second = (data.readers[0][0] + 1) % data.tenants
+    started = time.perf_counter()
+    for i in rows.tolist():
+        index.add(np.array([i], dtype=np.int64), data.vectors[i : i + 1], int(data.readers[i][0]))
+        index.grant(np.array([i], dtype=np.int64), second)
+    insert_us = (time.perf_counter() - started) / len(rows) * 1e6
+    started = time.perf_counter()
+    for i in rows.tolist():
+        index.remove(np.array([i], dtype=np.int64))
+    delete_us = (time.perf_counter() - started) / len(rows) * 1e6
+    return insert_us, delete_us
+
+
+def run_dataset(data: Dataset, names: list[str], update_count: int) -> dict:
+    n, dim = data.vectors.shape
+    held_out = np.arange(n - update_count, n)
+    base = np.arange(n - update_count)
+    raw = int(data.vectors[base].nbytes)
+    print(f"\n== {data.name}: {len(base)} vectors, {data.tenants} tenants, {len(data.queries)} queries, "
+          f"{np.mean([len(r) for r in data.readers]):.2f} readers per vector")
+    flat = FlatTenantIndex(dim)
+    load(flat, data, base)
+    truth = np.stack([flat.search(q[None, :], t, K)[1][0] for q, t in zip(data.queries, data.query_tenants.tolist())])
+    results = {}
+    sample = data.vectors[np.random.default_rng(1).choice(base, size=min(len(base), 100_000), replace=False)]
+    for name in names:
+        index = make_index(name, dim)
+        started = time.perf_counter()
+        index.train(sample)
+        load(index, data, base)
+        if hasattr(index, "build"):
+            index.build()
+        build_s = time.perf_counter() - started
+        sweep = []
+        for effort in tqdm(EFFORTS[name], desc=name, leave=False):
+            set_effort(index, effort)
+            sweep.append((effort, measure(index, data, truth)))
+        memory = index.memory_bytes()
+        chosen = next(((e, m) for e, m in sweep if m.recall >= 0.95), max(sweep, key=lambda s: s[1].recall))
+        at_90 = next((e for e, m in sweep if m.recall >= 0.90), None)
+        set_effort(index, chosen[0])
+        insert_us, delete_us = update_costs(index, data, held_out)
+        m = chosen[1]
+        results[name] = {
+            "effort": chosen[0], "effort_at_recall_0_90": at_90, "recall_at_10": m.recall, "mean_ms": m.mean_ms,
+            "p99_ms": m.p99_ms, "batch_qps": m.batch_qps, "memory_bytes": memory, "overhead_bytes": memory - raw,
+            "build_s": build_s, "insert_us": insert_us, "delete_us": delete_us,
+            "sweep": [{"effort": e, "recall_at_10": s.recall, "mean_ms": s.mean_ms} for e, s in sweep],
+        }
+    print(f"{'index':<22}{'effort':>7}{'recall':>8}{'mean ms':>9}{'p99 ms':>8}{'batch q/s':>10}{'overhead':>10}{'build s':>9}{'ins us':>8}{'del us':>8}")
+    for name, r in results.items():
+        print(f"{name:<22}{r['effort']:>7}{r['recall_at_10']:>8.3f}{r['mean_ms']:>9.3f}{r['p99_ms']:>8.3f}{r['batch_qps']:>10.0f}"
+              f"{r['overhead_bytes'] / raw:>9.1%} {r['build_s']:>8.1f}{r['insert_us']:>8.0f}{r['delete_us']:>8.0f}")
+    return {"raw_vector_bytes": raw, "indexes": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="20,000 vectors, 50 tenants: a smoke run")
+    parser.add_argument("--full", action="store_true", help="1,000,000 synthetic vectors, 1,000 tenants")
+    parser.add_argument("--datasets", default="synth,synth_uniform,wiki,wiki_lang")
+    parser.add_argument("--indexes", default=",".join(EFFORTS))
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "index.json")
+    args = parser.parse_args()
+    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(2)
+    n, tenants, queries = (20_000, 50, 200) if args.quick else (1_000_000, 1000, 1000) if args.full else (200_000, 500, 1000)
+    names = args.indexes.split(",")
+    report = {"datasets": {}}
+    for dataset in args.datasets.split(","):
+        if dataset.startswith("synth"):
+            data = synthetic(n + 1000, tenants, queries, uniform_queries=dataset == "synth_uniform")
+        else:
+            from worker.embedder import Embedder
+
+            embedder = Embedder.default()
+            languages = ("en-us", "es-es", "fr-fr") if dataset == "wiki_lang" else ("en-us",)
+            data = wikipedia(languages, queries // 2 if args.quick else queries, embedder.embed)
+        report["datasets"][dataset] = run_dataset(data, names, update_count=200 if args.quick else 1000)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

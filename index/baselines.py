@@ -1,0 +1,189 @@
+"""The baselines Curator is measured against, behind the same contract, on FAISS.
+
+`PerTenantIndex`: one FAISS IVF-Flat or HNSW index per tenant; a granted vector is copied into
+the grantee's index. `FilteredSharedIndex`: one FAISS index over all vectors, searched with an
+`IDSelector` of the tenant's ids. Deletion from HNSW, which FAISS cannot remove from, hides the
+ids with a selector until the index is rebuilt. `effort` is nprobe (IVF) or efSearch (HNSW).
+"""
+
+import math
+from typing import Literal
+
+import faiss
+import numpy as np
+
+from index.contract import check_ids, check_k, check_tenant, check_vectors
+
+Kind = Literal["ivf", "hnsw"]
+HNSW_M = 32
+SMALL_TENANT = 256  # below this an IVF tenant index is a flat scan (nothing to cluster)
+
+
+def _new_index(kind: Kind, dim: int, training: np.ndarray) -> faiss.Index:
+    if kind == "hnsw":
+        index = faiss.index_factory(dim, f"IDMap2,HNSW{HNSW_M}", faiss.METRIC_INNER_PRODUCT)
+        faiss.downcast_index(index.index).hnsw.efConstruction = 64
+        return index
+    if len(training) < SMALL_TENANT:
+        return faiss.index_factory(dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
+    nlist = max(1, min(4096, int(math.sqrt(len(training)))))
+    index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    index.train(training)
+    return index
+
+
+def _params(index: faiss.Index, effort: int, selector: faiss.IDSelector | None):
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(efSearch=max(effort, 1), sel=selector)
+    if isinstance(inner, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(nprobe=max(effort, 1), sel=selector)
+    return faiss.SearchParameters(sel=selector) if selector is not None else None
+
+
+def _memory(index: faiss.Index) -> int:
+    return len(faiss.serialize_index(index))
+
+
+class PerTenantIndex:
+    """A FAISS index per tenant, built from the tenant's vectors at its first search after changes."""
+
+    def __init__(self, dim: int, kind: Kind = "ivf", effort: int = 16) -> None:
+        self.dim, self.kind, self.effort = dim, kind, effort
+        self._vectors: dict[int, np.ndarray] = {}  # id -> vector (the caller's copy for grants)
+        self._owned: dict[int, dict[int, np.ndarray]] = {}  # tenant -> id -> vector
+        self._indexes: dict[int, faiss.Index] = {}
+        self._hidden: dict[int, set[int]] = {}  # tenant -> ids deleted from an HNSW index
+
+    def train(self, sample: np.ndarray) -> None:
+        check_vectors(sample, self.dim, "sample")
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, tenant: int) -> None:
+        vectors = check_vectors(vectors, self.dim)
+        ids = check_ids(ids, len(vectors))
+        self._vectors.update(zip(ids.tolist(), vectors))
+        self._put(ids, vectors, check_tenant(tenant))
+
+    def _put(self, ids: np.ndarray, vectors: np.ndarray, tenant: int) -> None:
+        self._owned.setdefault(tenant, {}).update(zip(ids.tolist(), vectors))
+        index = self._indexes.get(tenant)
+        if index is not None:
+            index.add_with_ids(vectors, ids)
+            self._hidden.get(tenant, set()).difference_update(ids.tolist())
+
+    def grant(self, ids: np.ndarray, tenant: int) -> None:
+        ids = check_ids(ids)
+        self._put(ids, np.stack([self._vectors[i] for i in ids.tolist()]), check_tenant(tenant))
+
+    def revoke(self, ids: np.ndarray, tenant: int) -> None:
+        self._drop(check_ids(ids), check_tenant(tenant))
+
+    def remove(self, ids: np.ndarray) -> None:
+        ids = check_ids(ids)
+        for tenant, owned in self._owned.items():
+            mine = np.array([i for i in ids.tolist() if i in owned], dtype=np.int64)
+            if len(mine):
+                self._drop(mine, tenant)
+        for i in ids.tolist():
+            self._vectors.pop(i, None)
+
+    def _drop(self, ids: np.ndarray, tenant: int) -> None:
+        owned = self._owned.get(tenant, {})
+        for i in ids.tolist():
+            owned.pop(i, None)
+        index = self._indexes.get(tenant)
+        if index is None:
+            return
+        if self.kind == "hnsw":
+            self._hidden.setdefault(tenant, set()).update(ids.tolist())
+        else:
+            index.remove_ids(faiss.IDSelectorBatch(ids))
+
+    def search(self, queries: np.ndarray, tenant: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = check_vectors(queries, self.dim, "queries")
+        k, tenant = check_k(k), check_tenant(tenant)
+        owned = self._owned.get(tenant)
+        if not owned:
+            return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+        index = self._indexes.get(tenant)
+        if index is None:
+            ids = np.fromiter(owned, dtype=np.int64, count=len(owned))
+            vectors = np.stack(list(owned.values()))
+            index = self._indexes[tenant] = _new_index(self.kind, self.dim, vectors)
+            index.add_with_ids(vectors, ids)
+        hidden = self._hidden.get(tenant)
+        selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(hidden, np.int64))) if hidden else None
+        distances, found = index.search(queries, k, params=_params(index, self.effort, selector))
+        return np.where(found < 0, -np.inf, distances).astype(np.float32), found
+
+    def build(self) -> None:
+        """Build every tenant's index now (the benchmark times this as the build)."""
+        probe = np.zeros((1, self.dim), np.float32)
+        for tenant in list(self._owned):
+            self.search(probe, tenant, 1)
+
+    def memory_bytes(self) -> int:
+        return sum(_memory(index) for index in self._indexes.values())
+
+
+class FilteredSharedIndex:
+    """One FAISS index over every vector; a search passes the tenant's ids as an IDSelector."""
+
+    def __init__(self, dim: int, kind: Kind = "ivf", effort: int = 16) -> None:
+        self.dim, self.kind, self.effort = dim, kind, effort
+        self._index: faiss.Index | None = None
+        self._readable: dict[int, set[int]] = {}
+        self._selectors: dict[int, tuple[faiss.IDSelector, np.ndarray]] = {}
+        self._deleted: set[int] = set()
+
+    def train(self, sample: np.ndarray) -> None:
+        sample = check_vectors(sample, self.dim, "sample")
+        self._index = _new_index(self.kind, self.dim, sample)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, tenant: int) -> None:
+        vectors = check_vectors(vectors, self.dim)
+        ids = check_ids(ids, len(vectors))
+        if self._index is None:
+            raise ValueError("train: call train(sample) before add")
+        self._index.add_with_ids(vectors, ids)
+        self._deleted.difference_update(ids.tolist())
+        self._grant(ids, check_tenant(tenant))
+
+    def _grant(self, ids: np.ndarray, tenant: int) -> None:
+        self._readable.setdefault(tenant, set()).update(ids.tolist())
+        self._selectors.pop(tenant, None)
+
+    def grant(self, ids: np.ndarray, tenant: int) -> None:
+        self._grant(check_ids(ids), check_tenant(tenant))
+
+    def revoke(self, ids: np.ndarray, tenant: int) -> None:
+        self._readable.get(check_tenant(tenant), set()).difference_update(check_ids(ids).tolist())
+        self._selectors.pop(tenant, None)
+
+    def remove(self, ids: np.ndarray) -> None:
+        ids = check_ids(ids)
+        if self.kind == "ivf":
+            self._index.remove_ids(faiss.IDSelectorBatch(ids))
+        else:
+            self._deleted.update(ids.tolist())  # FAISS HNSW cannot remove: never selected again
+        for tenant, readable in self._readable.items():
+            if not readable.isdisjoint(ids.tolist()):
+                readable.difference_update(ids.tolist())
+                self._selectors.pop(tenant, None)
+
+    def search(self, queries: np.ndarray, tenant: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = check_vectors(queries, self.dim, "queries")
+        k, tenant = check_k(k), check_tenant(tenant)
+        if tenant not in self._selectors:
+            ids = np.fromiter(self._readable.get(tenant, ()), dtype=np.int64)
+            self._selectors[tenant] = (faiss.IDSelectorBatch(ids), ids)  # keep ids alive with the selector
+        selector = self._selectors[tenant][0]
+        distances, found = self._index.search(queries, k, params=_params(self._index, self.effort, selector))
+        return np.where(found < 0, -np.inf, distances).astype(np.float32), found
+
+    def build(self) -> None:
+        """Nothing deferred: vectors are indexed as they are added."""
+
+    def memory_bytes(self) -> int:
+        selectors = sum(8 * len(r) for r in self._readable.values())
+        return _memory(self._index) + selectors

@@ -1,0 +1,35 @@
+"""The server's Curator index: trained once the store is big enough, rebuilt consistently on restart."""
+
+import dataclasses
+
+import numpy as np
+
+from server.app import ServerThread
+from server.client import Client
+from server.runtime import MIN_TRAIN_VECTORS
+from tests.server.conftest import unit_vectors, vector_documents
+
+
+def test_index_trains_on_growth_and_survives_restart(server_config, models) -> None:
+    config = dataclasses.replace(server_config, precompute_kv=False)  # vectors only: fast to ingest
+    vectors = unit_vectors(MIN_TRAIN_VECTORS + 100, seed=40)
+    with ServerThread(config, models) as server:
+        with Client(server.address, config.admin_key_path.read_text().strip()) as admin:
+            admin.create_tenant("big")
+            admin.create_tenant("small")
+            big_key, small_key = admin.create_api_key("big").api_key, admin.create_api_key("small").api_key
+        with Client(server.address, big_key) as big, Client(server.address, small_key) as small:
+            docs = vector_documents("v", vectors)
+            big.upsert([docs[i : i + 500] for i in range(0, len(docs), 500)])
+            small.upsert([vector_documents("s", vectors[:3])])
+            runtime = server.server.runtime
+            assert len(runtime.index.tree.centroids) > 1  # trained: more than the root
+            assert big.search(vectors[1234], k=1).hits[0].external_id == "v-1234"
+            assert {h.external_id for h in small.search(vectors[0], k=10).hits} == {"s-0", "s-1", "s-2"}
+    with ServerThread(config, models) as server:
+        with Client(server.address, big_key) as big:
+            assert len(server.server.runtime.index) == len(vectors) + 3
+            hits = big.search(vectors[77], k=5).hits
+            assert hits[0].external_id == "v-77" and all(h.owner_tenant_id == "big" for h in hits)
+            found = np.mean([big.search(v, k=1).hits[0].external_id == f"v-{i}" for i, v in list(enumerate(vectors))[::97]])
+            assert found >= 0.95

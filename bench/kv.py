@@ -37,7 +37,7 @@ class Mode:
     name: str
     prefill: PrefillMode
     ratio: float = 0.0
-    deviation: Deviation = Deviation.VALUE
+    deviation: Deviation = Deviation.KEY
 
 
 MODES = [

@@ -67,7 +67,7 @@ def answer(
     question: torch.Tensor,
     mode: PrefillMode,
     ratio: float = 0.15,
-    deviation: Deviation = Deviation.VALUE,
+    deviation: Deviation = Deviation.KEY,
     started: float | None = None,
 ) -> Outcome:
     """Prefill in `mode`, then a greedy answer; time to first token counts from `started` (default: now)."""

@@ -100,7 +100,7 @@ class Blender:
         recompute_ratio: float = 0.15,
         check_layer: int = 1,
         mode: PrefillMode = PrefillMode.BLEND,
-        deviation: Deviation = Deviation.VALUE,
+        deviation: Deviation = Deviation.KEY,
         reserve: int = 0,
     ) -> Prefill:
         """Prefill `[prefix][chunks][question]` reusing the chunks' KV; `reserve` leaves room for decoding.

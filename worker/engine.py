@@ -28,7 +28,7 @@ class EngineConfig:
     cache_bytes: int = 1 << 30
     recompute_ratio: float = 0.15
     check_layer: int = 1
-    deviation: Deviation = Deviation.VALUE
+    deviation: Deviation = Deviation.KEY
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,10 +32,10 @@ class QuantSpec:
 
     def _keys(self, keys: torch.Tensor) -> list[np.ndarray]:
         if self.keys_per_channel:
-            l, h, t, d = keys.shape
-            grouped = keys.reshape(l, h, t // self.group, self.group, d)
+            layers, heads, tokens, dim = keys.shape
+            grouped = keys.reshape(layers, heads, tokens // self.group, self.group, dim)
             codes, scale, low = quantize(grouped, self.key_bits, dim=3)
-            codes = codes.reshape(l, h, t, d)
+            codes = codes.reshape(layers, heads, tokens, dim)
         else:
             codes, scale, low = _per_token(keys, self.key_bits, keys.shape[-1])
         return [pack(codes, self.key_bits), scale.numpy(), low.numpy()]
@@ -71,9 +71,9 @@ def _pad_tokens(x: torch.Tensor, group: int) -> torch.Tensor:
 
 
 def _per_token(x: torch.Tensor, bits: int, group: int):
-    l, h, t, d = x.shape
-    codes, scale, low = quantize(x.reshape(l, h, t, d // group, group), bits, dim=4)
-    return codes.reshape(l, h, t, d), scale, low
+    layers, heads, tokens, dim = x.shape
+    codes, scale, low = quantize(x.reshape(layers, heads, tokens, dim // group, group), bits, dim=4)
+    return codes.reshape(layers, heads, tokens, dim), scale, low
 
 
 def _dequantize_per_token(codes: torch.Tensor, reader: "_Reader", lead: tuple[int, ...], dim: int, group: int) -> torch.Tensor:

@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--tenant", default="", help="ask as this tenant with an admin key")
     ask.add_argument("-k", type=int, default=0)
     ask.add_argument("--max-new-tokens", type=int, default=0)
+    ask.add_argument("--mode", choices=["blend", "full_prefill", "full_reuse"], default="", help="default: the server's (blend)")
     _client_options(ask)
     ask.set_defaults(run=_ask)
     return parser
@@ -176,7 +177,7 @@ def _document(line: str, line_number: int) -> DocumentText:
 
 def _ask(args) -> int:
     with _tenant_client(args, "read") as client:
-        for event in client.ask(args.question, k=args.k, max_new_tokens=args.max_new_tokens):
+        for event in client.ask(args.question, k=args.k, max_new_tokens=args.max_new_tokens, mode=args.mode):
             kind = event.WhichOneof("event")
             if kind == "chunks":
                 sources = ", ".join(f"{h.external_id}#{h.chunk_index}" for h in event.chunks.hits)

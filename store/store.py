@@ -601,24 +601,21 @@ class Store:
         """Every chunk's vector and reader tenant numbers (owner first), in chunk id order."""
         numbers = {t.name: t.number for t in self.list_tenants()}
         after = 0
-        while True:
-            def read(txn: lmdb.Transaction) -> list[tuple[int, bytes, list[str]]]:
-                cursor = txn.cursor(db=self._db["chunks"])
-                rows = []
-                if cursor.set_range(U64.pack(after + 1)):
-                    for key, value in cursor:
-                        chunk_id = U64.unpack(key)[0]
-                        rows.append((chunk_id, txn.get(key, db=self._db["vectors"]), json.loads(value)["readers"]))
-                        if len(rows) == batch:
-                            break
-                return rows
-
-            rows = self._read(read)
-            if not rows:
-                return
+        while rows := self._read(lambda txn: self._chunk_rows(txn, after, batch)):
             after = rows[-1][0]
             yield IndexEntries(
                 ids=np.array([r[0] for r in rows], dtype=np.int64),
                 vectors=np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim),
                 readers=[[numbers[name] for name in r[2] if name in numbers] for r in rows],
             )
+
+    def _chunk_rows(self, txn: lmdb.Transaction, after: int, batch: int) -> list[tuple[int, bytes, list[str]]]:
+        """Up to `batch` (chunk id, vector bytes, readers) with ids above `after`."""
+        cursor = txn.cursor(db=self._db["chunks"])
+        rows: list[tuple[int, bytes, list[str]]] = []
+        if cursor.set_range(U64.pack(after + 1)):
+            for key, value in cursor:
+                rows.append((U64.unpack(key)[0], txn.get(key, db=self._db["vectors"]), json.loads(value)["readers"]))
+                if len(rows) == batch:
+                    break
+        return rows

@@ -51,8 +51,9 @@ def test_ingest_is_resumable_then_ask(as_admin, admin, capsys, tmp_path: Path) -
     assert admin.get_tenant("acme").stats.api_keys == 0  # the temporary key is revoked
     run(capsys, "ingest", "--tenant", "acme", str(corpus))
     assert admin.get_tenant("acme").stats.documents == 6
-    answer = run(capsys, "ask", "--tenant", "acme", "-k", "1", "--max-new-tokens", "8", "What is the capital of Italy?")
-    assert "".join(answer).strip()
+    for mode in ("blend", "full_prefill", "full_reuse"):
+        answer = run(capsys, "ask", "--tenant", "acme", "-k", "1", "--max-new-tokens", "8", "--mode", mode, "What is the capital of Italy?")
+        assert "".join(answer).strip()
 
 
 def test_bad_jsonl_line_names_the_line(as_admin, admin, tmp_path: Path) -> None:

@@ -44,9 +44,13 @@ def synthetic(n: int, tenants: int, queries: int, uniform_queries: bool, dim: in
         pool = pool[[len(readers[i]) < 4 for i in pool.tolist()]]
         for i in rng.choice(pool, size=min(size, len(pool)), replace=False).tolist():
             readers[i].append(tenant)
+    cluster_owners: list[list[int]] = [[] for _ in range(clusters)]
+    for tenant, home in enumerate(homes):
+        for cluster in home.tolist():
+            cluster_owners[cluster].append(tenant)
     for i in range(n):
         if not readers[i]:
-            owners = [t for t, home in enumerate(homes) if assignment[i] in home]
+            owners = cluster_owners[assignment[i]]
             readers[i].append(int(rng.choice(owners)) if owners else int(rng.integers(0, tenants)))
     reader_arrays = [np.array(r, dtype=np.int64) for r in readers]
     counts = np.bincount(np.concatenate(reader_arrays), minlength=tenants)

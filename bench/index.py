@@ -39,7 +39,7 @@ from index_data import Dataset, synthetic, wikipedia  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 K = 10
 EFFORTS = {
-    "curator": [32, 64, 128, 256, 512, 1024, 2048],
+    "curator": [64, 128, 192, 256, 384, 512, 1024],
     "per_tenant_ivf": [1, 2, 4, 8, 16, 32, 64],
     "per_tenant_hnsw": [16, 32, 64, 128, 256, 512],
     "filtered_shared_ivf": [4, 8, 16, 32, 64, 128, 256, 512],

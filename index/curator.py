@@ -30,7 +30,7 @@ from index.vectors import VectorTable
 @dataclass(frozen=True, slots=True)
 class CuratorConfig:
     tree: TreeConfig = TreeConfig()
-    split_threshold: int = 64
+    split_threshold: int = 256
     exact_threshold: int = 128  # tenants this small (or no larger than ef) are scanned exactly
     ef: int = 256  # vectors scanned per query, the search-effort knob
     metric: Metric = "ip"
@@ -203,16 +203,29 @@ class CuratorIndex:
         return distances, found
 
     def _view(self, sub: _SubTree):
-        """The tenant's terminals as arrays (built on first search after a change)."""
+        """The tenant's terminals as arrays, built on the first search after a change.
+
+        Each terminal is ranked by the mean of the tenant's own vectors in its shortlist, not by
+        the shared node's centroid: the shared centroid summarises every tenant below the node,
+        the tenant's mean is where its vectors actually are (as a per-tenant IVF's centroid is).
+        """
         if sub.view is None:
             nodes = np.fromiter(sub.terminals, dtype=np.int64, count=len(sub.terminals))
             lists = [sub.terminals[n] for n in nodes.tolist()]
-            offsets = np.concatenate([[0], np.cumsum([len(r) for r in lists])]).astype(np.int64)
-            sub.view = (nodes, self.tree.centroids[nodes], offsets, np.concatenate(lists))
+            sizes = np.array([len(r) for r in lists], dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            rows = np.concatenate(lists)
+            means = np.add.reduceat(self._table.vectors[rows], offsets[:-1], axis=0) / sizes[:, None]
+            if self.config.metric == "ip":
+                means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+            sub.view = (nodes, means.astype(np.float32), offsets, rows)
         return sub.view
 
     def build(self) -> None:
-        """Prepare every tenant's search arrays now rather than at its first search."""
+        """After a bulk load: release spare capacity, and prepare every tenant's search arrays."""
+        self._table.shrink()
+        self._leaf = self._leaf[: self._table.capacity].copy()
+        self._readers.resize(self._table.capacity)
         for sub in self._tenants.values():
             self._view(sub)
 
@@ -259,9 +272,10 @@ class _Readers:
         self._overflow: dict[int, set[int]] = {}
 
     def resize(self, capacity: int) -> None:
-        grown = np.full((capacity, self.SLOTS), -1, dtype=np.int32)
-        grown[: len(self._slots)] = self._slots
-        self._slots = grown
+        resized = np.full((capacity, self.SLOTS), -1, dtype=np.int32)
+        keep = min(capacity, len(self._slots))
+        resized[:keep] = self._slots[:keep]
+        self._slots = resized
 
     def set_owner(self, row: int, tenant: int) -> None:
         self._slots[row] = -1

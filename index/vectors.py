@@ -31,7 +31,7 @@ class VectorTable:
     def _grow(self) -> int:
         row = self._used
         if row == len(self.ids):
-            capacity = max(1024, row + row // 8)  # 12.5% growth keeps the slack small
+            capacity = max(1024, row + row // 16)  # 6.25% growth: small slack, copies amortised over cap/16 adds
             self.vectors = np.resize(self.vectors, (capacity, self.dim))
             self.ids = np.concatenate([self.ids, np.full(capacity - row, -1, dtype=np.int64)])
         self._used += 1
@@ -50,6 +50,11 @@ class VectorTable:
         self.ids[rows] = -1
         self._free.extend(rows)
         return np.array(rows, dtype=np.int64)
+
+    def shrink(self) -> None:
+        """Drop the spare rows beyond the last one in use (growth leaves up to 6.25%)."""
+        self.vectors = self.vectors[: self._used].copy()
+        self.ids = self.ids[: self._used].copy()
 
     @property
     def capacity(self) -> int:

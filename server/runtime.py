@@ -152,17 +152,17 @@ class Runtime:
         return len(deletion.removed_chunk_ids)
 
     def grant(self, owner: str, external_ids: list[str], grantee: str) -> np.ndarray:
-        grantee_number = self.tenant_number(grantee)
-        with self._index_lock:
-            ids = self.store.grant(owner, external_ids, grantee)
-            self.index.grant(ids, grantee_number)
-        return ids
+        return self._change_grants(owner, external_ids, grantee, grant=True)
 
     def revoke(self, owner: str, external_ids: list[str], grantee: str) -> np.ndarray:
+        return self._change_grants(owner, external_ids, grantee, grant=False)
+
+    def _change_grants(self, owner: str, external_ids: list[str], grantee: str, grant: bool) -> np.ndarray:
+        """Grant or revoke in the store, then mirror the chunks it changed in the index."""
         grantee_number = self.tenant_number(grantee)
         with self._index_lock:
-            ids = self.store.revoke(owner, external_ids, grantee)
-            self.index.revoke(ids, grantee_number)
+            ids = (self.store.grant if grant else self.store.revoke)(owner, external_ids, grantee)
+            (self.index.grant if grant else self.index.revoke)(ids, grantee_number)
         return ids
 
     # ---- ingestion

@@ -3,7 +3,8 @@
 May import `kernels`.
 """
 
-from kvcodec.codec import CODECS, codec_of, decode, encode
+from kvcodec.codec import CODECS, codec_of, decode, decode_packed, encode
 from kvcodec.header import CorruptBlobError
+from kvcodec.packed import PackedKV
 
-__all__ = ["CODECS", "CorruptBlobError", "codec_of", "decode", "encode"]
+__all__ = ["CODECS", "CorruptBlobError", "PackedKV", "codec_of", "decode", "decode_packed", "encode"]

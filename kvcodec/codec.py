@@ -1,4 +1,8 @@
-"""encode(kv, codec) -> bytes and decode(bytes) -> tensor over the registered codecs."""
+"""encode(kv, codec) -> bytes and decode(bytes) -> tensor over the registered codecs.
+
+`decode_packed` stops short of expanding: quantised blobs come back as `PackedKV` (codes, scales
+and minimums, what a worker keeps in memory), lossless ones as their fp16 tensor.
+"""
 
 from dataclasses import dataclass
 from typing import Protocol
@@ -7,13 +11,14 @@ import torch
 
 from kvcodec import fp16
 from kvcodec.header import CorruptBlobError, Header, pack, unpack
+from kvcodec.packed import PackedKV
 from kvcodec.quantized import QuantSpec
 
 
 class Implementation(Protocol):
     def encode(self, kv: torch.Tensor) -> bytes: ...
 
-    def decode(self, payload: memoryview, shape: tuple[int, ...]) -> torch.Tensor: ...
+    def parse(self, payload: memoryview, shape: tuple[int, ...]) -> torch.Tensor | PackedKV: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +52,21 @@ def encode(kv: torch.Tensor, codec: str) -> bytes:
     return pack(header, spec.implementation.encode(kv))
 
 
-def decode(blob: bytes) -> torch.Tensor:
+def decode(blob: bytes, device: torch.device | str = "cpu") -> torch.Tensor:
+    """float16 KV [layers, 2, kv_heads, tokens, head_dim]; quantised codes expand on `device`."""
+    parsed = decode_packed(blob).to(device)
+    return parsed.dense() if isinstance(parsed, PackedKV) else parsed
+
+
+def decode_packed(blob: bytes) -> torch.Tensor | PackedKV:
+    """The blob parsed and checked but left packed where its codec quantises (on the CPU)."""
     header, payload = unpack(blob)
     spec = _codec_for(header)
     try:
-        return spec.implementation.decode(payload, header.shape).to(header.dtype)
+        parsed = spec.implementation.parse(payload, header.shape)
     except Exception as exc:  # zstd and reshape errors alike mean the payload is not what the header says
         raise CorruptBlobError(f"{spec.name} payload does not decode: {exc}") from exc
+    return parsed if isinstance(parsed, PackedKV) else parsed.to(header.dtype)
 
 
 def codec_of(blob: bytes) -> str:

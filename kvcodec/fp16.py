@@ -15,7 +15,7 @@ def encode(kv: torch.Tensor) -> bytes:
     return zstd.compress(np.ascontiguousarray(planes.T).tobytes())
 
 
-def decode(payload: memoryview, shape: tuple[int, ...]) -> torch.Tensor:
+def parse(payload: memoryview, shape: tuple[int, ...]) -> torch.Tensor:
     count = int(np.prod(shape))
     raw = zstd.decompress(payload)
     if len(raw) != 2 * count:

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from kvcodec import zstd
-from kernels.packing import pack, unpack
-from kvcodec.quant import dequantize, quantize
+from kernels.packing import pack
+from kvcodec.packed import PackedGroups, PackedKV
+from kvcodec.quant import quantize
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,25 +45,18 @@ class QuantSpec:
         codes, scale, low = _per_token(values, self.value_bits, self.group)
         return [pack(codes, self.value_bits), scale.numpy(), low.numpy()]
 
-    def decode(self, payload: memoryview, shape: tuple[int, ...]) -> torch.Tensor:
-        layers, two, heads, tokens, dim = shape
-        if tokens == 0:
-            return torch.zeros(shape, dtype=torch.float16)
-        raw = memoryview(zstd.decompress(payload))
-        padded = -(-tokens // self.group) * self.group if self.keys_per_channel else tokens
-        reader = _Reader(raw)
-        key_codes = unpack(reader.take(np.uint8, (layers, heads, padded, dim * self.key_bits // 8)), self.key_bits)
+    def parse(self, payload: memoryview, shape: tuple[int, ...]) -> PackedKV:
+        """The payload's codes, scales and minimums, checked against `shape` but not expanded."""
+        layers, _, heads, tokens, dim = shape
+        reader = _Reader(memoryview(zstd.decompress(payload)) if tokens else memoryview(b""))
         if self.keys_per_channel:
-            groups = (layers, heads, padded // self.group, 1, dim)
-            scale, low = reader.take(np.float16, groups), reader.take(np.float16, groups)
-            keys = dequantize(key_codes.reshape(layers, heads, padded // self.group, self.group, dim), scale, low)
-            keys = keys.reshape(layers, heads, padded, dim)[:, :, :tokens]
+            padded = -(-tokens // self.group) * self.group
+            keys = _take_groups(reader, (layers, heads, padded, dim), self.key_bits, self.group, per_channel=True)
         else:
-            keys = _dequantize_per_token(key_codes, reader, (layers, heads, tokens), dim, dim)
-        value_codes = unpack(reader.take(np.uint8, (layers, heads, tokens, dim * self.value_bits // 8)), self.value_bits)
-        values = _dequantize_per_token(value_codes, reader, (layers, heads, tokens), dim, self.group)
+            keys = _take_groups(reader, (layers, heads, tokens, dim), self.key_bits, dim, per_channel=False)
+        values = _take_groups(reader, (layers, heads, tokens, dim), self.value_bits, self.group, per_channel=False)
         reader.finish()
-        return torch.stack([keys, values], dim=1).to(torch.float16)
+        return PackedKV(keys, values, tokens)
 
 
 def _pad_tokens(x: torch.Tensor, group: int) -> torch.Tensor:
@@ -76,10 +70,15 @@ def _per_token(x: torch.Tensor, bits: int, group: int):
     return codes.reshape(layers, heads, tokens, dim), scale, low
 
 
-def _dequantize_per_token(codes: torch.Tensor, reader: "_Reader", lead: tuple[int, ...], dim: int, group: int) -> torch.Tensor:
-    shape = (*lead, dim // group, 1)
-    scale, low = reader.take(np.float16, shape), reader.take(np.float16, shape)
-    return dequantize(codes.reshape(*lead, dim // group, group), scale, low).reshape(*lead, dim)
+def _take_groups(reader: "_Reader", rows: tuple[int, int, int, int], bits: int, group: int, per_channel: bool) -> PackedGroups:
+    layers, heads, count, dim = rows
+    if per_channel:
+        groups = (layers, heads, count // group, 1, dim)
+    else:
+        groups = (layers, heads, count, dim // group, 1)
+    codes = reader.take(np.uint8, (layers, heads, count, dim * bits // 8))
+    scale, low = reader.take(np.float16, groups), reader.take(np.float16, groups)
+    return PackedGroups(codes, scale, low, bits, group, per_channel)
 
 
 class _Reader:

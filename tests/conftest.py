@@ -1,12 +1,15 @@
 """Session-wide fixtures: the real models, loaded once, and real servers on free loopback ports."""
 
 import os
-
-# Triton kernels run in its interpreter on machines without a GPU; set before anything imports triton.
-os.environ.setdefault("TRITON_INTERPRET", "1")
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton kernels run in its interpreter on machines without a GPU. Set before anything (transformers
+# included) imports triton: its language functions are patched for the interpreter on import.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from server.app import ServerThread
 from server.client import Client

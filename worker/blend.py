@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels.deviation import top_deviations
+from kvcodec import PackedKV
 from worker.llama import KVBuffer, LlamaForward
 from worker.rope import rotate
 
@@ -37,14 +38,18 @@ class Deviation(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ChunkKV:
-    """One chunk's KV computed on its own: float [layers, 2, kv_heads, tokens, head_dim], keys before RoPE."""
+    """One chunk's KV computed on its own: [layers, 2, kv_heads, tokens, head_dim], keys before RoPE.
+
+    `kv` is a float tensor, or a quantised blob's `PackedKV` that expands only when placed.
+    """
 
     tokens: torch.Tensor  # int64 [tokens]
-    kv: torch.Tensor
+    kv: torch.Tensor | PackedKV
 
     @property
     def nbytes(self) -> int:
-        return self.kv.nelement() * self.kv.element_size() + self.tokens.nelement() * 8
+        kv_bytes = self.kv.nbytes if isinstance(self.kv, PackedKV) else self.kv.nelement() * self.kv.element_size()
+        return kv_bytes + self.tokens.nelement() * 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,11 +155,16 @@ class Blender:
     def _place_chunks(self, chunks: list[ChunkKV], kv: KVBuffer) -> None:
         """Copy each chunk's cached KV into the buffer, keys rotated to the chunk's final positions."""
         start = kv.length
+        f = self.forward
         for chunk in chunks:
             positions = torch.arange(start, start + len(chunk.tokens))
-            cos, sin = self.forward.rope(positions)
-            kv.keys[:, :, positions] = rotate(chunk.kv[:, 0].to(self.forward.dtype), cos, sin)
-            kv.values[:, :, positions] = chunk.kv[:, 1].to(self.forward.dtype)
+            if isinstance(chunk.kv, PackedKV):  # dequantised straight to the final positions: one fused kernel on CUDA
+                kv.keys[:, :, positions] = chunk.kv.keys_at(positions, f.inv_freq).to(f.dtype)
+                kv.values[:, :, positions] = chunk.kv.value_tensor().to(f.dtype)
+            else:
+                cos, sin = f.rope(positions)
+                kv.keys[:, :, positions] = rotate(chunk.kv[:, 0].to(f.dtype), cos, sin)
+                kv.values[:, :, positions] = chunk.kv[:, 1].to(f.dtype)
             start += len(chunk.tokens)
 
     def _check_and_select(self, h, positions, kv: KVBuffer, layer: int, chunk_count: int, ratio: float, deviation: Deviation):

@@ -1,4 +1,4 @@
-"""Decoded chunk KV kept in worker memory, bounded by bytes, least recently used out."""
+"""Loaded chunk KV (dense, or packed when its codec quantises) kept in worker memory, bounded by bytes, least recently used out."""
 
 import threading
 from collections import OrderedDict

@@ -1,4 +1,4 @@
-"""The per-token deviation kernel (Triton, run by its interpreter here) against its torch twin."""
+"""The per-token deviation kernel (Triton: compiled on a GPU, interpreted elsewhere) against its torch twin."""
 
 import pytest
 import torch
@@ -8,10 +8,13 @@ from kernels.triton_deviation import token_deviation_triton
 
 
 @pytest.mark.parametrize("tokens", [1, 63, 64, 65, 200])
-def test_kernel_equals_reference(tokens: int) -> None:
+def test_kernel_equals_reference(tokens: int, device: torch.device) -> None:
     generator = torch.Generator().manual_seed(tokens)
     fresh, cached = torch.randn(3, tokens, 64, generator=generator), torch.randn(3, tokens, 64, generator=generator)
-    torch.testing.assert_close(token_deviation_triton(fresh, cached), token_deviation_reference(fresh, cached), atol=1e-3, rtol=1e-5)
+    expected = token_deviation_reference(fresh, cached)
+    got = token_deviation_triton(fresh.to(device), cached.to(device))
+    torch.testing.assert_close(got.cpu(), expected, atol=1e-3, rtol=1e-5)
+    assert top_deviations(fresh.to(device), cached.to(device), 5).cpu().tolist() == top_deviations(fresh, cached, 5).tolist()
 
 
 def test_top_deviations_finds_planted_tokens() -> None:

@@ -1,4 +1,4 @@
-"""The fused dequantise + RoPE kernel (Triton, run by its interpreter here) against its torch twin and the codec."""
+"""The fused dequantise + RoPE kernel (Triton: compiled on a GPU, interpreted elsewhere) against its torch twin and the codec."""
 
 import pytest
 import torch
@@ -21,12 +21,14 @@ def quantized_keys(layers: int, heads: int, tokens: int, bits: int, seed: int = 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("tokens", [1, 31, 32, 33, 70])
-def test_kernel_equals_reference(bits: int, tokens: int) -> None:
+def test_kernel_equals_reference(bits: int, tokens: int, device: torch.device) -> None:
     _, packed, scale, low = quantized_keys(2, 3, tokens, bits, seed=tokens)
     positions = torch.arange(500, 500 + tokens)
     expected = dequant_rope_reference(packed, scale, low, positions, INV, bits, 32)
-    got = dequant_rope_triton(packed, scale, low, positions, INV, bits, 32)
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    on = [t.to(device) for t in (packed, scale, low, positions, INV)]
+    got = dequant_rope_triton(*on, bits, 32)
+    torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dequant_rope(*on, bits, 32).cpu(), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_reference_is_dequantise_then_rotate() -> None:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from kernels.deviation import top_deviations
+from kvcodec import decode, decode_packed, encode
 from worker.blend import Blender, ChunkKV, Deviation, PrefillMode
 from worker.kv_cache import ChunkKVCache
 
@@ -109,3 +110,15 @@ def test_kv_cache_stays_within_its_byte_bound() -> None:
     cache.put(6, chunk(100))  # larger than the whole bound: not kept, nothing evicted
     assert cache.get(6) is None and len(cache) == 3
     assert (cache.hits, cache.misses) == (2, 4)
+
+
+def test_packed_chunks_blend_as_their_decoded_kv(setup) -> None:
+    """Quantised KV placed straight from its packed form (fused dequantise + RoPE) equals decode-then-rotate."""
+    blender, chunks, question, _ = setup
+    blobs = [encode(c.kv, "kivi4") for c in chunks]
+    packed = [ChunkKV(c.tokens, decode_packed(b)) for c, b in zip(chunks, blobs)]
+    dense = [ChunkKV(c.tokens, decode(b).float()) for c, b in zip(chunks, blobs)]
+    assert sum(c.nbytes for c in packed) * 4 < sum(c.nbytes for c in dense)
+    got, expected = blender.blend_prefill(packed, question), blender.blend_prefill(dense, question)
+    torch.testing.assert_close(got.logits, expected.logits, atol=1e-2, rtol=0)
+    assert got.recomputed == expected.recomputed

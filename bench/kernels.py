@@ -6,7 +6,11 @@ of repeated runs:
 - placing 4-bit keys: the Triton kernel (CUDA), the torch reference on the GPU and on the CPU;
 - blending's selection at the check layer (per-token deviation + top 15%): Triton vs torch;
 - decoding whole blobs of each codec to the GPU (zstd on the CPU, expansion on the GPU) and to
-  the CPU, in MB/s of fp16 output.
+  the CPU, in MB/s of fp16 output;
+- time to first token of our forward pass with random weights of SmolLM2-135M's architecture
+  (float32 on the CPU, bf16 on the GPU) and, on a GPU, of Llama-3.2-1B's and Llama-3-8B's, for
+  five 256-token chunks and a question: full prefill, full reuse and blending at 0.15 from packed
+  kivi4 KV (answer quality needs the real weights: bench/kv.py).
 Every Triton result is checked against its reference. Random KV: ratios here say nothing about
 compression (bench/codec.py measures that on real KV). Without a GPU only the torch rows run.
 
@@ -29,6 +33,8 @@ sys.path.insert(0, str(REPO))
 import kvcodec  # noqa: E402
 from kernels.deviation import token_deviation_reference, top_deviations  # noqa: E402
 from kernels.rope_dequant import dequant_rope, dequant_rope_reference  # noqa: E402
+from worker.blend import Blender, ChunkKV, PrefillMode  # noqa: E402
+from worker.llama import LlamaForward  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +121,53 @@ def bench_decode(shape: Shape, devices: list[torch.device], repeats: int) -> dic
     return rows
 
 
+MODEL_SHAPES = {  # LlamaConfig fields of each architecture; the weights are random
+    "smollm2_135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, rope_theta=100000.0, tie_word_embeddings=True),
+    "llama3.2_1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                        num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0, tie_word_embeddings=True),
+    "llama3_8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0),
+}
+
+
+def random_forward(shape: str, device: torch.device) -> LlamaForward:
+    """Our forward over randomly initialised weights of `shape`, made on `device` (bf16 on a GPU)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(max_position_embeddings=8192, **MODEL_SHAPES[shape])
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with device:
+            model = LlamaForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    return LlamaForward(model)
+
+
+def bench_prefill(shape: str, device: torch.device, repeats: int) -> dict:
+    """Median ms to the first token's logits per mode: five 256-token chunks (KV loaded, packed kivi4) and a question."""
+    generator = torch.Generator().manual_seed(2)
+    forward = random_forward(shape, device)
+    ids = lambda n: torch.randint(0, forward.vocab_size, (n,), generator=generator)  # noqa: E731
+    system, chunk_ids, question = ids(30), [ids(256) for _ in range(5)], ids(40)
+    blender = Blender(forward, system)
+    packed = [ChunkKV(t, kvcodec.decode_packed(kvcodec.encode(blender.prefill_chunk(t).kv, "kivi4")).to(device)) for t in chunk_ids]
+    modes = {
+        "full_prefill": lambda: blender.blend_prefill(packed, question, mode=PrefillMode.FULL_PREFILL),
+        "full_reuse": lambda: blender.blend_prefill(packed, question, mode=PrefillMode.FULL_REUSE),
+        "blend_0.15": lambda: blender.blend_prefill(packed, question, recompute_ratio=0.15),
+    }
+    row = {f"{mode}_ms": median_ms(run, device, repeats) for mode, run in modes.items()}
+    del blender, packed, forward
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the small shape, few repeats: a smoke run")
@@ -142,6 +195,12 @@ def main() -> None:
             print(f"  {step:<20}{cells}")
         for codec, row in result["decode"].items():
             print(f"  decode {codec:<13}" + "  ".join(f"{k} {v:.0f}" for k, v in row.items()))
+    print("\nrandom weights, 1,350-token prompt: ms to the first token")
+    report["prefill"] = {}
+    for device in devices:
+        for shape in list(MODEL_SHAPES)[: 1 if args.quick or device.type == "cpu" else None]:
+            row = report["prefill"].setdefault(shape, {})[device.type] = bench_prefill(shape, device, max(3, repeats // 4))
+            print(f"  {shape:<14}{device.type:<6}" + "  ".join(f"{k} {v:.1f}" for k, v in row.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

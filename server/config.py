@@ -33,6 +33,7 @@ class ServerConfig:
     embedder_path: Path | None = None
     cache_dir: Path = Path.home() / ".cache" / "tenantkv"
     chunk_tokens: int = 256
+    device: str = "auto"  # for the generation model: "cpu", "cuda[:N]", or "auto" (the GPU where there is one)
     precompute_kv: bool = True  # each chunk's KV at ingestion, so questions reuse it
     kv_codec: str = "fp16"
     kv_cache_bytes: int = 1 << 30  # decoded chunk KV kept in worker memory
@@ -55,6 +56,7 @@ class ServerConfig:
             embedder_path=self.embedder_path,
             cache_dir=self.cache_dir,
             chunk_tokens=self.chunk_tokens,
+            device=self.device,
         )
 
 

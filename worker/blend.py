@@ -85,9 +85,10 @@ class Blender:
             raise ValueError("tokens: a chunk needs at least one token")
         p = len(self.system)
         kv = self._buffer_with_prefix(p + len(tokens))
-        positions = torch.arange(p, p + len(tokens))
+        kv.length = p + len(tokens)
+        positions = torch.arange(p, p + len(tokens), device=f.device)
         cos, sin = f.rope(positions)
-        out = torch.empty(f.layers_count, 2, f.kv_heads, len(tokens), f.head_dim, dtype=f.dtype)
+        out = torch.empty(f.layers_count, 2, f.kv_heads, len(tokens), f.head_dim, dtype=f.dtype, device=f.device)
         h = f.embed[tokens]
         for layer in range(f.layers_count):
             q, k, v = f.qkv(layer, h)
@@ -125,7 +126,7 @@ class Blender:
         total = p + chunk_count + len(question)
         if total + reserve > f.max_positions:
             raise ValueError(f"question: the prompt needs {total + reserve} positions, the model has {f.max_positions}")
-        ids = torch.cat([*(c.tokens for c in chunks), question])
+        ids = torch.cat([*(c.tokens.to(f.device) for c in chunks), question])
         if mode is PrefillMode.FULL_PREFILL:  # every token from position 0: the plain forward pass
             kv = f.new_buffer(total + reserve)
             logits = f.forward(torch.cat([self.system, ids]), kv)[-1]
@@ -136,8 +137,9 @@ class Blender:
                 raise ValueError(f"chunks[{i}]: KV shape {tuple(chunk.kv.shape)} does not match {expected}")
         kv = self._buffer_with_prefix(total + reserve)
         self._place_chunks(chunks, kv)
-        positions = torch.arange(p, total)
-        question_rows = torch.arange(chunk_count, len(ids))
+        kv.length = total
+        positions = torch.arange(p, total, device=f.device)
+        question_rows = torch.arange(chunk_count, len(ids), device=f.device)
         h = f.embed[ids]
         if mode is PrefillMode.FULL_REUSE or chunk_count == 0:
             h, positions, kept = h[question_rows], positions[question_rows], 0
@@ -149,7 +151,6 @@ class Blender:
             h, positions, kept = self._check_and_select(h, positions, kv, check_layer, chunk_count, recompute_ratio, deviation)
             for layer in range(check_layer + 1, f.layers_count):
                 h = f.layer(layer, h, positions, kv)
-        kv.length = total
         return Prefill(logits=f.logits(h[-1:])[0], kv=kv, recomputed=kept)
 
     def _place_chunks(self, chunks: list[ChunkKV], kv: KVBuffer) -> None:
@@ -157,15 +158,16 @@ class Blender:
         start = kv.length
         f = self.forward
         for chunk in chunks:
-            positions = torch.arange(start, start + len(chunk.tokens))
+            end = start + len(chunk.tokens)
+            positions = torch.arange(start, end, device=f.device)
             if isinstance(chunk.kv, PackedKV):  # dequantised straight to the final positions: one fused kernel on CUDA
-                kv.keys[:, :, positions] = chunk.kv.keys_at(positions, f.inv_freq).to(f.dtype)
-                kv.values[:, :, positions] = chunk.kv.value_tensor().to(f.dtype)
+                kv.keys[:, :, start:end] = chunk.kv.keys_at(positions, f.inv_freq).to(f.dtype)
+                kv.values[:, :, start:end] = chunk.kv.value_tensor().to(f.dtype)
             else:
                 cos, sin = f.rope(positions)
-                kv.keys[:, :, positions] = rotate(chunk.kv[:, 0].to(f.dtype), cos, sin)
-                kv.values[:, :, positions] = chunk.kv[:, 1].to(f.dtype)
-            start += len(chunk.tokens)
+                kv.keys[:, :, start:end] = rotate(chunk.kv[:, 0].to(f.device, f.dtype), cos, sin)
+                kv.values[:, :, start:end] = chunk.kv[:, 1].to(f.device, f.dtype)
+            start = end
 
     def _check_and_select(self, h, positions, kv: KVBuffer, layer: int, chunk_count: int, ratio: float, deviation: Deviation):
         """At the check layer: fresh KV for every token, then only the most deviating chunk tokens and the question go on."""
@@ -181,6 +183,6 @@ class Blender:
         selected = top_deviations(fresh, cached, math.ceil(ratio * chunk_count))
         kv.keys[layer, :, positions] = k
         kv.values[layer, :, positions] = v
-        rows = torch.cat([selected, torch.arange(chunk_count, len(positions))])
+        rows = torch.cat([selected, torch.arange(chunk_count, len(positions), device=f.device)])
         h = f.attend(layer, h[rows], rotate(q, cos, sin)[:, rows], positions[rows], kv)
         return h, positions[rows], len(selected)

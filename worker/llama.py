@@ -5,6 +5,8 @@ RMSNorm, rotary embedding with the model's theta and scaling, grouped-query atte
 run through which layers (`qkv`, then `attend`): blended prefill recomputes only some tokens.
 
 Sequence KV lives in a `KVBuffer` whose slot i holds the token at position i, keys after RoPE.
+A pass first sets the buffer's `length` to every position it will see, so attention never asks
+the device how far the positions reach (a GPU sync per layer that leaves the GPU idle).
 """
 
 from dataclasses import dataclass
@@ -34,8 +36,8 @@ class LayerWeights:
 class KVBuffer:
     """Keys (after RoPE) and values of one sequence for every layer: [layers, kv_heads, capacity, head_dim]."""
 
-    def __init__(self, layers: int, kv_heads: int, head_dim: int, capacity: int, dtype: torch.dtype) -> None:
-        self.keys = torch.zeros(layers, kv_heads, capacity, head_dim, dtype=dtype)
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, capacity: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.keys = torch.zeros(layers, kv_heads, capacity, head_dim, dtype=dtype, device=device)
         self.values = torch.zeros_like(self.keys)
         self.length = 0
 
@@ -52,7 +54,10 @@ class KVBuffer:
 
 class LlamaForward:
     def __init__(self, model) -> None:
-        """Takes the weights of a transformers Llama-family causal LM (not copied: shared tensors)."""
+        """Takes the weights of a transformers Llama-family causal LM (not copied: shared tensors).
+
+        Runs on the weights' device in their dtype; token ids and positions move there.
+        """
         config = model.config
         self.layers_count: int = config.num_hidden_layers
         self.heads: int = config.num_attention_heads
@@ -66,7 +71,8 @@ class LlamaForward:
         self.final_norm = inner.norm.weight.detach()
         self.lm_head = model.lm_head.weight.detach()
         self.dtype = self.embed.dtype
-        self.inv_freq = inverse_frequencies(RopeConfig.from_hf(config))
+        self.device = self.embed.device
+        self.inv_freq = inverse_frequencies(RopeConfig.from_hf(config)).to(self.device)
         self.layers = [self._layer_weights(layer) for layer in inner.layers]
 
     @staticmethod
@@ -92,7 +98,7 @@ class LlamaForward:
         )
 
     def new_buffer(self, capacity: int) -> KVBuffer:
-        return KVBuffer(self.layers_count, self.kv_heads, self.head_dim, capacity, self.dtype)
+        return KVBuffer(self.layers_count, self.kv_heads, self.head_dim, capacity, self.dtype, self.device)
 
     def check_tokens(self, ids: torch.Tensor, name: str = "tokens") -> torch.Tensor:
         ids = torch.as_tensor(ids)
@@ -100,7 +106,7 @@ class LlamaForward:
             raise ValueError(f"{name}: expected a 1-d integer tensor, got {tuple(ids.shape)} {ids.dtype}")
         if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
             raise ValueError(f"{name}: token ids must lie in [0, {self.vocab_size})")
-        return ids.to(torch.long)
+        return ids.to(self.device, torch.long)
 
     def norm(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         h32 = h.to(torch.float32)
@@ -120,14 +126,15 @@ class LlamaForward:
         return q, k, v
 
     def attend(self, layer: int, h: torch.Tensor, q: torch.Tensor, positions: torch.Tensor, kv: KVBuffer) -> torch.Tensor:
-        """The rest of the layer for tokens at `positions` (queries after RoPE), attending causally to `kv`."""
+        """The rest of the layer for tokens at `positions` (queries after RoPE), attending causally to
+        the first `kv.length` slots of `kv`."""
         w = self.layers[layer]
-        visible = int(positions.max()) + 1
+        visible = kv.length
         keys, values = kv.keys[layer, :, :visible][None], kv.values[layer, :, :visible][None]
         if len(positions) == visible:  # the whole sequence from position 0: the fast causal kernel
             out = F.scaled_dot_product_attention(q[None], keys, values, is_causal=True, enable_gqa=True)[0]
         else:
-            mask = torch.arange(visible)[None, :] <= positions[:, None]
+            mask = torch.arange(visible, device=positions.device)[None, :] <= positions[:, None]
             out = F.scaled_dot_product_attention(q[None], keys, values, attn_mask=mask[None, None], enable_gqa=True)[0]
         h = h + F.linear(out.transpose(0, 1).reshape(len(h), self.heads * self.head_dim), w.o)
         x = self.norm(h, w.post_norm)
@@ -148,12 +155,12 @@ class LlamaForward:
     def forward(self, ids: torch.Tensor, kv: KVBuffer) -> torch.Tensor:
         """Run `ids` after the `kv.length` tokens already in `kv`; returns logits [n, vocab] and extends `kv`."""
         ids = self.check_tokens(ids, "ids")
-        positions = torch.arange(kv.length, kv.length + len(ids))
+        positions = torch.arange(kv.length, kv.length + len(ids), device=self.device)
         if kv.length + len(ids) > self.max_positions:
             raise ValueError(f"ids: {kv.length + len(ids)} positions exceed the model's {self.max_positions}")
         kv.reserve(kv.length + len(ids))
+        kv.length += len(ids)
         h = self.embed[ids]
         for layer in range(self.layers_count):
             h = self.layer(layer, h, positions, kv)
-        kv.length += len(ids)
         return self.logits(h)

@@ -51,7 +51,9 @@ def load_llm(config: WorkerConfig) -> LLM:
         raise FileNotFoundError(f"llm_path: {source} does not exist")
     fingerprint = fingerprint_of(source)
     folder = source if source.is_dir() else _converted_copy(source, Path(config.cache_dir) / fingerprint)
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    device = resolve_device(config.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype).to(device)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model.eval()
     stops = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
@@ -62,6 +64,16 @@ def load_llm(config: WorkerConfig) -> LLM:
         stop_token_ids=frozenset(t for t in stops if t is not None),
         forward=LlamaForward(model),
     )
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" is the GPU where torch sees one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} asked for, but torch sees no GPU")
+    return device
 
 
 def _converted_copy(gguf: Path, folder: Path) -> Path:

@@ -63,3 +63,47 @@ def test_token_ids_out_of_range_are_rejected(models) -> None:
         forward.forward(torch.tensor([[1, 2]]), forward.new_buffer(2))
     with pytest.raises(ValueError, match="rope_type"):
         RopeConfig.from_hf(type("C", (), {"rope_parameters": {"rope_type": "yarn"}, "head_dim": 64})())
+
+
+GPU = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))
+
+
+def tiny_random_llama(device: str):
+    """A 3-layer Llama with random weights: the same code paths as SmolLM2, on any device, in a second."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024,
+    )
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    return LlamaForCausalLM(config).eval().to(device, dtype)
+
+
+@pytest.mark.parametrize("device", ["cpu", GPU])
+def test_tiny_llama_forward_and_blend_on_each_device(device: str) -> None:
+    """float32 on the CPU, bf16 on a GPU: logits match transformers', blending at ratio 1 matches full prefill."""
+    from kvcodec import decode_packed, encode
+    from worker.blend import ChunkKV, PrefillMode
+    from worker.llama import LlamaForward
+
+    model = tiny_random_llama(device)
+    forward = LlamaForward(model)
+    tolerance = 0.05 if device == "cuda" else LOGIT_TOLERANCE  # bf16 keeps 8 bits of mantissa
+    ids = random_ids(80, seed=5, vocab=512)
+    with torch.inference_mode():
+        expected = model(ids[None].to(device)).logits[0].float()
+    kv = forward.new_buffer(80)
+    mine = torch.cat([forward.forward(ids[:50], kv), forward.forward(ids[50:], kv)]).float()
+    assert mine.device.type == device
+    torch.testing.assert_close(mine, expected, atol=tolerance, rtol=0)
+
+    blender = Blender(forward, random_ids(8, seed=6, vocab=512))
+    chunks = [blender.prefill_chunk(random_ids(n, seed=n, vocab=512)) for n in (20, 33)]
+    question = random_ids(6, seed=7, vocab=512)
+    full = blender.blend_prefill(chunks, question, mode=PrefillMode.FULL_PREFILL).logits.float()
+    torch.testing.assert_close(blender.blend_prefill(chunks, question, recompute_ratio=1.0).logits.float(), full, atol=tolerance, rtol=0)
+    packed = [ChunkKV(c.tokens, decode_packed(encode(c.kv, "kivi4")).to(device)) for c in chunks]
+    blended = blender.blend_prefill(packed, question, recompute_ratio=1.0).logits.float()
+    torch.testing.assert_close(blended, full, atol=tolerance, rtol=0)

@@ -28,6 +28,7 @@ from protos.tenantkv.v1 import (
 )
 from server.config import ServerConfig
 from server.interceptor import AuthInterceptor
+from server.metrics import Metrics
 from server.offload import Offload
 from server.runtime import Models, Runtime
 from server.services import IngestServicer, KVCacheServicer, RetrievalServicer, TenantAdminServicer
@@ -56,6 +57,8 @@ class TenantKVServer:
         self._offload = Offload()
         self._health: HealthServicer | None = None
         self._server: grpc.aio.Server | None = None
+        self.metrics = Metrics(lambda: self.runtime)
+        self.metrics_port: int | None = None
 
     def _build(self) -> grpc.aio.Server:
         """The grpc.aio server with every service; built on the loop that will run it."""
@@ -63,7 +66,7 @@ class TenantKVServer:
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
             ("grpc.max_send_message_length", self.config.max_message_bytes),
         ]
-        server = grpc.aio.server(interceptors=[AuthInterceptor(self._authenticate)], options=options)
+        server = grpc.aio.server(interceptors=[AuthInterceptor(self._authenticate, self.metrics)], options=options)
         source = lambda: self.runtime  # noqa: E731 - servicers see the runtime once it is loaded
         tenant_admin_pb2_grpc.add_TenantAdminServicer_to_server(TenantAdminServicer(source, self._offload), server)
         ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(source, self._offload), server)
@@ -83,6 +86,9 @@ class TenantKVServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
         log.info("listening on %s:%d", self.config.host, self.port)
+        if self.config.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(self.config.host, self.config.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_port)
         return self.port
 
     async def load(self) -> None:
@@ -94,15 +100,20 @@ class TenantKVServer:
     async def stop(self, grace_s: float = 5.0) -> None:
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace_s)
+        self.metrics.close()
         self._offload.shutdown()
         if self.runtime is not None:
             self.runtime.close()
             self.runtime = None
 
     def _authenticate(self, token: str) -> ApiKey:
+        """The key behind `token`; a tenant key's call also counts against its tenant's request rate."""
         if self.runtime is None:
             raise Unavailable("the server is still loading its store, index and models")
-        return self.runtime.store.authenticate(token)
+        key = self.runtime.store.authenticate(token)
+        if key.tenant is not None:
+            self.runtime.admit(key.tenant)
+        return key
 
     async def _set_health(self, status: int) -> None:
         for name in ["", *SERVICE_NAMES]:

@@ -19,6 +19,7 @@ import grpc
 from google.protobuf import json_format
 from tqdm import tqdm
 
+from protos.tenantkv.v1 import tenant_admin_pb2
 from server.client import Client, DocumentText
 from server.config import load_config
 
@@ -45,9 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     admin = sub.add_parser("admin", help="tenants and API keys (needs an admin key)")
     admin_sub = admin.add_subparsers(required=True, metavar="OBJECT")
     tenants = admin_sub.add_parser("tenants").add_subparsers(required=True, metavar="ACTION")
-    for action in ("create", "get", "delete"):
+    for action in ("create", "update", "get", "delete"):
         p = tenants.add_parser(action)
         p.add_argument("tenant_id")
+        if action in ("create", "update"):
+            p.add_argument("--max-chunks", type=int, default=0, help="0: unlimited")
+            p.add_argument("--max-kv-bytes", type=int, default=0, help="0: unlimited")
+            p.add_argument("--requests-per-second", type=float, default=0.0, help="0: unlimited")
+            p.add_argument("--kv-codec", default="", help="fp16, int8, kivi4, kivi2; default: the server's")
         _client_options(p)
         p.set_defaults(run=_tenants, action=action)
     p = tenants.add_parser("list")
@@ -114,8 +120,13 @@ def _tenant_client(args, rights: str) -> Iterator[Client]:
 
 
 def _serve(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from server.app import serve  # imports torch and the models only for this command
+    from server.interceptor import RequestContextFilter
+
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestContextFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s %(tenant)s] %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
     asyncio.run(serve(load_config(args.config)))
     return 0
@@ -123,8 +134,15 @@ def _serve(args) -> int:
 
 def _tenants(args) -> int:
     with _client(args) as client:
-        if args.action == "create":
-            _print(client.create_tenant(args.tenant_id))
+        if args.action in ("create", "update"):
+            settings = tenant_admin_pb2.TenantSettings(
+                max_chunks=args.max_chunks,
+                max_kv_bytes=args.max_kv_bytes,
+                requests_per_second=args.requests_per_second,
+                kv_codec=args.kv_codec,
+            )
+            change = client.create_tenant if args.action == "create" else client.update_tenant
+            _print(change(args.tenant_id, settings))
         elif args.action == "get":
             _print(client.get_tenant(args.tenant_id))
         elif args.action == "delete":

@@ -72,8 +72,13 @@ class Client:
 
     # ---- admin
 
-    def create_tenant(self, tenant_id: str) -> tenant_admin_pb2.Tenant:
-        return self._call(self.admin.CreateTenant, tenant_admin_pb2.CreateTenantRequest(tenant_id=tenant_id)).tenant
+    def create_tenant(self, tenant_id: str, settings: tenant_admin_pb2.TenantSettings | None = None) -> tenant_admin_pb2.Tenant:
+        request = tenant_admin_pb2.CreateTenantRequest(tenant_id=tenant_id, settings=settings)
+        return self._call(self.admin.CreateTenant, request).tenant
+
+    def update_tenant(self, tenant_id: str, settings: tenant_admin_pb2.TenantSettings) -> tenant_admin_pb2.Tenant:
+        request = tenant_admin_pb2.UpdateTenantRequest(tenant_id=tenant_id, settings=settings)
+        return self._call(self.admin.UpdateTenant, request).tenant
 
     def get_tenant(self, tenant_id: str) -> tenant_admin_pb2.Tenant:
         return self._call(self.admin.GetTenant, tenant_admin_pb2.GetTenantRequest(tenant_id=tenant_id)).tenant

@@ -5,9 +5,10 @@ import math
 import numpy as np
 from google.protobuf import json_format, struct_pb2
 
-from protos.tenantkv.v1 import common_pb2, ingest_pb2
+from protos.tenantkv.v1 import common_pb2, ingest_pb2, tenant_admin_pb2
 from server.runtime import ChunkSpec, DocumentSpec, Hit
 from store.errors import InvalidArgument
+from store.records import TenantSettings
 
 
 def vector_from(values, dim: int, field: str) -> np.ndarray:
@@ -62,6 +63,24 @@ def documents_from(request: ingest_pb2.UpsertRequest, dim: int, max_documents: i
             raise InvalidArgument(f"{field}: text of {size} bytes exceeds the limit of {max_text_bytes}")
         specs.append(DocumentSpec(external_id=doc.external_id, metadata=dict_from_struct(doc.metadata), text=doc.text, chunks=chunks))
     return specs
+
+
+def settings_from(message: tenant_admin_pb2.TenantSettings) -> TenantSettings:
+    return TenantSettings(
+        max_chunks=message.max_chunks,
+        max_kv_bytes=message.max_kv_bytes,
+        requests_per_second=message.requests_per_second,
+        kv_codec=message.kv_codec,
+    )
+
+
+def settings_message(settings: TenantSettings) -> tenant_admin_pb2.TenantSettings:
+    return tenant_admin_pb2.TenantSettings(
+        max_chunks=settings.max_chunks,
+        max_kv_bytes=settings.max_kv_bytes,
+        requests_per_second=settings.requests_per_second,
+        kv_codec=settings.kv_codec,
+    )
 
 
 def hit_message(hit: Hit) -> common_pb2.ChunkHit:

@@ -1,4 +1,4 @@
-"""Authentication, authorisation and error mapping for every tenantkv RPC, in one server interceptor.
+"""Authentication, authorisation, error mapping and metrics for every tenantkv RPC, in one server interceptor.
 
 A request's tenant comes from its API key (`authorization: Bearer <key>`), never from the request
 body. Handlers read the authenticated caller with `current_caller()`. Health and reflection are
@@ -7,6 +7,7 @@ open; every other service names the key scope and right it needs in `ACCESS`.
 
 import asyncio
 import logging
+import time
 import uuid
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -17,6 +18,7 @@ import grpc
 
 from store.errors import PermissionDenied, TenantKVError, Unauthenticated
 from store.records import ApiKey, KeyScope
+from server.metrics import Metrics
 from server.status import status_for
 
 log = logging.getLogger(__name__)
@@ -73,8 +75,9 @@ Authenticator = Callable[[str], ApiKey]
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticate: Authenticator) -> None:
+    def __init__(self, authenticate: Authenticator, metrics: Metrics) -> None:
         self._authenticate = authenticate
+        self._metrics = metrics
 
     async def intercept_service(
         self,
@@ -86,7 +89,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         access = ACCESS.get(service)
         if handler is None or access is None:
             return handler
-        return _wrap(handler, lambda context: self._authorize(context, access))
+        scope = _CallScope(details.method, lambda context: self._authorize(context, access), self._metrics)
+        return _wrap(handler, scope)
 
     async def _authorize(self, context: grpc.aio.ServicerContext, access: Access) -> Caller:
         metadata = dict(context.invocation_metadata() or ())
@@ -106,56 +110,64 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 Authorize = Callable[[grpc.aio.ServicerContext], Awaitable[Caller]]
 
 
-def _wrap(handler: grpc.RpcMethodHandler, authorize: Authorize) -> grpc.RpcMethodHandler:
+@dataclass(frozen=True, slots=True)
+class _CallScope:
+    """What surrounds one method's handler: authorisation first, status mapping and metrics at the end."""
+
+    method: str
+    authorize: Authorize
+    metrics: Metrics
+
+    @asynccontextmanager
+    async def enter(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        token, tenant, code = None, None, grpc.StatusCode.OK
+        try:
+            caller = await self.authorize(context)
+            tenant = caller.key.tenant or "admin"
+            token = _caller.set(caller)
+            yield
+        except grpc.aio.AbortError:  # the handler set its status itself
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except Exception as exc:  # every failure becomes a status; unexpected ones are logged
+            code, message = status_for(exc)
+            if isinstance(exc, TenantKVError):
+                log.info("%s: %s", code.name, message)
+            await context.abort(code, message)
+        finally:
+            if token is not None:
+                _caller.reset(token)
+            self.metrics.observe(self.method, code, tenant, started)
+
+
+def _wrap(handler: grpc.RpcMethodHandler, scope: _CallScope) -> grpc.RpcMethodHandler:
     """The same handler, with authorisation before the behaviour and errors mapped to status codes."""
     codec = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, authorize), **codec)
+        return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, scope), **codec)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, authorize), **codec)
+        return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, scope), **codec)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream, authorize), **codec)
-    return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream, authorize), **codec)
+        return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream, scope), **codec)
+    return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream, scope), **codec)
 
 
-def _unary(behavior: Callable[..., Awaitable[Any]], authorize: Authorize) -> Callable[..., Awaitable[Any]]:
+def _unary(behavior: Callable[..., Awaitable[Any]], scope: _CallScope) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with _call_scope(context, authorize):
+        async with scope.enter(context):
             return await behavior(request, context)
 
     return handle
 
 
-def _streaming(behavior: Callable[..., AsyncIterator[Any]], authorize: Authorize) -> Callable[..., AsyncIterator[Any]]:
+def _streaming(behavior: Callable[..., AsyncIterator[Any]], scope: _CallScope) -> Callable[..., AsyncIterator[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async with _call_scope(context, authorize):
+        async with scope.enter(context):
             async for response in behavior(request, context):
                 yield response
 
     return handle
-
-
-@asynccontextmanager
-async def _call_scope(context: grpc.aio.ServicerContext, authorize: Authorize) -> AsyncIterator[None]:
-    """Authorise, expose the caller to the handler, and turn any failure into a status."""
-    token = None
-    try:
-        token = _caller.set(await authorize(context))
-        yield
-    except grpc.aio.AbortError:
-        raise
-    except Exception as exc:  # every failure becomes a status; unexpected ones are logged
-        await _abort(context, exc)
-    finally:
-        if token is not None:
-            _caller.reset(token)
-
-
-async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
-    code, message = status_for(exc)
-    if isinstance(exc, TenantKVError):
-        log.info("%s: %s", code.name, message)
-    await context.abort(code, message)

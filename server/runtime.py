@@ -16,10 +16,11 @@ import numpy as np
 from tqdm import tqdm
 
 from index.curator import CuratorIndex
-from kvcodec import codec_of
+from kvcodec import CODECS, codec_of
 from server.config import ServerConfig
 from store.errors import InvalidArgument, NotFound
-from store.records import Chunk, ChunkInput, DocumentInput, KeyScope, UpsertResult
+from server.ratelimit import RateLimiter
+from store.records import Chunk, ChunkInput, DocumentInput, KeyScope, Tenant, TenantSettings, UpsertResult
 from store.store import Store
 from worker.chunker import chunk_text, token_ids
 from worker.config import WorkerConfig
@@ -83,6 +84,7 @@ class Runtime:
         # the store never races a commit; searches hold it only for the index lookup.
         self._index_lock = threading.RLock()
         self._numbers: dict[str, int] = {}
+        self.rate_limiter = RateLimiter()
 
     @classmethod
     def open(cls, config: ServerConfig, models: Models | None = None) -> "Runtime":
@@ -141,11 +143,22 @@ class Runtime:
             number = self._numbers[name] = self.store.get_tenant(name).number
         return number
 
+    def admit(self, tenant: str) -> None:
+        """Count one data-plane call against the tenant's request rate; QuotaExceeded above it."""
+        self.rate_limiter.acquire(tenant, self.store.get_tenant(tenant).settings.requests_per_second)
+
+    def create_tenant(self, name: str, settings: TenantSettings) -> Tenant:
+        return self.store.create_tenant(name, _checked(settings))
+
+    def update_tenant(self, name: str, settings: TenantSettings) -> Tenant:
+        return self.store.update_tenant(name, _checked(settings))
+
     def delete_tenant(self, name: str) -> int:
         number = self.tenant_number(name)
         with self._index_lock:
             deletion = self.store.delete_tenant(name)
             self._numbers.pop(name, None)
+            self.rate_limiter.forget(name)
             self.index.remove(deletion.removed_chunk_ids)
             for chunk_id, _ in deletion.revoked:
                 self.index.revoke(np.array([chunk_id], dtype=np.int64), number)
@@ -167,8 +180,9 @@ class Runtime:
 
     # ---- ingestion
 
-    def prepare(self, documents: list[DocumentSpec]) -> list[DocumentInput]:
-        """Chunk, embed and precompute KV for a batch (model work); nothing is written."""
+    def prepare(self, tenant: str, documents: list[DocumentSpec]) -> list[DocumentInput]:
+        """Chunk, embed and precompute KV (in the tenant's codec) for a batch (model work); nothing is written."""
+        codec = self.store.get_tenant(tenant).settings.kv_codec
         tokenizer = self.models.llm.tokenizer
         pieces: list[list[tuple[str, np.ndarray, np.ndarray | None]]] = []
         for doc in documents:
@@ -188,7 +202,7 @@ class Runtime:
                         text=text,
                         token_ids=ids,
                         vector=vector if vector is not None else next(embedded),
-                        kv_blob=self.engine.encode_chunk_kv(ids) if self.config.precompute_kv else None,
+                        kv_blob=self.engine.encode_chunk_kv(ids, codec) if self.config.precompute_kv else None,
                     )
                     for text, ids, vector in chunks
                 ],
@@ -258,6 +272,12 @@ class Runtime:
         if blob is None:
             raise NotFound(f"chunk_ids: chunk {chunk_id} has no KV")
         return codec_of(blob), blob
+
+
+def _checked(settings: TenantSettings) -> TenantSettings:
+    if settings.kv_codec and settings.kv_codec not in CODECS:
+        raise InvalidArgument(f"settings.kv_codec: unknown {settings.kv_codec!r}; known: {sorted(CODECS)} or empty for the default")
+    return settings
 
 
 def _add_entries(index, ids: np.ndarray, vectors: np.ndarray, readers: list[list[int]], owner: int | None = None) -> None:

@@ -17,7 +17,7 @@ from protos.tenantkv.v1 import (
     tenant_admin_pb2,
     tenant_admin_pb2_grpc,
 )
-from server.convert import bounded_int, documents_from, hit_message, vector_from
+from server.convert import bounded_int, documents_from, hit_message, settings_from, settings_message, vector_from
 from server.interceptor import current_caller
 from server.offload import Offload
 from server.runtime import Runtime
@@ -54,8 +54,12 @@ class _Servicer:
 
 class TenantAdminServicer(_Servicer, tenant_admin_pb2_grpc.TenantAdminServicer):
     async def CreateTenant(self, request, context):
-        tenant = await self.offload.io(self.runtime.store.create_tenant, request.tenant_id)
+        tenant = await self.offload.io(self.runtime.create_tenant, request.tenant_id, settings_from(request.settings))
         return tenant_admin_pb2.CreateTenantResponse(tenant=await self._tenant_message(tenant))
+
+    async def UpdateTenant(self, request, context):
+        tenant = await self.offload.io(self.runtime.update_tenant, request.tenant_id, settings_from(request.settings))
+        return tenant_admin_pb2.UpdateTenantResponse(tenant=await self._tenant_message(tenant))
 
     async def GetTenant(self, request, context):
         tenant = await self.offload.io(self.runtime.store.get_tenant, request.tenant_id)
@@ -112,6 +116,7 @@ class TenantAdminServicer(_Servicer, tenant_admin_pb2_grpc.TenantAdminServicer):
                 kv_bytes=stats.kv_bytes,
                 api_keys=stats.api_keys,
             ),
+            settings=settings_message(tenant.settings),
         )
 
 
@@ -130,7 +135,7 @@ class IngestServicer(_Servicer, ingest_pb2_grpc.IngestServicer):
         documents = chunks = batches = 0
         async for request in request_iterator:
             specs = documents_from(request, self.runtime.store.dim, config.max_documents_per_batch, config.max_text_bytes)
-            prepared = await self.offload.model(self.runtime.prepare, specs)
+            prepared = await self.offload.model(self.runtime.prepare, tenant, specs)
             result = await self.offload.io(self.runtime.commit, tenant, prepared)
             documents += result.documents
             chunks += len(result.added)

@@ -18,11 +18,22 @@ class KeyScope(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class TenantSettings:
+    """A tenant's quotas (0: unlimited) and its KV codec ("": the server's default)."""
+
+    max_chunks: int = 0
+    max_kv_bytes: int = 0  # encoded KV blobs the tenant owns
+    requests_per_second: float = 0.0  # data-plane calls, with a burst of one second's worth
+    kv_codec: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Tenant:
     name: str
     number: int  # uint32 the index uses; never reused
     state: TenantState
     created_unix_ms: int
+    settings: TenantSettings = TenantSettings()
 
 
 @dataclass(frozen=True, slots=True)

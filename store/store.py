@@ -4,7 +4,7 @@ Writes follow one rule: payload first, then the record that points to it, in one
 transaction, and the caller is told only after the commit. LMDB named databases:
 
     meta       b"schema", b"dim", b"next_chunk", b"next_tenant"
-    tenants    name -> JSON {number, state, created, documents, chunks, text_bytes, kv_bytes, api_keys}
+    tenants    name -> JSON {number, state, created, documents, chunks, text_bytes, kv_bytes, api_keys, settings}
     keys       key_id -> JSON {sha256, scope, tenant, rights, created}    (never the secret)
     docs       owner number (u32) | external id -> JSON {chunks: [ids], grantees: [names]}
     chunks     chunk id (u64) -> JSON {owner, external_id, index, text, metadata, readers, kv}
@@ -20,6 +20,7 @@ shared across tenants (no cross-tenant timing signal).
 import hashlib
 import hmac
 import json
+import math
 import re
 import secrets
 import struct
@@ -27,13 +28,14 @@ import threading
 import time
 import unicodedata
 from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Callable, Iterator, Sequence, TypeVar
 
 import lmdb
 import numpy as np
 
 from store.config import StoreConfig
-from store.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from store.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated
 from store.records import (
     ApiKey,
     Chunk,
@@ -43,6 +45,7 @@ from store.records import (
     KVRef,
     Tenant,
     TenantDeletion,
+    TenantSettings,
     TenantState,
     TenantStats,
     UpsertResult,
@@ -74,6 +77,16 @@ def _check_tenant_name(name: str, field: str = "tenant_id") -> str:
     if not isinstance(name, str) or not TENANT_NAME.fullmatch(name):
         raise InvalidArgument(f"{field}: {name!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
     return name
+
+
+def _check_settings(settings: TenantSettings) -> None:
+    for field in ("max_chunks", "max_kv_bytes"):
+        value = getattr(settings, field)
+        if not isinstance(value, int) or value < 0:
+            raise InvalidArgument(f"settings.{field}: must be a non-negative integer (0: unlimited), got {value!r}")
+    rate = settings.requests_per_second
+    if not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate < 0:
+        raise InvalidArgument(f"settings.requests_per_second: must be finite and non-negative (0: unlimited), got {rate!r}")
 
 
 def _check_external_id(external_id: str, field: str = "external_id") -> str:
@@ -211,21 +224,38 @@ class Store:
 
     @staticmethod
     def _tenant(name: str, record: dict) -> Tenant:
-        return Tenant(name, record["number"], TenantState(record["state"]), record["created"])
+        settings = TenantSettings(**record.get("settings", {}))
+        return Tenant(name, record["number"], TenantState(record["state"]), record["created"], settings)
 
-    def create_tenant(self, name: str) -> Tenant:
+    def create_tenant(self, name: str, settings: TenantSettings = TenantSettings()) -> Tenant:
         _check_tenant_name(name)
+        _check_settings(settings)
 
         def create(txn: lmdb.Transaction) -> Tenant:
             if txn.get(name.encode(), db=self._db["tenants"]) is not None:
                 raise AlreadyExists(f"tenant_id: tenant {name!r} exists already")
             number = int(txn.get(b"next_tenant", b"1", db=self._db["meta"]))
             txn.put(b"next_tenant", str(number + 1).encode(), db=self._db["meta"])
-            record = dict(number=number, state=TenantState.ACTIVE.value, created=_now_ms(), documents=0, chunks=0, text_bytes=0, kv_bytes=0, api_keys=0)
+            record = dict(
+                number=number, state=TenantState.ACTIVE.value, created=_now_ms(), documents=0, chunks=0,
+                text_bytes=0, kv_bytes=0, api_keys=0, settings=asdict(settings),
+            )
             self._put_tenant(txn, name, record)
             return self._tenant(name, record)
 
         return self._write(create)
+
+    def update_tenant(self, name: str, settings: TenantSettings) -> Tenant:
+        """Replace the tenant's settings. Lower quotas apply to later writes; nothing stored is dropped."""
+        _check_settings(settings)
+
+        def update(txn: lmdb.Transaction) -> Tenant:
+            record = self._tenant_record(txn, name)
+            record["settings"] = asdict(settings)
+            self._put_tenant(txn, name, record)
+            return self._tenant(name, record)
+
+        return self._write(update)
 
     def get_tenant(self, name: str) -> Tenant:
         return self._tenant(name, self._read(lambda txn: self._tenant_record(txn, name)))
@@ -425,8 +455,17 @@ class Store:
         for chunk_ids in replaced:
             self._drop_chunks(txn, chunk_ids)
         txn.put(b"next_chunk", str(next_chunk).encode(), db=self._db["meta"])
+        self._check_quotas(txn, tenant)
         removed = [chunk_id for chunk_ids in replaced for chunk_id in chunk_ids]
         return UpsertResult(np.array(added, dtype=np.int64), np.array(removed, dtype=np.int64), len(documents))
+
+    def _check_quotas(self, txn, tenant: str) -> None:
+        """Raise (aborting the transaction) when the batch leaves the tenant above a storage quota."""
+        record = self._tenant_record(txn, tenant)
+        settings = self._tenant(tenant, record).settings
+        for quota, used, limit in (("max_chunks", record["chunks"], settings.max_chunks), ("max_kv_bytes", record["kv_bytes"], settings.max_kv_bytes)):
+            if limit and used > limit:
+                raise QuotaExceeded(f"{quota}: this batch would bring tenant {tenant!r} to {used}, above its quota of {limit}")
 
     @staticmethod
     def _kv_key(fingerprint: str, token_ids: np.ndarray, salt: str) -> bytes:

@@ -54,9 +54,9 @@ class Engine:
     def chunk_kv(self, token_ids: np.ndarray) -> ChunkKV:
         return self.blender.prefill_chunk(torch.from_numpy(self.layout.chunk_segment(token_ids)))
 
-    def encode_chunk_kv(self, token_ids: np.ndarray) -> bytes:
-        """A chunk's KV, computed after the prompt prefix and encoded for the store."""
-        return kvcodec.encode(self.chunk_kv(token_ids).kv, self.config.kv_codec)
+    def encode_chunk_kv(self, token_ids: np.ndarray, codec: str = "") -> bytes:
+        """A chunk's KV, computed after the prompt prefix and encoded for the store (`codec` or the default)."""
+        return kvcodec.encode(self.chunk_kv(token_ids).kv, codec or self.config.kv_codec)
 
     def _load(self, chunk: RetrievedChunk) -> ChunkKV:
         cached = self.cache.get(chunk.chunk_id)

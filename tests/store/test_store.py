@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from store.config import StoreConfig
-from store.errors import AlreadyExists, Corrupted, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
-from store.records import ChunkInput, DocumentInput, KeyScope, TenantState
+from store.errors import AlreadyExists, Corrupted, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated
+from store.records import ChunkInput, DocumentInput, KeyScope, TenantSettings, TenantState
 from store.store import Store
 
 DIM = 8
@@ -268,3 +268,35 @@ def test_replacing_a_document_with_the_same_kv_keeps_the_blob(store: Store) -> N
     assert store.read_kv(int(again.added[0])) == doc("a", kv=True).chunks[0].kv_blob
     assert store.tenant_stats("alice").kv_bytes == len(doc("a", kv=True).chunks[0].kv_blob)
     assert (store.tenant_stats("alice").documents, store.tenant_stats("alice").chunks) == (1, 1)
+
+
+def test_storage_quotas_refuse_the_whole_batch(store: Store) -> None:
+    store.create_tenant("acme", TenantSettings(max_chunks=4))
+    store.upsert("acme", [doc("a", 3)])
+    with pytest.raises(QuotaExceeded, match="max_chunks.*5.*quota of 4"):
+        store.upsert("acme", [doc("b", 1), doc("c", 1)])
+    assert store.tenant_stats("acme").chunks == 3
+    with pytest.raises(NotFound):
+        store.document_chunk_ids("acme", ["b"])
+    store.upsert("acme", [doc("a", 4, seed=1)])  # replacing a document counts only what remains
+    assert store.tenant_stats("acme").chunks == 4
+
+    store.update_tenant("acme", TenantSettings(max_chunks=0, max_kv_bytes=300))
+    store.upsert("acme", [doc("k1", 1, kv=True, seed=2)])
+    used = store.tenant_stats("acme").kv_bytes
+    assert 0 < used <= 300
+    with pytest.raises(QuotaExceeded, match="max_kv_bytes"):
+        store.upsert("acme", [doc("k2", 2, kv=True, seed=3)])
+    assert store.tenant_stats("acme").kv_bytes == used
+
+
+def test_settings_are_validated_and_survive_reopening(config: StoreConfig) -> None:
+    settings = TenantSettings(max_chunks=10, max_kv_bytes=1 << 20, requests_per_second=2.5, kv_codec="kivi4")
+    with Store(config) as store:
+        assert store.create_tenant("acme", settings).settings == settings
+        for bad in (TenantSettings(max_chunks=-1), TenantSettings(requests_per_second=float("nan"))):
+            with pytest.raises(InvalidArgument, match="settings"):
+                store.update_tenant("acme", bad)
+    with Store(config) as store:
+        assert store.get_tenant("acme").settings == settings
+        assert store.update_tenant("acme", TenantSettings()).settings == TenantSettings()

@@ -54,23 +54,39 @@ class TenantStats(_message.Message):
     api_keys: int
     def __init__(self, documents: _Optional[int] = ..., chunks: _Optional[int] = ..., granted_chunks: _Optional[int] = ..., text_bytes: _Optional[int] = ..., vector_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., api_keys: _Optional[int] = ...) -> None: ...
 
+class TenantSettings(_message.Message):
+    __slots__ = ("max_chunks", "max_kv_bytes", "requests_per_second", "kv_codec")
+    MAX_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    MAX_KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    KV_CODEC_FIELD_NUMBER: _ClassVar[int]
+    max_chunks: int
+    max_kv_bytes: int
+    requests_per_second: float
+    kv_codec: str
+    def __init__(self, max_chunks: _Optional[int] = ..., max_kv_bytes: _Optional[int] = ..., requests_per_second: _Optional[float] = ..., kv_codec: _Optional[str] = ...) -> None: ...
+
 class Tenant(_message.Message):
-    __slots__ = ("tenant_id", "state", "created_unix_ms", "stats")
+    __slots__ = ("tenant_id", "state", "created_unix_ms", "stats", "settings")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     state: TenantState
     created_unix_ms: int
     stats: TenantStats
-    def __init__(self, tenant_id: _Optional[str] = ..., state: _Optional[_Union[TenantState, str]] = ..., created_unix_ms: _Optional[int] = ..., stats: _Optional[_Union[TenantStats, _Mapping]] = ...) -> None: ...
+    settings: TenantSettings
+    def __init__(self, tenant_id: _Optional[str] = ..., state: _Optional[_Union[TenantState, str]] = ..., created_unix_ms: _Optional[int] = ..., stats: _Optional[_Union[TenantStats, _Mapping]] = ..., settings: _Optional[_Union[TenantSettings, _Mapping]] = ...) -> None: ...
 
 class CreateTenantRequest(_message.Message):
-    __slots__ = ("tenant_id",)
+    __slots__ = ("tenant_id", "settings")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
-    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+    settings: TenantSettings
+    def __init__(self, tenant_id: _Optional[str] = ..., settings: _Optional[_Union[TenantSettings, _Mapping]] = ...) -> None: ...
 
 class CreateTenantResponse(_message.Message):
     __slots__ = ("tenant",)
@@ -85,6 +101,20 @@ class GetTenantRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
 
 class GetTenantResponse(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: Tenant
+    def __init__(self, tenant: _Optional[_Union[Tenant, _Mapping]] = ...) -> None: ...
+
+class UpdateTenantRequest(_message.Message):
+    __slots__ = ("tenant_id", "settings")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    settings: TenantSettings
+    def __init__(self, tenant_id: _Optional[str] = ..., settings: _Optional[_Union[TenantSettings, _Mapping]] = ...) -> None: ...
+
+class UpdateTenantResponse(_message.Message):
     __slots__ = ("tenant",)
     TENANT_FIELD_NUMBER: _ClassVar[int]
     tenant: Tenant

@@ -45,6 +45,11 @@ class TenantAdminStub:
                 request_serializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.GetTenantRequest.SerializeToString,
                 response_deserializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.GetTenantResponse.FromString,
                 _registered_method=True)
+        self.UpdateTenant = channel.unary_unary(
+                '/tenantkv.v1.TenantAdmin/UpdateTenant',
+                request_serializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.UpdateTenantRequest.SerializeToString,
+                response_deserializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.UpdateTenantResponse.FromString,
+                _registered_method=True)
         self.ListTenants = channel.unary_unary(
                 '/tenantkv.v1.TenantAdmin/ListTenants',
                 request_serializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.ListTenantsRequest.SerializeToString,
@@ -89,6 +94,13 @@ class TenantAdminServicer:
 
     def GetTenant(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTenant(self, request, context):
+        """Replaces the tenant's settings; lower quotas apply to later writes, nothing stored is dropped.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -144,6 +156,11 @@ def add_TenantAdminServicer_to_server(servicer, server):
                     servicer.GetTenant,
                     request_deserializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.GetTenantRequest.FromString,
                     response_serializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.GetTenantResponse.SerializeToString,
+            ),
+            'UpdateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTenant,
+                    request_deserializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.UpdateTenantRequest.FromString,
+                    response_serializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.UpdateTenantResponse.SerializeToString,
             ),
             'ListTenants': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTenants,
@@ -231,6 +248,33 @@ class TenantAdmin:
             '/tenantkv.v1.TenantAdmin/GetTenant',
             protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.GetTenantRequest.SerializeToString,
             protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.GetTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantkv.v1.TenantAdmin/UpdateTenant',
+            protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.UpdateTenantRequest.SerializeToString,
+            protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.UpdateTenantResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,66 @@
+"""Prometheus metrics: calls per RPC and status, their latency, calls per tenant, and the runtime's sizes.
+
+Counters and the latency histogram are updated by the interceptor as calls finish. Sizes (index
+vectors, KV cache bytes and hit counts, bytes on disk, tenants) are read from the runtime when
+Prometheus scrapes, so they cost nothing between scrapes.
+"""
+
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self, runtime: Callable[[], object | None]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("tenantkv_requests", "RPCs finished, by method and status code", ["method", "code"], registry=self.registry)
+        self.latency = Histogram("tenantkv_request_seconds", "RPC latency, by method", ["method"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.tenant_requests = Counter("tenantkv_tenant_requests", "RPCs finished, by calling tenant", ["tenant"], registry=self.registry)
+        self.registry.register(_RuntimeCollector(runtime))
+        self._http = None
+
+    def observe(self, method: str, code: grpc.StatusCode, tenant: str | None, started: float) -> None:
+        self.requests.labels(method, code.name).inc()
+        self.latency.labels(method).observe(time.perf_counter() - started)
+        if tenant is not None:
+            self.tenant_requests.labels(tenant).inc()
+
+    def serve(self, host: str, port: int) -> int:
+        """Expose /metrics over HTTP (port 0: any free one); returns the bound port."""
+        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        return self._http.server_port
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+
+class _RuntimeCollector(Collector):
+    def __init__(self, runtime: Callable[[], object | None]) -> None:
+        self._runtime = runtime
+
+    def collect(self) -> Iterator:
+        runtime = self._runtime()
+        if runtime is None:  # still loading
+            return
+        cache = runtime.engine.cache
+        yield GaugeMetricFamily("tenantkv_index_vectors", "Vectors in the tenant index", value=len(runtime.index))
+        yield GaugeMetricFamily("tenantkv_tenants", "Tenants in the store", value=len(runtime.store.list_tenants()))
+        yield GaugeMetricFamily("tenantkv_store_disk_bytes", "Bytes of the store on disk (LMDB and KV segments)", value=_disk_bytes(runtime.store.config.path))
+        yield GaugeMetricFamily("tenantkv_kv_cache_bytes", "Chunk KV held in worker memory", value=cache.nbytes)
+        yield CounterMetricFamily("tenantkv_kv_cache_hits", "Chunk KV loads served from worker memory", value=cache.hits)
+        yield CounterMetricFamily("tenantkv_kv_cache_misses", "Chunk KV loads read from the store", value=cache.misses)
+
+
+def _disk_bytes(path: Path) -> int:
+    """Allocated bytes: LMDB's file is as long as its map but sparse."""
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())

@@ -1,0 +1,77 @@
+"""Tenant settings over gRPC: storage quotas and request rates refused with RESOURCE_EXHAUSTED, a per-tenant codec."""
+
+import grpc
+import pytest
+
+from protos.tenantkv.v1 import tenant_admin_pb2
+from server.client import Client, DocumentText
+from tests.server.conftest import unit_vectors, vector_documents
+
+
+def settings(**fields) -> tenant_admin_pb2.TenantSettings:
+    return tenant_admin_pb2.TenantSettings(**fields)
+
+
+def tenant_client(server, admin, tenant_id: str, **fields) -> Client:
+    admin.create_tenant(tenant_id, settings(**fields))
+    return Client(server.address, admin.create_api_key(tenant_id).api_key)
+
+
+def test_chunk_quota_refuses_the_batch_and_reports_usage(server, admin) -> None:
+    with tenant_client(server, admin, "acme", max_chunks=3) as acme:
+        acme.upsert([vector_documents("a", unit_vectors(2, seed=1))])
+        with pytest.raises(grpc.RpcError) as err:
+            acme.upsert([vector_documents("b", unit_vectors(2, seed=2))])
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_chunks" in err.value.details() and "quota of 3" in err.value.details()
+        assert len(acme.search(unit_vectors(1, seed=3)[0], k=10).hits) == 2  # nothing of the refused batch
+        tenant = admin.get_tenant("acme")
+        assert tenant.stats.chunks == 2 and tenant.settings.max_chunks == 3
+        admin.update_tenant("acme", settings(max_chunks=4))
+        acme.upsert([vector_documents("c", unit_vectors(2, seed=4))])
+        assert admin.get_tenant("acme").stats.chunks == 4
+
+
+def test_kv_bytes_quota(server, admin) -> None:
+    with tenant_client(server, admin, "acme", max_kv_bytes=1000) as acme:
+        with pytest.raises(grpc.RpcError) as err:
+            acme.upsert([vector_documents("a", unit_vectors(1, seed=1))])
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_kv_bytes" in err.value.details()
+        assert admin.get_tenant("acme").stats.kv_bytes == 0
+
+
+def test_request_rate_is_limited_per_tenant(server, admin) -> None:
+    with tenant_client(server, admin, "slow", requests_per_second=2) as slow, tenant_client(server, admin, "fast") as fast:
+        query = unit_vectors(1, seed=5)[0]
+        codes = []
+        for _ in range(6):
+            try:
+                slow.search(query, k=1)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+                assert "requests_per_second" in exc.details()
+        assert codes[:2] == [grpc.StatusCode.OK] * 2 and grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+        for _ in range(10):
+            fast.search(query, k=1)  # another tenant is not held back
+        admin.update_tenant("slow", settings())
+        for _ in range(10):
+            slow.search(query, k=1)
+
+
+def test_per_tenant_codec_decides_how_kv_is_stored(server, admin) -> None:
+    with tenant_client(server, admin, "small", kv_codec="kivi4") as small, tenant_client(server, admin, "plain") as plain:
+        text = [[DocumentText("doc", chunks=["The Seine flows through Paris."], vectors=[unit_vectors(1, seed=6)[0]])]]
+        for client, codec in ((small, "kivi4"), (plain, "fp16")):
+            client.upsert(text)
+            hit = client.search(unit_vectors(1, seed=6)[0], k=1).hits[0]
+            assert client.fetch_kv([hit.chunk_id])[hit.chunk_id][0] == codec
+        events = list(small.ask("Which river flows through Paris?", k=1, max_new_tokens=4))
+        assert events[-1].WhichOneof("event") == "stats"
+
+
+def test_bad_settings_are_invalid_arguments(admin) -> None:
+    for fields, field in (({"kv_codec": "zip"}, "kv_codec"), ({"requests_per_second": float("inf")}, "requests_per_second")):
+        with pytest.raises(grpc.RpcError) as err:
+            admin.create_tenant("acme", settings(**fields))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in err.value.details()

@@ -24,6 +24,7 @@ from server.client import Client, DocumentText
 from server.config import load_config
 
 DEFAULT_SERVER = "127.0.0.1:50051"
+TEMPORARY_KEY_TTL_S = 24 * 3600  # keys minted for one --tenant command; revoked when it ends
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     p = keys.add_parser("create", help="a tenant key (or an admin key without --tenant); prints the secret once")
     p.add_argument("--tenant", default="")
     p.add_argument("--rights", default="read,write", help="comma-separated: read, write")
+    p.add_argument("--ttl-seconds", type=int, default=0, help="the key expires this long after creation; 0: never")
     _client_options(p)
     p.set_defaults(run=_keys_create)
     p = keys.add_parser("revoke")
@@ -111,7 +113,7 @@ def _tenant_client(args, rights: str) -> Iterator[Client]:
         if not args.tenant:
             yield client
             return
-        minted = client.create_api_key(args.tenant, rights.split(","))
+        minted = client.create_api_key(args.tenant, rights.split(","), ttl_s=TEMPORARY_KEY_TTL_S)  # expires even if we die
         try:
             with Client(args.server, minted.api_key) as tenant_client:
                 yield tenant_client
@@ -155,7 +157,7 @@ def _tenants(args) -> int:
 
 def _keys_create(args) -> int:
     with _client(args) as client:
-        _print(client.create_api_key(args.tenant, [r for r in args.rights.split(",") if r]))
+        _print(client.create_api_key(args.tenant, [r for r in args.rights.split(",") if r], args.ttl_seconds))
     return 0
 
 

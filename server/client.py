@@ -89,11 +89,12 @@ class Client:
     def delete_tenant(self, tenant_id: str) -> int:
         return self._call(self.admin.DeleteTenant, tenant_admin_pb2.DeleteTenantRequest(tenant_id=tenant_id)).deleted_chunks
 
-    def create_api_key(self, tenant_id: str = "", rights: Sequence[str] = ()) -> tenant_admin_pb2.CreateApiKeyResponse:
-        """A tenant key for `tenant_id` (read and write unless `rights` says), or an admin key when empty."""
+    def create_api_key(self, tenant_id: str = "", rights: Sequence[str] = (), ttl_s: int = 0) -> tenant_admin_pb2.CreateApiKeyResponse:
+        """A tenant key for `tenant_id` (read and write unless `rights` says), or an admin key when empty;
+        it expires after `ttl_s` seconds (0: never)."""
         scope = tenant_admin_pb2.KEY_SCOPE_TENANT if tenant_id else tenant_admin_pb2.KEY_SCOPE_ADMIN
         codes = [tenant_admin_pb2.KeyRight.Value(f"KEY_RIGHT_{r.upper()}") for r in rights]
-        request = tenant_admin_pb2.CreateApiKeyRequest(scope=scope, tenant_id=tenant_id, rights=codes)
+        request = tenant_admin_pb2.CreateApiKeyRequest(scope=scope, tenant_id=tenant_id, rights=codes, ttl_seconds=ttl_s)
         return self._call(self.admin.CreateApiKey, request)
 
     def revoke_api_key(self, key_id: str) -> None:

@@ -16,9 +16,9 @@ import numpy as np
 from tqdm import tqdm
 
 from index.curator import CuratorIndex
-from kvcodec import CODECS, codec_of
+from kvcodec import CODECS, CorruptBlobError, codec_of
 from server.config import ServerConfig
-from store.errors import InvalidArgument, NotFound
+from store.errors import Corrupted, InvalidArgument, NotFound
 from server.ratelimit import RateLimiter
 from store.records import Chunk, ChunkInput, DocumentInput, KeyScope, Tenant, TenantSettings, UpsertResult
 from store.store import Store
@@ -249,11 +249,19 @@ class Runtime:
 
     def answer(self, hits: list[Hit], question: str, mode: PrefillMode, max_new_tokens: int) -> Iterator[GeneratedToken]:
         """Generate from the hits' chunks: their KV comes from the worker's cache, else the store."""
-        chunks = [
-            RetrievedChunk(h.chunk.chunk_id, h.chunk.token_ids, functools.partial(self.store.read_kv, h.chunk.chunk_id))
-            for h in hits
-        ]
+        chunks = [RetrievedChunk(h.chunk.chunk_id, h.chunk.token_ids, functools.partial(self._stored_kv, h.chunk.chunk_id)) for h in hits]
         return self.engine.answer(chunks, question, mode, max_new_tokens)
+
+    def _stored_kv(self, chunk_id: int) -> bytes | None:
+        """A chunk's stored KV for generation; a damaged blob is a cache miss (the worker recomputes), not a failure."""
+        try:
+            blob = self.store.read_kv(chunk_id)
+            if blob is not None:
+                codec_of(blob)  # checks the header and payload checksum
+            return blob
+        except (Corrupted, CorruptBlobError) as exc:
+            log.warning("chunk %d: stored KV unusable (%s); recomputing it", chunk_id, exc)
+            return None
 
     def prompt_tokens(self, hits: list[Hit], question: str) -> int:
         return len(self.engine.layout.full(self.models.llm.tokenizer, [h.chunk.token_ids for h in hits], question))

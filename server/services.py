@@ -82,8 +82,10 @@ class TenantAdminServicer(_Servicer, tenant_admin_pb2_grpc.TenantAdminServicer):
         if any(r not in RIGHTS for r in request.rights):
             raise InvalidArgument("rights: only KEY_RIGHT_READ and KEY_RIGHT_WRITE")
         rights = frozenset(RIGHTS[r] for r in request.rights) or frozenset(RIGHTS.values())
-        key, token = await self.offload.io(self.runtime.store.create_api_key, scope, request.tenant_id or None, rights)
-        return tenant_admin_pb2.CreateApiKeyResponse(key_id=key.key_id, api_key=token)
+        key, token = await self.offload.io(
+            self.runtime.store.create_api_key, scope, request.tenant_id or None, rights, request.ttl_seconds
+        )
+        return tenant_admin_pb2.CreateApiKeyResponse(key_id=key.key_id, api_key=token, expires_unix_ms=key.expires_unix_ms)
 
     async def RevokeApiKey(self, request, context):
         await self.offload.io(self.runtime.store.revoke_api_key, request.key_id)

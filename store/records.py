@@ -54,6 +54,7 @@ class ApiKey:
     tenant: str | None
     rights: frozenset[str]  # subset of {"read", "write"}
     created_unix_ms: int
+    expires_unix_ms: int = 0  # 0: never
 
 
 @dataclass(frozen=True, slots=True)

@@ -308,14 +308,18 @@ class Store:
 
     # ---- API keys
 
-    def create_api_key(self, scope: KeyScope, tenant: str | None, rights: frozenset[str]) -> tuple[ApiKey, str]:
+    def create_api_key(self, scope: KeyScope, tenant: str | None, rights: frozenset[str], ttl_s: int = 0) -> tuple[ApiKey, str]:
+        """A new key and its bearer token (shown once); it expires `ttl_s` seconds from now (0: never)."""
+        if not isinstance(ttl_s, int) or ttl_s < 0:
+            raise InvalidArgument(f"ttl_seconds: must be a non-negative integer (0: never expires), got {ttl_s!r}")
         if not rights or not rights <= RIGHTS:
             raise InvalidArgument(f"rights: a non-empty subset of {sorted(RIGHTS)}")
         if (scope is KeyScope.TENANT) != (tenant is not None):
             raise InvalidArgument("tenant_id: required for tenant keys and absent for admin keys")
         key_id = secrets.token_hex(KEY_ID_HEX // 2)
         secret = secrets.token_urlsafe(32)
-        key = ApiKey(key_id, scope, tenant, frozenset(rights), _now_ms())
+        created = _now_ms()
+        key = ApiKey(key_id, scope, tenant, frozenset(rights), created, created + ttl_s * 1000 if ttl_s else 0)
 
         def create(txn: lmdb.Transaction) -> None:
             if tenant is not None:
@@ -323,7 +327,10 @@ class Store:
                 record["api_keys"] += 1
                 self._put_tenant(txn, tenant, record)
             digest = hashlib.sha256(secret.encode()).hexdigest()
-            value = dict(sha256=digest, scope=scope.value, tenant=tenant, rights=sorted(rights), created=key.created_unix_ms)
+            value = dict(
+                sha256=digest, scope=scope.value, tenant=tenant, rights=sorted(rights),
+                created=key.created_unix_ms, expires=key.expires_unix_ms,
+            )
             txn.put(key_id.encode(), _dumps(value), db=self._db["keys"])
 
         self._write(create)
@@ -339,7 +346,10 @@ class Store:
         expected = bytes.fromhex(record["sha256"]) if record else bytes(32)
         if not hmac.compare_digest(hashlib.sha256(secret.encode()).digest(), expected) or record is None:
             raise Unauthenticated("unknown or revoked API key")
-        return ApiKey(key_id, KeyScope(record["scope"]), record["tenant"], frozenset(record["rights"]), record["created"])
+        expires = record.get("expires", 0)
+        if expires and _now_ms() >= expires:
+            raise Unauthenticated(f"API key {key_id} expired")
+        return ApiKey(key_id, KeyScope(record["scope"]), record["tenant"], frozenset(record["rights"]), record["created"], expires)
 
     def revoke_api_key(self, key_id: str) -> None:
         def revoke(txn: lmdb.Transaction) -> None:

@@ -1,5 +1,7 @@
 """Bad input gets the precise status with a message naming the field, and the server keeps serving."""
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -117,3 +119,31 @@ def test_generation_arguments(loaded) -> None:
     expect(CODE.INVALID_ARGUMENT, alice.client.ask, "q?", max_new_tokens=100_000, match="max_new_tokens")
     bad_mode = retrieval_pb2.RetrieveAndGenerateRequest(question="q?", mode=99)
     expect(CODE.INVALID_ARGUMENT, alice.client._call, alice.client.retrieval.RetrieveAndGenerate, bad_mode, match="mode")
+
+
+def test_expired_keys_are_unauthenticated(server, loaded, admin) -> None:
+    alice, _ = loaded
+    expect(CODE.INVALID_ARGUMENT, admin.create_api_key, "alice", ttl_s=-5, match="ttl_seconds")
+    reply = admin.create_api_key("alice", ttl_s=1)
+    assert reply.expires_unix_ms > 0
+    vector = unit_vectors(1, seed=28)[0]
+    with Client(server.address, reply.api_key) as short_lived:
+        assert len(short_lived.search(vector, k=1).hits) == 1
+        time.sleep(1.1)
+        expect(CODE.UNAUTHENTICATED, short_lived.search, vector, match="expired")
+    assert len(alice.client.search(vector, k=1).hits) == 1
+
+
+def test_a_corrupted_kv_blob_is_data_loss_on_fetch_and_recomputed_for_answers(server, make_tenant) -> None:
+    carol = make_tenant("carol")
+    carol.client.upsert([[DocumentText("paris", chunks=["Paris is the capital of France."], vectors=[unit_vectors(1, seed=29)[0]])]])
+    hit = carol.client.search(unit_vectors(1, seed=29)[0], k=1).hits[0]
+    segment = sorted((server.server.config.data_dir / "store" / "segments").glob("*.seg"))[-1]
+    with segment.open("r+b") as f:  # the newest blob is carol's: flip a byte in its payload
+        f.seek(-100, 2)
+        byte = f.read(1)
+        f.seek(-100, 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    expect(CODE.DATA_LOSS, carol.client.fetch_kv, [hit.chunk_id], match="checksum")
+    events = list(carol.client.ask("What is the capital of France?", k=1, max_new_tokens=6))
+    assert events[-1].WhichOneof("event") == "stats" and events[-1].stats.tokens_generated >= 1

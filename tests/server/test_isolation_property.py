@@ -1,8 +1,10 @@
 """Random sequences of upserts, deletes, grants, revokes, tenant deletions and restarts, through gRPC.
 
 After every step: no Search returns a chunk the caller may not read, every readable chunk is
-found (the index is exact), KVCache.Fetch serves readable chunks' KV, and other tenants' chunks
-are NOT_FOUND for it.
+found (the index is exact), KVCache.Fetch serves readable chunks' KV, other tenants' chunks are
+NOT_FOUND for it, and the admin API counts each tenant's own and granted chunks. Rules also ask
+RetrieveAndGenerate questions (the chunks it uses must be readable by the caller) and rotate keys
+(a revoked key is refused at once).
 The model of what each tenant may read is plain Python sets.
 """
 
@@ -103,6 +105,29 @@ class IsolationMachine(RuleBasedStateMachine):
         self.docs = {k: v for k, v in self.docs.items() if k[0] != tenant}
         self.grants = {g for g in self.grants if tenant not in (g[0], g[2])}
 
+    @rule(tenant=tenants)
+    def ask(self, tenant: str) -> None:
+        if tenant not in self.alive:
+            return
+        with self._client(tenant) as client:
+            events = list(client.ask("Which passage is this?", k=16, max_new_tokens=1))
+        used = {(h.owner_tenant_id, h.external_id) for h in events[0].chunks.hits}
+        assert used == self.readable(tenant), (tenant, used)  # k=16 covers every readable chunk
+        assert events[-1].WhichOneof("event") == "stats"
+
+    @rule(tenant=tenants)
+    def rotate_key(self, tenant: str) -> None:
+        if tenant not in self.alive:
+            return
+        old = self.keys[tenant]
+        with self._admin() as admin:
+            key_id = old[4:20]
+            admin.revoke_api_key(key_id)
+            self.keys[tenant] = admin.create_api_key(tenant).api_key
+        with Client(self.server.address, old) as stale, pytest.raises(grpc.RpcError) as err:
+            stale.search(unit_vectors(1, seed=1)[0], k=1)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
     @rule()
     def restart(self) -> None:
         self.server.stop()
@@ -124,6 +149,11 @@ class IsolationMachine(RuleBasedStateMachine):
             found = {(h.owner_tenant_id, h.external_id) for h in hits}
             assert found == self.readable(tenant), (tenant, found, self.readable(tenant))
             own_chunks[tenant] = {h.chunk_id: h.external_id for h in hits if h.owner_tenant_id == tenant}
+        with self._admin() as admin:
+            for tenant in sorted(self.alive):
+                stats = admin.get_tenant(tenant).stats
+                assert stats.chunks == sum(1 for owner, _ in self.docs if owner == tenant)
+                assert stats.granted_chunks == sum(1 for *_, grantee in self.grants if grantee == tenant)
         for tenant in sorted(self.alive):
             with self._client(tenant) as client:
                 for other in sorted(self.alive - {tenant}):

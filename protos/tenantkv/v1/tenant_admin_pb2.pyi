@@ -143,22 +143,26 @@ class DeleteTenantResponse(_message.Message):
     def __init__(self, deleted_chunks: _Optional[int] = ...) -> None: ...
 
 class CreateApiKeyRequest(_message.Message):
-    __slots__ = ("scope", "tenant_id", "rights")
+    __slots__ = ("scope", "tenant_id", "rights", "ttl_seconds")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     RIGHTS_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     scope: KeyScope
     tenant_id: str
     rights: _containers.RepeatedScalarFieldContainer[KeyRight]
-    def __init__(self, scope: _Optional[_Union[KeyScope, str]] = ..., tenant_id: _Optional[str] = ..., rights: _Optional[_Iterable[_Union[KeyRight, str]]] = ...) -> None: ...
+    ttl_seconds: int
+    def __init__(self, scope: _Optional[_Union[KeyScope, str]] = ..., tenant_id: _Optional[str] = ..., rights: _Optional[_Iterable[_Union[KeyRight, str]]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
 
 class CreateApiKeyResponse(_message.Message):
-    __slots__ = ("key_id", "api_key")
+    __slots__ = ("key_id", "expires_unix_ms", "api_key")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     key_id: str
+    expires_unix_ms: int
     api_key: str
-    def __init__(self, key_id: _Optional[str] = ..., api_key: _Optional[str] = ...) -> None: ...
+    def __init__(self, key_id: _Optional[str] = ..., expires_unix_ms: _Optional[int] = ..., api_key: _Optional[str] = ...) -> None: ...
 
 class RevokeApiKeyRequest(_message.Message):
     __slots__ = ("key_id",)

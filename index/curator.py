@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from index.contract import Metric, check_ids, check_k, check_tenant, check_vectors
-from index.topk import top_k
+from index.topk import ids_of, top_k, top_k_in_terminals
 from index.tree import ClusterTree, TreeConfig
-from index.vectors import VectorTable
+from index.vectors import VectorTable, grown
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +88,8 @@ class CuratorIndex:
         leaves = self.tree.assign(vectors)
         rows = self._table.add(ids, vectors)
         if len(self._leaf) < self._table.capacity:
-            self._leaf = np.resize(self._leaf, self._table.capacity)
-            self._readers.resize(self._table.capacity)
+            self._leaf = grown(self._leaf, self._table.capacity)
+            self._readers.grow(self._table.capacity)
         self._leaf[rows] = leaves
         for row in rows.tolist():
             self._readers.set_owner(row, tenant)
@@ -185,22 +185,12 @@ class CuratorIndex:
         ef = self.config.ef if ef is None else check_k(ef)
         sub = self._tenants.get(check_tenant(tenant))
         if sub is None:
-            return top_k(queries, np.empty((0, self.dim), np.float32), np.empty(0, np.int64), k, self.config.metric)
-        nodes, centroids, offsets, rows = self._view(sub)
-        if sub.size <= max(self.config.exact_threshold, ef):
-            return top_k(queries, self._table.vectors[rows], self._table.ids[rows], k, self.config.metric)
-        scores = queries @ centroids.T
-        if self.config.metric == "l2":
-            scores = 2 * scores - (centroids**2).sum(1)[None, :]
-        order = np.argsort(-scores, axis=1)
-        sizes = np.diff(offsets)
-        distances = np.empty((len(queries), k), dtype=np.float32)
-        found = np.empty((len(queries), k), dtype=np.int64)
-        for q, ranked in enumerate(order):
-            enough = int(np.searchsorted(np.cumsum(sizes[ranked]), min(ef, sub.size))) + 1
-            chosen = np.concatenate([rows[offsets[t] : offsets[t + 1]] for t in ranked[:enough]])
-            distances[q], found[q] = top_k(queries[q : q + 1], self._table.vectors[chosen], self._table.ids[chosen], k, self.config.metric)
-        return distances, found
+            distances, found = top_k(queries, self._table.vectors, np.empty(0, np.int64), k, self.config.metric)
+        else:
+            _, centroids, offsets, rows = self._view(sub)
+            cover = sub.size if sub.size <= max(self.config.exact_threshold, ef) else ef
+            distances, found = top_k_in_terminals(queries, self._table.vectors, centroids, offsets, rows, cover, k, self.config.metric)
+        return distances, ids_of(self._table.ids, found)
 
     def _view(self, sub: _SubTree):
         """The tenant's terminals as arrays, built on the first search after a change.
@@ -222,11 +212,20 @@ class CuratorIndex:
         return sub.view
 
     def build(self) -> None:
-        """After a bulk load: release spare capacity, and prepare every tenant's search arrays."""
-        self._table.shrink()
-        self._leaf = self._leaf[: self._table.capacity].copy()
-        self._readers.resize(self._table.capacity)
+        """After a bulk load: store the vectors leaf by leaf, drop spare capacity, prepare every tenant's search arrays.
+
+        A search scans a tenant's rows under a few nodes, scattered over the table in insertion
+        order; renumbered leaf by leaf (and each shortlist ascending) they sit in a few contiguous
+        stretches, which the scan reads far faster than rows spread over the whole table.
+        """
+        live = np.flatnonzero(self._table.ids >= 0)
+        order = live[np.argsort(self._leaf[live], kind="stable")]
+        new_of_old = self._table.compact(order)
+        self._leaf = self._leaf[order]
+        self._readers.reorder(order, new_of_old)
         for sub in self._tenants.values():
+            sub.terminals = {node: np.sort(new_of_old[rows]) for node, rows in sub.terminals.items()}
+            sub.view = None
             self._view(sub)
 
     # ---- accounting and persistence
@@ -271,11 +270,13 @@ class _Readers:
         self._slots = np.full((0, self.SLOTS), -1, dtype=np.int32)
         self._overflow: dict[int, set[int]] = {}
 
-    def resize(self, capacity: int) -> None:
-        resized = np.full((capacity, self.SLOTS), -1, dtype=np.int32)
-        keep = min(capacity, len(self._slots))
-        resized[:keep] = self._slots[:keep]
-        self._slots = resized
+    def grow(self, capacity: int) -> None:
+        self._slots = grown(self._slots, capacity, fill=-1)
+
+    def reorder(self, order: np.ndarray, new_of_old: np.ndarray) -> None:
+        """Follow a renumbering of the rows: new row r is old row order[r]."""
+        self._slots = self._slots[order]
+        self._overflow = {int(new_of_old[row]): tenants for row, tenants in self._overflow.items()}
 
     def set_owner(self, row: int, tenant: int) -> None:
         self._slots[row] = -1

@@ -3,7 +3,7 @@
 import numpy as np
 
 from index.contract import Metric, check_ids, check_k, check_tenant, check_vectors
-from index.topk import top_k
+from index.topk import ids_of, top_k
 from index.vectors import VectorTable
 
 
@@ -66,7 +66,8 @@ class FlatTenantIndex:
     def search(self, queries: np.ndarray, tenant: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = check_vectors(queries, self.dim, "queries")
         rows = self._tenant_rows(check_tenant(tenant))
-        return top_k(queries, self._table.vectors[rows], self._table.ids[rows], check_k(k), self.metric)
+        distances, found = top_k(queries, self._table.vectors, rows, check_k(k), self.metric)
+        return distances, ids_of(self._table.ids, found)
 
     def _tenant_rows(self, tenant: int) -> np.ndarray:
         rows = self._cached_rows.get(tenant)

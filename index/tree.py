@@ -18,13 +18,16 @@ class TreeConfig:
 
 
 class ClusterTree:
-    """Nodes numbered breadth first from the root (0); each vector belongs to one leaf."""
+    """Nodes numbered breadth first from the root (0), so a node's children are consecutive numbers;
+    each vector belongs to one leaf."""
 
     def __init__(self, centroids: np.ndarray, parent: np.ndarray, metric: Metric) -> None:
         self.centroids = centroids
         self.parent = parent
         self.metric = metric
         self.children: list[np.ndarray] = [np.flatnonzero(parent == n) for n in range(len(parent))]
+        if any(len(c) and c[-1] - c[0] + 1 != len(c) for c in self.children):
+            raise ValueError("parent: children of a node must be numbered consecutively (breadth first)")
         depth = np.zeros(len(parent), dtype=np.int64)
         for node in range(1, len(parent)):
             depth[node] = depth[parent[node]] + 1
@@ -69,6 +72,12 @@ class ClusterTree:
 
     def assign(self, vectors: np.ndarray) -> np.ndarray:
         """Leaf of each vector by greedy descent: the closest child centroid at every level."""
+        if len(vectors) == 1:  # an online insert: descend directly, no grouping by node
+            node = 0
+            while len(children := self.children[node]):
+                first = int(children[0])
+                node = first + int(_nearest(vectors, self.centroids[first : first + len(children)], self.metric)[0])
+            return np.array([node], dtype=np.int64)
         nodes = np.zeros(len(vectors), dtype=np.int64)
         active = np.arange(len(vectors))
         while len(active):

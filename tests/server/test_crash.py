@@ -7,11 +7,7 @@ torn write is appended to the newest KV segment: the server must cut it on open 
 every acknowledged chunk's KV.
 """
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,8 +17,8 @@ import numpy as np
 
 from kvcodec import decode
 from server.client import Client, DocumentText
+from server.process import ServerProcess
 from tests.server.conftest import unit_vectors
-from tests.server.test_serve import free_port, wait_serving
 
 BATCH = 3  # documents per batch, one chunk each
 ROUNDS = 3
@@ -56,15 +52,6 @@ def batch_documents(batch: int, vectors: np.ndarray) -> list[DocumentText]:
     return [DocumentText(f"doc-{i}", chunks=[f"Passage {i} of the crash test."], vectors=[vectors[i]]) for i in rows]
 
 
-def start_server(data_dir: Path, cache_dir: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "TENANTKV_CACHE_DIR": str(cache_dir), "TENANTKV_DATA_DIR": str(data_dir), "TENANTKV_PORT": str(port)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    wait_serving(f"127.0.0.1:{port}", timeout_s=120)
-    return process
-
-
 def present_batches(client: Client, vectors: np.ndarray, batches: range) -> dict[int, int]:
     """How many documents of each batch the index returns for their own vectors."""
     counts = {}
@@ -80,13 +67,10 @@ def present_batches(client: Client, vectors: np.ndarray, batches: range) -> dict
 def test_sigkill_during_ingestion_loses_nothing_acknowledged(tmp_path: Path, model_cache_dir: Path, models) -> None:
     rng = random.Random(7)
     vectors = unit_vectors(600, seed=3)
-    data_dir, port = tmp_path / "data", free_port()
-    address = f"127.0.0.1:{port}"
-    acknowledged: list[int] = []
-    maybe: set[int] = set()  # batches in flight when the server died
-    process = start_server(data_dir, model_cache_dir, port)
-    try:
-        admin_key = (data_dir / "admin.key").read_text().strip()
+    with ServerProcess(tmp_path / "data", {"cache_dir": model_cache_dir}) as server:
+        data_dir, address, admin_key = server.data_dir, server.address, server.admin_key
+        acknowledged: list[int] = []
+        maybe: set[int] = set()  # batches in flight when the server died
         with Client(address, admin_key) as admin:
             admin.create_tenant("acme")
             key = admin.create_api_key("acme").api_key
@@ -95,14 +79,13 @@ def test_sigkill_during_ingestion_loses_nothing_acknowledged(tmp_path: Path, mod
             ingestion = Ingestion(address, key, next_batch, vectors)
             ingestion.start()
             time.sleep(rng.uniform(1.0, 4.0))
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=30)
+            server.kill()  # SIGKILL
             ingestion.join(timeout=60)
             acknowledged += ingestion.acknowledged
             if ingestion.in_flight is not None:
                 maybe.add(ingestion.in_flight)
             next_batch = ingestion.next_batch + 1
-            process = start_server(data_dir, model_cache_dir, port)
+            server.start()
             with Client(address, key) as acme, Client(address, admin_key) as admin:
                 counts = present_batches(acme, vectors, range(next_batch))
                 assert all(counts[b] == BATCH for b in acknowledged), counts
@@ -112,13 +95,12 @@ def test_sigkill_during_ingestion_loses_nothing_acknowledged(tmp_path: Path, mod
                 assert admin.get_tenant("acme").stats.chunks == stored  # the store agrees with the index
         assert acknowledged and len(maybe) == ROUNDS  # every kill landed during a call
 
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+        server.kill()
         newest = sorted((data_dir / "store" / "segments").glob("*.seg"))[-1]
         size = newest.stat().st_size
         with newest.open("ab") as f:
             f.write(b"TKVB" + (5000).to_bytes(4, "little") + b"\0\0\0\0" + b"torn" * 10)
-        process = start_server(data_dir, model_cache_dir, port)
+        server.start()
         assert newest.stat().st_size == size  # the torn frame was cut on open
         with Client(address, key) as acme:
             rows = [b * BATCH for b in acknowledged]
@@ -126,6 +108,3 @@ def test_sigkill_during_ingestion_loses_nothing_acknowledged(tmp_path: Path, mod
             fetched = acme.fetch_kv(ids)
             assert set(fetched) == set(ids)
             assert all(decode(blob).shape[0] == 30 for _, blob in fetched.values())
-    finally:
-        if process.poll() is None:
-            process.kill()

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from index.curator import CuratorIndex
-from kvcodec import CODECS, CorruptBlobError, codec_of
+from kvcodec import CODECS, codec_of
 from server.config import ServerConfig
 from store.errors import Corrupted, InvalidArgument, NotFound
 from server.ratelimit import RateLimiter
@@ -253,13 +253,10 @@ class Runtime:
         return self.engine.answer(chunks, question, mode, max_new_tokens)
 
     def _stored_kv(self, chunk_id: int) -> bytes | None:
-        """A chunk's stored KV for generation; a damaged blob is a cache miss (the worker recomputes), not a failure."""
+        """A chunk's stored KV for generation; one failing its checksum is a cache miss (the worker recomputes)."""
         try:
-            blob = self.store.read_kv(chunk_id)
-            if blob is not None:
-                codec_of(blob)  # checks the header and payload checksum
-            return blob
-        except (Corrupted, CorruptBlobError) as exc:
+            return self.store.read_kv(chunk_id)
+        except Corrupted as exc:
             log.warning("chunk %d: stored KV unusable (%s); recomputing it", chunk_id, exc)
             return None
 

@@ -6,6 +6,7 @@ reused, so an entry can never go stale), still packed when its codec quantises.
 """
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -19,6 +20,8 @@ from worker.generate import GeneratedToken, check_max_new_tokens, decode_stream
 from worker.kv_cache import ChunkKVCache
 from worker.llm import LLM
 from worker.prompt import DEFAULT_SYSTEM, PromptLayout
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,16 +66,22 @@ class Engine:
         if cached is not None:
             return cached
         blob = chunk.load_kv()
-        if blob is None:
-            loaded = self.chunk_kv(chunk.token_ids)  # not precomputed: compute now, keep for next time
+        kv = self._decoded(chunk.chunk_id, blob) if blob is not None else None
+        if kv is None:  # not precomputed, or its blob is damaged: compute now, keep for next time
+            loaded = self.chunk_kv(chunk.token_ids)
         else:
-            forward = self.llm.forward
-            kv = kvcodec.decode_packed(blob).to(forward.device)  # quantised KV stays packed in the cache, 3-6x smaller
-            if not isinstance(kv, kvcodec.PackedKV):
-                kv = kv.to(forward.dtype)
             loaded = ChunkKV(tokens=torch.from_numpy(self.layout.chunk_segment(chunk.token_ids)), kv=kv)
         self.cache.put(chunk.chunk_id, loaded)
         return loaded
+
+    def _decoded(self, chunk_id: int, blob: bytes) -> torch.Tensor | kvcodec.PackedKV | None:
+        """The blob's KV on the model's device (quantised KV stays packed, 3-6x smaller); None if it does not decode."""
+        try:
+            kv = kvcodec.decode_packed(blob).to(self.llm.forward.device)
+        except kvcodec.CorruptBlobError as exc:
+            log.warning("chunk %d: stored KV does not decode (%s); recomputing it", chunk_id, exc)
+            return None
+        return kv if isinstance(kv, kvcodec.PackedKV) else kv.to(self.llm.forward.dtype)
 
     def answer(
         self, chunks: list[RetrievedChunk], question: str, mode: PrefillMode, max_new_tokens: int

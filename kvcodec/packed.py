@@ -61,10 +61,6 @@ class PackedKV:
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes
 
-    @property
-    def device(self) -> torch.device:
-        return self.keys.codes.device
-
     def to(self, device: torch.device | str) -> "PackedKV":
         return PackedKV(self.keys.to(device), self.values.to(device), self.tokens)
 

@@ -35,12 +35,11 @@ def wait_serving(address: str, timeout_s: float) -> None:
 class ServerProcess:
     """Starts `python -m server.cli serve` with `settings` as TENANTKV_* variables (data_dir and port included)."""
 
-    def __init__(self, data_dir: Path, settings: dict[str, object] | None = None, capture_output: bool = False) -> None:
+    def __init__(self, data_dir: Path, settings: dict[str, object] | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.port = free_port()
         self._env = {**os.environ, "TENANTKV_DATA_DIR": str(self.data_dir), "TENANTKV_PORT": str(self.port)}
         self._env |= {f"TENANTKV_{key.upper()}": str(value) for key, value in (settings or {}).items()}
-        self._capture = capture_output
         self.process: subprocess.Popen | None = None
 
     @property
@@ -52,9 +51,8 @@ class ServerProcess:
         return (self.data_dir / "admin.key").read_text().strip()
 
     def start(self, timeout_s: float = 120) -> "ServerProcess":
-        output = subprocess.PIPE if self._capture else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve"], env=self._env, stdout=output, stderr=subprocess.STDOUT, text=True
+            [sys.executable, "-m", "server.cli", "serve"], env=self._env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
         wait_serving(self.address, timeout_s)
         return self

@@ -35,6 +35,7 @@ from kernels.deviation import token_deviation_reference, top_deviations  # noqa:
 from kernels.rope_dequant import dequant_rope, dequant_rope_reference  # noqa: E402
 from worker.blend import Blender, ChunkKV, PrefillMode  # noqa: E402
 from worker.llama import LlamaForward  # noqa: E402
+from worker.rope import RopeConfig, inverse_frequencies  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +74,10 @@ def random_kv(shape: Shape) -> torch.Tensor:
     return torch.randn(shape.layers, 2, shape.kv_heads, shape.tokens, shape.head_dim, generator=generator)
 
 
-def inverse_frequencies(head_dim: int) -> torch.Tensor:
-    return 1.0 / (500000.0 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-
-
 def bench_dequant_rope(shape: Shape, devices: list[torch.device], repeats: int) -> dict:
     packed = kvcodec.decode_packed(kvcodec.encode(random_kv(shape), "kivi4")).keys
     positions = torch.arange(1000, 1000 + shape.tokens)
-    inv = inverse_frequencies(shape.head_dim)
+    inv = inverse_frequencies(RopeConfig(head_dim=shape.head_dim, theta=500000.0))
     row = {}
     for device in devices:
         args = [t.to(device) for t in (packed.codes, packed.scale, packed.low, positions, inv)]
@@ -161,11 +158,7 @@ def bench_prefill(shape: str, device: torch.device, repeats: int) -> dict:
         "full_reuse": lambda: blender.blend_prefill(packed, question, mode=PrefillMode.FULL_REUSE),
         "blend_0.15": lambda: blender.blend_prefill(packed, question, recompute_ratio=0.15),
     }
-    row = {f"{mode}_ms": median_ms(run, device, repeats) for mode, run in modes.items()}
-    del blender, packed, forward
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return row
+    return {f"{mode}_ms": median_ms(run, device, repeats) for mode, run in modes.items()}
 
 
 def main() -> None:

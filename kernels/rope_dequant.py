@@ -9,6 +9,7 @@ T target positions, and RoPE's inverse frequencies [D / 2]. Output: float32 keys
 import torch
 
 from kernels.packing import unpack
+from kernels.rope import cos_sin, rotate
 
 
 def dequant_rope_reference(
@@ -19,16 +20,7 @@ def dequant_rope_reference(
     codes = unpack(packed, bits).float()
     dim = codes.shape[-1]
     keys = codes.reshape(layers, heads, padded // group, group, dim) * scale.float() + low.float()
-    return rotate_to(keys.reshape(layers, heads, padded, dim)[:, :, :tokens], positions, inv_freq)
-
-
-def rotate_to(keys: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """float32 keys [..., T, D] (before RoPE) rotated to `positions` [T] (halves convention)."""
-    half = keys.shape[-1] // 2
-    angles = positions.float()[:, None] * inv_freq.float()[None, :]
-    cos, sin = angles.cos(), angles.sin()
-    first, second = keys[..., :half].float(), keys[..., half:].float()
-    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
+    return rotate(keys.reshape(layers, heads, padded, dim)[:, :, :tokens], *cos_sin(inv_freq.float(), positions))
 
 
 def dequant_rope(

@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from kernels.packing import unpack
-from kernels.rope_dequant import dequant_rope, rotate_to
+from kernels.rope import cos_sin, rotate
+from kernels.rope_dequant import dequant_rope
 from kvcodec.quant import dequantize
 
 
@@ -69,9 +70,10 @@ class PackedKV:
         if len(positions) != self.tokens:
             raise ValueError(f"positions: expected {self.tokens}, got {len(positions)}")
         k = self.keys
+        positions, inv_freq = positions.to(k.codes.device), inv_freq.to(k.codes.device)
         if k.per_channel:
-            return dequant_rope(k.codes, k.scale, k.low, positions.to(k.codes.device), inv_freq.to(k.codes.device), k.bits, k.group)
-        return rotate_to(k.dequantize(self.tokens), positions.to(k.codes.device), inv_freq.to(k.codes.device))
+            return dequant_rope(k.codes, k.scale, k.low, positions, inv_freq, k.bits, k.group)
+        return rotate(k.dequantize(self.tokens), *cos_sin(inv_freq, positions))
 
     def value_tensor(self) -> torch.Tensor:
         """float32 values [L, H, T, D]."""

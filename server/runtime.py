@@ -18,8 +18,8 @@ from tqdm import tqdm
 from index.curator import CuratorIndex
 from kvcodec import CODECS, codec_of
 from server.config import ServerConfig
-from store.errors import Corrupted, InvalidArgument, NotFound
 from server.ratelimit import RateLimiter
+from store.errors import Corrupted, InvalidArgument, NotFound
 from store.records import Chunk, ChunkInput, DocumentInput, KeyScope, Tenant, TenantSettings, UpsertResult
 from store.store import Store
 from worker.chunker import chunk_text, token_ids

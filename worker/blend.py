@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from kernels.deviation import top_deviations
+from kernels.rope import rotate
 from kvcodec import PackedKV
 from worker.llama import KVBuffer, LlamaForward
-from worker.rope import rotate
 
 
 class PrefillMode(enum.Enum):

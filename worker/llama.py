@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from worker.rope import RopeConfig, cos_sin, inverse_frequencies, rotate
+from kernels.rope import cos_sin, rotate
+from worker.rope import RopeConfig, inverse_frequencies
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from kernels.rope_dequant import rotate_to
+from kernels.rope import cos_sin, rotate
 from kvcodec import PackedKV, decode, decode_packed, encode
+from worker.rope import RopeConfig, inverse_frequencies
 
-INV = 1.0 / (10000.0 ** (torch.arange(0, 64, 2, dtype=torch.float32) / 64))
+INV = inverse_frequencies(RopeConfig(head_dim=64, theta=10000.0))
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))
 
 
@@ -27,7 +28,7 @@ def test_packed_expands_to_what_decode_returns(codec: str) -> None:
 def test_keys_at_positions_equal_decoded_keys_rotated(codec: str) -> None:
     blob = encode(kv(), codec)
     positions = torch.arange(300, 345)
-    expected = rotate_to(decode(blob)[:, 0].float(), positions, INV)
+    expected = rotate(decode(blob)[:, 0].float(), *cos_sin(INV, positions))
     torch.testing.assert_close(decode_packed(blob).keys_at(positions, INV), expected, atol=2e-3, rtol=1e-3)
     with pytest.raises(ValueError, match="positions"):
         decode_packed(blob).keys_at(positions[:-1], INV)

@@ -14,7 +14,7 @@ of repeated runs:
 Every Triton result is checked against its reference. Random KV: ratios here say nothing about
 compression (bench/codec.py measures that on real KV). Without a GPU only the torch rows run.
 
-    python bench/kernels.py [--quick] [--out bench/results/kernels.json]
+    python bench/kernel_speed.py [--quick] [--out bench/results/kernel_speed.json]
 """
 
 import argparse
@@ -164,7 +164,7 @@ def bench_prefill(shape: str, device: torch.device, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the small shape, few repeats: a smoke run")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "kernels.json")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "kernel_speed.json")
     args = parser.parse_args()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     shapes, repeats = (SHAPES[:1], 3) if args.quick else (SHAPES, 20)

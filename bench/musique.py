@@ -67,7 +67,7 @@ def answer(
     question: torch.Tensor,
     mode: PrefillMode,
     ratio: float = 0.15,
-    deviation: Deviation = Deviation.KEY,
+    deviation: Deviation = Deviation.KEY_BY_ATTENTION,
     started: float | None = None,
 ) -> Outcome:
     """Prefill in `mode`, then a greedy answer; time to first token counts from `started` (default: now)."""

@@ -31,7 +31,7 @@ class EngineConfig:
     cache_bytes: int = 1 << 30
     recompute_ratio: float = 0.15
     check_layer: int = 1
-    deviation: Deviation = Deviation.KEY
+    deviation: Deviation = Deviation.KEY_BY_ATTENTION
 
 
 @dataclass(frozen=True, slots=True)

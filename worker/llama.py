@@ -141,6 +141,14 @@ class LlamaForward:
         x = self.norm(h, w.post_norm)
         return h + F.linear(F.silu(F.linear(x, w.gate)) * F.linear(x, w.up), w.down)
 
+    def attention_weights(self, layer: int, q: torch.Tensor, positions: torch.Tensor, kv: KVBuffer) -> torch.Tensor:
+        """Attention probabilities [heads, n, kv.length] of queries q [heads, n, d] (after RoPE) at
+        `positions` over the keys in `kv`, causal: what `attend` would weight the values by."""
+        keys = kv.keys[layer, :, : kv.length].repeat_interleave(self.heads // self.kv_heads, dim=0)
+        scores = (q @ keys.transpose(1, 2)).float() / self.head_dim**0.5
+        hidden = torch.arange(kv.length, device=positions.device)[None, :] > positions[:, None]
+        return scores.masked_fill(hidden[None], float("-inf")).softmax(-1)
+
     def layer(self, layer: int, h: torch.Tensor, positions: torch.Tensor, kv: KVBuffer) -> torch.Tensor:
         """One full layer: write the tokens' keys and values at their positions, then attend."""
         q, k, v = self.qkv(layer, h)

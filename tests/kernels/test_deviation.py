@@ -30,3 +30,14 @@ def test_top_deviations_finds_planted_tokens() -> None:
 def test_shape_mismatch_is_rejected() -> None:
     with pytest.raises(ValueError, match="fresh"):
         token_deviation(torch.zeros(3, 4, 64), torch.zeros(3, 5, 64))
+
+
+def test_weights_rank_equal_deviations_by_weight() -> None:
+    """Two tokens moved equally far: the one the question attends to more is picked."""
+    fresh, cached = torch.zeros(2, 10, 8), torch.zeros(2, 10, 8)
+    cached[:, [2, 6]] = 1.0
+    weights = torch.full((10,), 0.1)
+    weights[6] = 0.5
+    assert top_deviations(fresh, cached, 1, weights).tolist() == [6]
+    weights[2] = 0.9
+    assert top_deviations(fresh, cached, 1, weights).tolist() == [2]

@@ -38,6 +38,23 @@ def test_pre_rope_keys_rotated_to_p_equal_keys_computed_at_p(models) -> None:
     torch.testing.assert_close(stored.kv[:, 1], kv.values[:, :, 12:52], atol=1e-4, rtol=1e-4)
 
 
+def test_attention_weights_are_what_attention_mixes_values_by(models) -> None:
+    """Weights times values equals scaled_dot_product_attention's output, causal mask included."""
+    forward = models.llm.forward
+    kv = forward.new_buffer(30)
+    forward.forward(random_ids(30, seed=4), kv)
+    positions = torch.tensor([5, 17, 29])
+    q = torch.randn(forward.heads, 3, forward.head_dim, generator=torch.Generator().manual_seed(5))
+    weights = forward.attention_weights(2, q, positions, kv)
+    assert weights.shape == (forward.heads, 3, 30)
+    assert float(weights[:, 0, 6:].abs().max()) == 0.0
+    torch.testing.assert_close(weights.sum(-1), torch.ones(forward.heads, 3))
+    values = kv.values[2].repeat_interleave(forward.heads // forward.kv_heads, dim=0)
+    mask = torch.arange(30)[None, :] <= positions[:, None]
+    expected = torch.nn.functional.scaled_dot_product_attention(q[None], kv.keys[2][None], kv.values[2][None], attn_mask=mask[None, None], enable_gqa=True)[0]
+    torch.testing.assert_close(weights @ values, expected, atol=1e-5, rtol=1e-4)
+
+
 def test_llama3_scaling_keeps_high_frequencies() -> None:
     plain = inverse_frequencies(RopeConfig(head_dim=128, theta=500000.0))
     scaled = inverse_frequencies(RopeConfig(head_dim=128, theta=500000.0, rope_type="llama3", factor=8.0))

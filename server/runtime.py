@@ -184,13 +184,14 @@ class Runtime:
         """Chunk, embed and precompute KV (in the tenant's codec) for a batch (model work); nothing is written."""
         codec = self.store.get_tenant(tenant).settings.kv_codec
         tokenizer = self.models.llm.tokenizer
+        given = iter(token_ids(tokenizer, [c.text for doc in documents if not doc.text for c in doc.chunks]))
         pieces: list[list[tuple[str, np.ndarray, np.ndarray | None]]] = []
         for doc in documents:
             if doc.text:
                 cut = chunk_text(doc.text, tokenizer, self.config.chunk_tokens)
                 pieces.append([(c.text, c.token_ids, None) for c in cut])
             else:
-                pieces.append([(c.text, token_ids(tokenizer, c.text), c.vector) for c in doc.chunks])
+                pieces.append([(c.text, next(given), c.vector) for c in doc.chunks])
         to_embed = [text for doc in pieces for text, _, vector in doc if vector is None]
         embedded = iter(self.models.embedder.embed(to_embed) if to_embed else ())
         return [

@@ -288,11 +288,11 @@ class _Readers:
 
     def add(self, row: int, tenant: int) -> bool:
         """Record `tenant` as a reader; False if it was one already."""
-        if tenant in self.tenants(row):
+        slots = self._slots[row].tolist()
+        if tenant in slots or tenant in self._overflow.get(row, ()):
             return False
-        free = np.flatnonzero(self._slots[row] < 0)
-        if len(free):
-            self._slots[row, free[0]] = tenant
+        if -1 in slots:
+            self._slots[row, slots.index(-1)] = tenant
         else:
             self._overflow.setdefault(row, set()).add(tenant)
         return True

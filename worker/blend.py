@@ -14,7 +14,8 @@ other chunk token keeps its cached KV from there on.
 
 By default a token's key deviation is weighted by the most attention any question token pays it
 at the check layer: a stale token the question does not look at cannot move the answer. On
-MuSiQue (bench/kv.py) this halves the first-token KL that plain key or value deviation leaves.
+MuSiQue (bench/kv.py) this more than halves the first-token KL that plain key or value deviation
+leaves.
 """
 
 import enum

@@ -33,7 +33,7 @@ def chunk_text(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int = 
     if max_tokens <= 0:
         raise ValueError(f"max_tokens: must be positive, got {max_tokens}")
     pieces: list[tuple[str, int]] = []
-    sentences = [s for s in (s.strip() for s in SENTENCE_END.split(text)) if s]
+    sentences = [sentence.strip() for sentence in SENTENCE_END.split(text) if sentence.strip()]
     for sentence, ids in zip(sentences, token_ids(tokenizer, sentences)):
         if len(ids) <= max_tokens:
             pieces.append((sentence, len(ids)))

@@ -238,29 +238,25 @@ class Runtime:
             raise InvalidArgument(f"{field}: must not be empty")
         return self.models.embedder.embed([text])[0]
 
-    def search(self, tenant: str, query: np.ndarray, k: int) -> list[Hit]:
-        """Top-k chunks `tenant` may read; the store re-checks every hit the index returns."""
+    def search(self, tenant: str, query: np.ndarray, k: int, wait: bool = True) -> list[Hit] | None:
+        """Top-k chunks `tenant` may read; the store re-checks every hit the index returns.
+
+        With `wait=False`, None at once if a writer holds the index. A search takes well under a
+        millisecond, so the server runs it on the event loop, which skips two thread hand-offs and
+        the GIL contention of a thread pool that under load cost more than the search; a commit
+        holds the index across its fsync, and then the server waits in a thread instead.
+        """
         number = self.tenant_number(tenant)
-        with self._index_lock:
+        if not self._index_lock.acquire(blocking=wait):
+            return None
+        try:
             scores, ids = self.index.search(query[None, :], number, k)
+        finally:
+            self._index_lock.release()
         found = ids[0] >= 0
         score_of = dict(zip(ids[0][found].tolist(), scores[0][found].tolist()))
         chunks = self.store.readable_chunks(tenant, list(score_of))
         return [Hit(chunk=c, score=score_of[c.chunk_id]) for c in chunks]
-
-    def search_now(self, tenant: str, query: np.ndarray, k: int) -> list[Hit] | None:
-        """`search` if no writer holds the index at this moment, else None without waiting.
-
-        A search takes well under a millisecond; run on the event loop it skips two thread hand-offs
-        and the GIL contention of a thread pool, which under load cost more than the search. A
-        commit holds the index across its fsync, so then the caller waits in a thread instead.
-        """
-        if not self._index_lock.acquire(blocking=False):
-            return None
-        try:
-            return self.search(tenant, query, k)
-        finally:
-            self._index_lock.release()
 
     def answer(self, hits: list[Hit], question: str, mode: PrefillMode, max_new_tokens: int) -> Iterator[GeneratedToken]:
         """Generate from the hits' chunks: their KV comes from the worker's cache, else the store."""

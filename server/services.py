@@ -157,7 +157,7 @@ class RetrievalServicer(_Servicer, retrieval_pb2_grpc.RetrievalServicer):
         k = bounded_int(request.k, 1, self.runtime.config.max_k, "k")
         started = time.perf_counter()
         query = await self._query_vector(request)
-        hits = self.runtime.search_now(tenant, query, k)
+        hits = self.runtime.search(tenant, query, k, wait=False)
         if hits is None:
             hits = await self.offload.io(self.runtime.search, tenant, query, k)
         return retrieval_pb2.SearchResponse(

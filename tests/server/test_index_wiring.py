@@ -49,7 +49,7 @@ def test_search_waits_in_a_thread_while_a_writer_holds_the_index(server_config, 
             with Client(server.address, key) as client:
                 client.upsert([vector_documents("v", vectors)])
                 runtime = server.server.runtime
-                assert [h.chunk.external_id for h in runtime.search_now("t", vectors[3], 1)] == ["v-3"]
+                assert [h.chunk.external_id for h in runtime.search("t", vectors[3], 1, wait=False)] == ["v-3"]
                 held, release = threading.Event(), threading.Event()
 
                 def writer() -> None:
@@ -60,7 +60,7 @@ def test_search_waits_in_a_thread_while_a_writer_holds_the_index(server_config, 
                 thread = threading.Thread(target=writer)
                 thread.start()
                 held.wait(30)
-                assert runtime.search_now("t", vectors[3], 1) is None
+                assert runtime.search("t", vectors[3], 1, wait=False) is None
                 with concurrent.futures.ThreadPoolExecutor(1) as pool:
                     pending = pool.submit(client.search, vectors[5], 1)
                     assert admin.get_tenant("t").tenant_id == "t"  # the loop is not blocked

@@ -135,7 +135,7 @@ class LlamaForward:
         if len(positions) == visible:  # the whole sequence from position 0: the fast causal kernel
             out = F.scaled_dot_product_attention(q[None], keys, values, is_causal=True, enable_gqa=True)[0]
         else:
-            mask = torch.arange(visible, device=positions.device)[None, :] <= positions[:, None]
+            mask = _causal(positions, visible)
             out = F.scaled_dot_product_attention(q[None], keys, values, attn_mask=mask[None, None], enable_gqa=True)[0]
         h = h + F.linear(out.transpose(0, 1).reshape(len(h), self.heads * self.head_dim), w.o)
         x = self.norm(h, w.post_norm)
@@ -146,8 +146,7 @@ class LlamaForward:
         `positions` over the keys in `kv`, causal: what `attend` would weight the values by."""
         keys = kv.keys[layer, :, : kv.length].repeat_interleave(self.heads // self.kv_heads, dim=0)
         scores = (q @ keys.transpose(1, 2)).float() / self.head_dim**0.5
-        hidden = torch.arange(kv.length, device=positions.device)[None, :] > positions[:, None]
-        return scores.masked_fill(hidden[None], float("-inf")).softmax(-1)
+        return scores.masked_fill(~_causal(positions, kv.length)[None], float("-inf")).softmax(-1)
 
     def layer(self, layer: int, h: torch.Tensor, positions: torch.Tensor, kv: KVBuffer) -> torch.Tensor:
         """One full layer: write the tokens' keys and values at their positions, then attend."""
@@ -173,3 +172,8 @@ class LlamaForward:
         for layer in range(self.layers_count):
             h = self.layer(layer, h, positions, kv)
         return self.logits(h)
+
+
+def _causal(positions: torch.Tensor, length: int) -> torch.Tensor:
+    """[n, length] mask: which of the first `length` slots the tokens at `positions` may attend to."""
+    return torch.arange(length, device=positions.device)[None, :] <= positions[:, None]

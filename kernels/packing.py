@@ -15,16 +15,15 @@ def pack(codes: torch.Tensor, bits: int) -> np.ndarray:
     n = codes.shape[-1]
     if n % per:
         raise ValueError(f"codes: last dimension {n} is not a multiple of {per}")
-    planes = codes.reshape(*codes.shape[:-1], per, n // per).to(torch.int32)
-    packed = torch.zeros(planes.shape[:-2] + planes.shape[-1:], dtype=torch.int32)
-    for i in range(per):
+    planes = codes.reshape(*codes.shape[:-1], per, n // per).to(torch.uint8)
+    packed = planes[..., 0, :].clone()
+    for i in range(1, per):
         packed |= planes[..., i, :] << (bits * i)
-    return packed.to(torch.uint8).numpy()
+    return packed.numpy()
 
 
 def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
     """The inverse of `pack`: bytes [..., m] -> codes [..., m * 8 / bits]."""
     per = 8 // bits
     mask = (1 << bits) - 1
-    wide = packed.to(torch.int32)
-    return torch.cat([(wide >> (bits * i)) & mask for i in range(per)], dim=-1).to(torch.uint8)
+    return torch.cat([(packed >> (bits * i)) & mask for i in range(per)], dim=-1)

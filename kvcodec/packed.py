@@ -34,15 +34,15 @@ class PackedGroups:
     def to(self, device: torch.device | str) -> "PackedGroups":
         return replace(self, codes=self.codes.to(device), scale=self.scale.to(device), low=self.low.to(device))
 
-    def dequantize(self, tokens: int) -> torch.Tensor:
-        """float32 [L, H, tokens, D]."""
+    def dequantize(self, tokens: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """[L, H, tokens, D] in `dtype`."""
         codes = unpack(self.codes, self.bits)
         layers, heads, rows, dim = codes.shape
         if self.per_channel:
             grouped = codes.reshape(layers, heads, rows // self.group, self.group, dim)
         else:
             grouped = codes.reshape(layers, heads, rows, dim // self.group, self.group)
-        return dequantize(grouped, self.scale, self.low).reshape(layers, heads, rows, dim)[:, :, :tokens]
+        return dequantize(grouped, self.scale, self.low, dtype).reshape(layers, heads, rows, dim)[:, :, :tokens]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,4 +81,4 @@ class PackedKV:
 
     def dense(self) -> torch.Tensor:
         """float16 [L, 2, H, T, D], keys before RoPE."""
-        return torch.stack([self.keys.dequantize(self.tokens), self.value_tensor()], dim=1).to(torch.float16)
+        return torch.stack([g.dequantize(self.tokens, torch.float16) for g in (self.keys, self.values)], dim=1)

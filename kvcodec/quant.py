@@ -15,5 +15,5 @@ def quantize(x: torch.Tensor, bits: int, dim: int) -> tuple[torch.Tensor, torch.
     return codes, scale, low16
 
 
-def dequantize(codes: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-    return codes.float() * scale.float() + low.float()
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, low: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return codes.to(dtype) * scale.to(dtype) + low.to(dtype)

@@ -3,7 +3,7 @@
 For each codec: compression ratio against plain fp16 bytes, encode and decode speed (MB/s of
 fp16-equivalent data, median over chunks, one thread), and answer quality through blended
 prefill at ratio 0.15 with the codec's decoded KV: first-token top-1 agreement with full prefill
-(uncompressed) and token F1. The `none` row is blending with uncompressed float32 KV.
+(uncompressed), KL divergence of that token's distribution from full prefill's, and token F1. The `none` row is blending with uncompressed float32 KV.
 
     .venv/bin/python bench/codec.py [--quick | --full] [--data ../shared/data/musique_dev.json]
 
@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 import kvcodec
-from musique import DEFAULT_DATA, REPO, answer, blender_for, load_questions, token_f1, workload
+from musique import DEFAULT_DATA, REPO, answer, blender_for, first_token_kl, load_questions, token_f1, workload
 from worker.blend import ChunkKV, PrefillMode
 from worker.config import WorkerConfig
 from worker.llm import load_llm
@@ -67,10 +67,11 @@ def main() -> None:
                 chunks = decoded
             outcome = answer(llm, blender, chunks, work.question, PrefillMode.BLEND, 0.15)
             stats[codec]["top1"].append(float(outcome.first_logits.argmax() == reference.first_logits.argmax()))
+            stats[codec]["kl"].append(first_token_kl(reference.first_logits, outcome.first_logits))
             stats[codec]["f1"].append(token_f1(outcome.text, work.answers))
     summary = {}
     for codec, s in stats.items():
-        row = {"top1_agreement": statistics.mean(s["top1"]), "f1": statistics.mean(s["f1"])}
+        row = {"top1_agreement": statistics.mean(s["top1"]), "first_token_kl": statistics.mean(s["kl"]), "f1": statistics.mean(s["f1"])}
         if codec != "none":
             row |= {
                 "ratio_vs_fp16": statistics.mean(s["ratio"]),
@@ -79,11 +80,11 @@ def main() -> None:
             }
         summary[codec] = row
     print(f"\n{len(questions)} questions x 5 passages; quality through blend 0.15 against uncompressed full prefill")
-    print(f"{'codec':<8}{'ratio':>8}{'enc MB/s':>10}{'dec MB/s':>10}{'top1':>7}{'F1':>7}")
+    print(f"{'codec':<8}{'ratio':>8}{'enc MB/s':>10}{'dec MB/s':>10}{'top1':>7}{'KL':>7}{'F1':>7}")
     for codec, row in summary.items():
         print(
             f"{codec:<8}{row.get('ratio_vs_fp16', 1.0):>8.2f}{row.get('encode_mb_s', float('nan')):>10.0f}"
-            f"{row.get('decode_mb_s', float('nan')):>10.0f}{row['top1_agreement']:>7.2f}{row['f1']:>7.3f}"
+            f"{row.get('decode_mb_s', float('nan')):>10.0f}{row['top1_agreement']:>7.2f}{row['first_token_kl']:>7.3f}{row['f1']:>7.3f}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {

@@ -10,6 +10,7 @@ from typing import Protocol
 import torch
 
 from kvcodec import fp16
+from kvcodec.entropy import EntropySpec
 from kvcodec.header import CorruptBlobError, Header, pack, unpack
 from kvcodec.packed import PackedKV
 from kvcodec.quantized import QuantSpec
@@ -35,6 +36,7 @@ _REGISTRY = [
     Codec("int8", 2, 1, QuantSpec(key_bits=8, value_bits=8, group=32, keys_per_channel=False)),
     Codec("kivi4", 3, 1, QuantSpec(key_bits=4, value_bits=4, group=32)),
     Codec("kivi2", 4, 1, QuantSpec(key_bits=2, value_bits=2, group=32)),
+    Codec("ecq", 5, 1, EntropySpec(step=0.7)),
 ]
 CODECS: dict[str, Codec] = {c.name: c for c in _REGISTRY}
 _BY_ID = {c.codec_id: c for c in _REGISTRY}

@@ -15,6 +15,7 @@ from kvcodec import zstd
 from kernels.packing import pack
 from kvcodec.packed import PackedGroups, PackedKV
 from kvcodec.quant import quantize
+from kvcodec.reader import PayloadReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,7 @@ class QuantSpec:
     def parse(self, payload: memoryview, shape: tuple[int, ...]) -> PackedKV:
         """The payload's codes, scales and minimums, checked against `shape` but not expanded."""
         layers, _, heads, tokens, dim = shape
-        reader = _Reader(memoryview(zstd.decompress(payload)) if tokens else memoryview(b""))
+        reader = PayloadReader(memoryview(zstd.decompress(payload)) if tokens else memoryview(b""))
         if self.keys_per_channel:
             padded = -(-tokens // self.group) * self.group
             keys = _take_groups(reader, (layers, heads, padded, dim), self.key_bits, self.group, per_channel=True)
@@ -70,7 +71,7 @@ def _per_token(x: torch.Tensor, bits: int, group: int):
     return codes.reshape(layers, heads, tokens, dim), scale, low
 
 
-def _take_groups(reader: "_Reader", rows: tuple[int, int, int, int], bits: int, group: int, per_channel: bool) -> PackedGroups:
+def _take_groups(reader: PayloadReader, rows: tuple[int, int, int, int], bits: int, group: int, per_channel: bool) -> PackedGroups:
     layers, heads, count, dim = rows
     if per_channel:
         groups = (layers, heads, count // group, 1, dim)
@@ -79,24 +80,3 @@ def _take_groups(reader: "_Reader", rows: tuple[int, int, int, int], bits: int, 
     codes = reader.take(np.uint8, (layers, heads, count, dim * bits // 8))
     scale, low = reader.take(np.float16, groups), reader.take(np.float16, groups)
     return PackedGroups(codes, scale, low, bits, group, per_channel)
-
-
-class _Reader:
-    """Consecutive typed arrays out of one buffer; any shortfall or leftover is an error."""
-
-    def __init__(self, raw: memoryview) -> None:
-        self._raw = raw
-        self._offset = 0
-
-    def take(self, dtype, shape: tuple[int, ...]) -> torch.Tensor:
-        count = int(np.prod(shape))
-        size = count * np.dtype(dtype).itemsize
-        if self._offset + size > len(self._raw):
-            raise ValueError("payload shorter than its shape requires")
-        array = np.frombuffer(self._raw, dtype=dtype, count=count, offset=self._offset).reshape(shape)
-        self._offset += size
-        return torch.from_numpy(array.copy())
-
-    def finish(self) -> None:
-        if self._offset != len(self._raw):
-            raise ValueError("payload longer than its shape requires")

@@ -1,4 +1,4 @@
-"""zstd with one compressor and decompressor per thread (creating them per call costs more than small blobs)."""
+"""zstd with one compressor per level and one decompressor per thread (creating them per call costs more than small blobs)."""
 
 import threading
 
@@ -8,15 +8,14 @@ LEVEL = 3
 _local = threading.local()
 
 
-def _contexts() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
-    if not hasattr(_local, "contexts"):
-        _local.contexts = (zstandard.ZstdCompressor(level=LEVEL), zstandard.ZstdDecompressor())
-    return _local.contexts
-
-
-def compress(data: bytes) -> bytes:
-    return _contexts()[0].compress(data)
+def compress(data: bytes, level: int = LEVEL) -> bytes:
+    compressors = _local.__dict__.setdefault("compressors", {})
+    if level not in compressors:
+        compressors[level] = zstandard.ZstdCompressor(level=level)
+    return compressors[level].compress(data)
 
 
 def decompress(data: memoryview | bytes) -> bytes:
-    return _contexts()[1].decompress(data)
+    if not hasattr(_local, "decompressor"):
+        _local.decompressor = zstandard.ZstdDecompressor()
+    return _local.decompressor.decompress(data)

@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--max-chunks", type=int, default=0, help="0: unlimited")
             p.add_argument("--max-kv-bytes", type=int, default=0, help="0: unlimited")
             p.add_argument("--requests-per-second", type=float, default=0.0, help="0: unlimited")
-            p.add_argument("--kv-codec", default="", help="fp16, int8, kivi4, kivi2; default: the server's")
+            p.add_argument("--kv-codec", default="", help="fp16, int8, kivi4, kivi2, ecq; default: the server's")
         _client_options(p)
         p.set_defaults(run=_tenants, action=action)
     p = tenants.add_parser("list")

@@ -72,7 +72,7 @@ def test_version_one_fp16_blob_layout_stays_readable() -> None:
 
 
 # Relative error bounds on Gaussian KV (real SmolLM2 KV does better: bench/codec.py).
-LOSSY_BOUNDS = {"int8": (0.02, 0.02), "kivi4": (0.10, 0.12), "kivi2": (0.45, 0.55)}
+LOSSY_BOUNDS = {"int8": (0.02, 0.02), "kivi4": (0.10, 0.12), "kivi2": (0.45, 0.55), "ecq": (0.22, 0.22)}
 
 
 @pytest.mark.parametrize("codec", sorted(LOSSY_BOUNDS))
@@ -96,7 +96,24 @@ def test_quantised_codecs_are_smaller_in_order() -> None:
     assert kv.numel() * 2 / sizes["kivi4"] > 3.0
 
 
-@pytest.mark.parametrize("codec", ["int8", "kivi4", "kivi2"])
+def test_entropy_coding_halves_kivi2_error_at_nearly_its_size() -> None:
+    heavy_tailed = torch.distributions.StudentT(3.0).sample((4, 2, 3, 256, 64))
+    sizes, errors = {}, {}
+    for codec in ("kivi2", "ecq"):
+        blob = encode(heavy_tailed, codec)
+        sizes[codec], errors[codec] = len(blob), float((decode(blob).float() - heavy_tailed).norm() / heavy_tailed.norm())
+    assert sizes["ecq"] < sizes["kivi2"] * 1.1
+    assert errors["ecq"] < errors["kivi2"] / 2
+
+
+def test_entropy_coding_keeps_outliers_to_one_step() -> None:
+    kv = torch.randn(2, 2, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    kv[1, 0, 0, 7, 3], kv[0, 1, 0, 60, 63] = 400.0, -900.0
+    decoded = decode(encode(kv, "ecq")).float()
+    assert abs(decoded[1, 0, 0, 7, 3] - 400.0) < 8.0 and abs(decoded[0, 1, 0, 60, 63] + 900.0) < 18.0  # clipped: ~30 and ~70
+
+
+@pytest.mark.parametrize("codec", ["int8", "kivi4", "kivi2", "ecq"])
 def test_lossy_corruption_is_detected(codec: str) -> None:
     blob = bytearray(encode(torch.randn(2, 2, 1, 40, 64), codec))
     blob[-3] ^= 0x10

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kernels.rope import cos_sin, rotate
-from kvcodec import PackedKV, decode, decode_packed, encode
+from kvcodec import CODECS, PackedKV, decode, decode_packed, encode
 from worker.rope import RopeConfig, inverse_frequencies
 
 INV = inverse_frequencies(RopeConfig(head_dim=64, theta=10000.0))
@@ -34,8 +34,9 @@ def test_keys_at_positions_equal_decoded_keys_rotated(codec: str) -> None:
         decode_packed(blob).keys_at(positions[:-1], INV)
 
 
-def test_lossless_blobs_stay_dense() -> None:
-    packed = decode_packed(encode(kv(), "fp16"))
+@pytest.mark.parametrize("codec", ["fp16", "ecq"])
+def test_lossless_and_entropy_coded_blobs_come_back_dense(codec: str) -> None:
+    packed = decode_packed(encode(kv(), codec))
     assert isinstance(packed, torch.Tensor) and packed.dtype == torch.float16
 
 
@@ -48,5 +49,6 @@ def test_decode_expands_on_the_requested_device(codec: str, device: str) -> None
     torch.testing.assert_close(on_device.cpu(), decode(blob), atol=1e-3, rtol=1e-3)
 
 
-def test_empty_chunk_round_trips() -> None:
-    assert decode(encode(torch.zeros(2, 2, 1, 0, 64), "kivi4")).shape == (2, 2, 1, 0, 64)
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_empty_chunk_round_trips(codec: str) -> None:
+    assert decode(encode(torch.zeros(2, 2, 1, 0, 64), codec)).shape == (2, 2, 1, 0, 64)

@@ -24,6 +24,8 @@ def pack(codes: torch.Tensor, bits: int) -> np.ndarray:
 
 def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
     """The inverse of `pack`: bytes [..., m] -> codes [..., m * 8 / bits]."""
+    if bits == 8:
+        return packed
     per = 8 // bits
     mask = (1 << bits) - 1
     return torch.cat([(packed >> (bits * i)) & mask for i in range(per)], dim=-1)

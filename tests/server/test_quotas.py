@@ -60,14 +60,19 @@ def test_request_rate_is_limited_per_tenant(server, admin) -> None:
 
 
 def test_per_tenant_codec_decides_how_kv_is_stored(server, admin) -> None:
-    with tenant_client(server, admin, "small", kv_codec="kivi4") as small, tenant_client(server, admin, "plain") as plain:
+    with (
+        tenant_client(server, admin, "small", kv_codec="kivi4") as small,
+        tenant_client(server, admin, "smaller", kv_codec="ecq") as smaller,
+        tenant_client(server, admin, "plain") as plain,
+    ):
         text = [[DocumentText("doc", chunks=["The Seine flows through Paris."], vectors=[unit_vectors(1, seed=6)[0]])]]
-        for client, codec in ((small, "kivi4"), (plain, "fp16")):
+        for client, codec in ((small, "kivi4"), (smaller, "ecq"), (plain, "fp16")):
             client.upsert(text)
             hit = client.search(unit_vectors(1, seed=6)[0], k=1).hits[0]
             assert client.fetch_kv([hit.chunk_id])[hit.chunk_id][0] == codec
-        events = list(small.ask("Which river flows through Paris?", k=1, max_new_tokens=4))
-        assert events[-1].WhichOneof("event") == "stats"
+        for client in (small, smaller):
+            events = list(client.ask("Which river flows through Paris?", k=1, max_new_tokens=4))
+            assert events[-1].WhichOneof("event") == "stats"
 
 
 def test_bad_settings_are_invalid_arguments(admin) -> None:

@@ -217,11 +217,9 @@ class Runtime:
         owner = self.tenant_number(tenant)
         with self._index_lock:
             result = self.store.upsert(tenant, documents, kv_fingerprint=self.engine.kv_fingerprint)
-            chunks = self.store.readable_chunks(tenant, result.added)
-            readers = [sorted(self.tenant_number(t) for t in c.readers) for c in chunks]
             if len(result.removed):
                 self.index.remove(result.removed)
-            _add_entries(self.index, result.added, vectors, readers, owner=owner)
+            _add_entries(self.index, result.added, vectors, result.readers, owner=owner)
             self._retrain_if_grown()
         return result
 

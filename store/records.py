@@ -98,6 +98,7 @@ class UpsertResult:
     added: np.ndarray  # int64 chunk ids, in input order (documents, then chunks)
     removed: np.ndarray  # int64 chunk ids of the documents replaced
     documents: int
+    readers: list[list[int]]  # per added chunk, the numbers of the tenants that may read it, owner first
 
 
 @dataclass(frozen=True, slots=True)

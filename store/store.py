@@ -19,7 +19,6 @@ shared across tenants (no cross-tenant timing signal).
 
 import hashlib
 import hmac
-import json
 import math
 import re
 import secrets
@@ -33,6 +32,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 import lmdb
 import numpy as np
+import orjson
 
 from store.config import StoreConfig
 from store.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated
@@ -70,7 +70,8 @@ def _now_ms() -> int:
 
 
 def _dumps(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    """Records are compact UTF-8 JSON; orjson writes and reads them several times faster than json."""
+    return orjson.dumps(value)
 
 
 def _check_tenant_name(name: str, field: str = "tenant_id") -> str:
@@ -217,7 +218,7 @@ class Store:
         raw = txn.get(_check_tenant_name(name, field).encode(), db=self._db["tenants"])
         if raw is None:
             raise NotFound(f"{field}: tenant {name!r} not found")
-        return json.loads(raw)
+        return orjson.loads(raw)
 
     def _put_tenant(self, txn: lmdb.Transaction, name: str, record: dict) -> None:
         txn.put(name.encode(), _dumps(record), db=self._db["tenants"])
@@ -262,7 +263,7 @@ class Store:
 
     def list_tenants(self) -> list[Tenant]:
         def scan(txn: lmdb.Transaction) -> list[Tenant]:
-            return [self._tenant(k.decode(), json.loads(v)) for k, v in txn.cursor(db=self._db["tenants"])]
+            return [self._tenant(k.decode(), orjson.loads(v)) for k, v in txn.cursor(db=self._db["tenants"])]
 
         return self._read(scan)
 
@@ -299,7 +300,7 @@ class Store:
                 self._set_grant(txn, doc_key, name, record["number"], grant=False)
                 revoked.append((chunk_id, name))
             for key_id, raw in list(txn.cursor(db=self._db["keys"])):
-                if json.loads(raw)["tenant"] == name:
+                if orjson.loads(raw)["tenant"] == name:
                     txn.delete(key_id, db=self._db["keys"])
             txn.delete(name.encode(), db=self._db["tenants"])
             return TenantDeletion(np.array(removed, dtype=np.int64), sorted(set(revoked)))
@@ -342,7 +343,7 @@ class Store:
         if not token.startswith("tkv_") or token[4 + KEY_ID_HEX : 5 + KEY_ID_HEX] != "_" or not secret:
             raise Unauthenticated("malformed API key")
         raw = self._read(lambda txn: txn.get(key_id.encode(), db=self._db["keys"]))
-        record = json.loads(raw) if raw is not None else None
+        record = orjson.loads(raw) if raw is not None else None
         expected = bytes.fromhex(record["sha256"]) if record else bytes(32)
         if not hmac.compare_digest(hashlib.sha256(secret.encode()).digest(), expected) or record is None:
             raise Unauthenticated("unknown or revoked API key")
@@ -356,7 +357,7 @@ class Store:
             raw = txn.get(key_id.encode(), db=self._db["keys"]) if key_id else None
             if raw is None:
                 raise NotFound(f"key_id: key {key_id!r} not found")
-            tenant = json.loads(raw)["tenant"]
+            tenant = orjson.loads(raw)["tenant"]
             if tenant is not None:
                 record = self._tenant_record(txn, tenant)
                 record["api_keys"] -= 1
@@ -372,7 +373,7 @@ class Store:
         return U32.pack(owner_number) + external_id.encode()
 
     def _chunk_record(self, txn: lmdb.Transaction, chunk_id: int) -> dict:
-        return json.loads(txn.get(U64.pack(chunk_id), db=self._db["chunks"]))
+        return orjson.loads(txn.get(U64.pack(chunk_id), db=self._db["chunks"]))
 
     def _prefix_keys(self, txn: lmdb.Transaction, db: str, prefix: bytes) -> Iterator[bytes]:
         cursor = txn.cursor(db=self._db[db])
@@ -425,16 +426,16 @@ class Store:
             return self._write_locked(lambda txn: self._upsert(txn, tenant, documents, kv_keys, refs))
 
     def _upsert(self, txn, tenant: str, documents: list[DocumentInput], kv_keys, refs: dict[bytes, KVRef]) -> UpsertResult:
-        record = self._tenant_record(txn, tenant)
-        number = record["number"]
+        number = self._tenant_record(txn, tenant)["number"]
         next_chunk = int(txn.get(b"next_chunk", b"1", db=self._db["meta"]))
-        added, replaced = [], []
+        added, added_readers, replaced = [], [], []
+        usage = dict(documents=0, chunks=0, text_bytes=0)
         for doc, keys in zip(documents, kv_keys):
             doc_key = self._doc_key(number, doc.external_id)
             old = txn.get(doc_key, db=self._db["docs"])
-            grantees = json.loads(old)["grantees"] if old else []
+            grantees = orjson.loads(old)["grantees"] if old else []
             if old:
-                replaced.append(json.loads(old)["chunks"])
+                replaced.append(orjson.loads(old)["chunks"])
             readers = [tenant, *grantees]
             reader_numbers = [number, *(self._tenant_record(txn, g)["number"] for g in grantees)]
             ids = []
@@ -456,18 +457,21 @@ class Store:
                     txn.put(U32.pack(reader) + key, b"", db=self._db["readable"])
             txn.put(doc_key, _dumps(dict(chunks=ids, grantees=grantees)), db=self._db["docs"])
             added.extend(ids)
-            record = self._tenant_record(txn, tenant)
-            record["documents"] += 1
-            record["chunks"] += len(ids)
-            record["text_bytes"] += sum(len(c.text.encode()) for c in doc.chunks)
-            self._put_tenant(txn, tenant, record)
+            added_readers.extend([reader_numbers] * len(ids))
+            usage["documents"] += 1
+            usage["chunks"] += len(ids)
+            usage["text_bytes"] += sum(len(c.text.encode()) for c in doc.chunks)
+        record = self._tenant_record(txn, tenant)  # blob references above may have changed its kv_bytes
+        for field, amount in usage.items():
+            record[field] += amount
+        self._put_tenant(txn, tenant, record)
         # Replaced chunks go last, so a blob they share with the new chunks keeps its record.
         for chunk_ids in replaced:
             self._drop_chunks(txn, chunk_ids)
         txn.put(b"next_chunk", str(next_chunk).encode(), db=self._db["meta"])
         self._check_quotas(txn, tenant)
         removed = [chunk_id for chunk_ids in replaced for chunk_id in chunk_ids]
-        return UpsertResult(np.array(added, dtype=np.int64), np.array(removed, dtype=np.int64), len(documents))
+        return UpsertResult(np.array(added, dtype=np.int64), np.array(removed, dtype=np.int64), len(documents), added_readers)
 
     def _check_quotas(self, txn, tenant: str) -> None:
         """Raise (aborting the transaction) when the batch leaves the tenant above a storage quota."""
@@ -487,7 +491,7 @@ class Store:
     def _ref_blob(self, txn, kv_key: bytes, ref: KVRef | None, owner: str) -> None:
         raw = txn.get(kv_key, db=self._db["kvblobs"])
         if raw is not None:
-            blob = json.loads(raw)
+            blob = orjson.loads(raw)
             blob["refs"] += 1
         else:
             blob = dict(segment=ref.segment, offset=ref.offset, length=ref.length, crc32=ref.crc32, refs=1)
@@ -497,7 +501,7 @@ class Store:
         txn.put(kv_key, _dumps(blob), db=self._db["kvblobs"])
 
     def _unref_blob(self, txn, kv_key: bytes, owner: str) -> None:
-        blob = json.loads(txn.get(kv_key, db=self._db["kvblobs"]))
+        blob = orjson.loads(txn.get(kv_key, db=self._db["kvblobs"]))
         blob["refs"] -= 1
         if blob["refs"] > 0:
             txn.put(kv_key, _dumps(blob), db=self._db["kvblobs"])
@@ -509,7 +513,7 @@ class Store:
 
     def _remove_document(self, txn, doc_key: bytes) -> list[int]:
         """Delete a document: its record, its chunks, and their vectors, tokens, reader entries and blob references."""
-        chunk_ids = json.loads(txn.get(doc_key, db=self._db["docs"]))["chunks"]
+        chunk_ids = orjson.loads(txn.get(doc_key, db=self._db["docs"]))["chunks"]
         txn.delete(doc_key, db=self._db["docs"])
         self._drop_chunks(txn, chunk_ids)
         return chunk_ids
@@ -526,7 +530,7 @@ class Store:
             for reader in chunk["readers"]:
                 reader_record = txn.get(reader.encode(), db=self._db["tenants"])
                 if reader_record is not None:
-                    txn.delete(U32.pack(json.loads(reader_record)["number"]) + key, db=self._db["readable"])
+                    txn.delete(U32.pack(orjson.loads(reader_record)["number"]) + key, db=self._db["readable"])
             if chunk["kv"]:
                 self._unref_blob(txn, bytes.fromhex(chunk["kv"]), owner)
             for db in ("chunks", "tokens", "vectors"):
@@ -567,13 +571,13 @@ class Store:
     def document_chunk_ids(self, tenant: str, external_ids: list[str]) -> np.ndarray:
         def ids(txn: lmdb.Transaction) -> np.ndarray:
             keys = self._owned_doc_keys(txn, tenant, external_ids)
-            return np.array([c for k in keys for c in json.loads(txn.get(k, db=self._db["docs"]))["chunks"]], dtype=np.int64)
+            return np.array([c for k in keys for c in orjson.loads(txn.get(k, db=self._db["docs"]))["chunks"]], dtype=np.int64)
 
         return self._read(ids)
 
     def _set_grant(self, txn, doc_key: bytes, grantee: str, grantee_number: int, grant: bool) -> list[int]:
         """Add or drop `grantee` as a reader of every chunk of a document; returns the chunks changed."""
-        doc = json.loads(txn.get(doc_key, db=self._db["docs"]))
+        doc = orjson.loads(txn.get(doc_key, db=self._db["docs"]))
         if (grantee in doc["grantees"]) == grant:
             return []
         doc["grantees"] = sorted(set(doc["grantees"]) | {grantee}) if grant else [g for g in doc["grantees"] if g != grantee]
@@ -637,10 +641,10 @@ class Store:
 
         def locate(txn: lmdb.Transaction) -> KVRef | None:
             raw = txn.get(U64.pack(chunk_id), db=self._db["chunks"])
-            kv = json.loads(raw)["kv"] if raw is not None else None
+            kv = orjson.loads(raw)["kv"] if raw is not None else None
             if kv is None:
                 return None
-            blob = json.loads(txn.get(bytes.fromhex(kv), db=self._db["kvblobs"]))
+            blob = orjson.loads(txn.get(bytes.fromhex(kv), db=self._db["kvblobs"]))
             return KVRef(blob["segment"], blob["offset"], blob["length"], blob["crc32"])
 
         ref = self._read(locate)
@@ -664,7 +668,7 @@ class Store:
         rows: list[tuple[int, bytes, list[str]]] = []
         if cursor.set_range(U64.pack(after + 1)):
             for key, value in cursor:
-                rows.append((U64.unpack(key)[0], txn.get(key, db=self._db["vectors"]), json.loads(value)["readers"]))
+                rows.append((U64.unpack(key)[0], txn.get(key, db=self._db["vectors"]), orjson.loads(value)["readers"]))
                 if len(rows) == batch:
                     break
         return rows

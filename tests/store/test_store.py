@@ -136,9 +136,11 @@ def test_grants_follow_documents_and_survive_replacement(store: Store) -> None:
     assert store.grant("alice", ["a"], "bob").tolist() == []  # already granted
     assert [c.chunk_id for c in store.readable_chunks("bob", [1, 2, 3])] == [1, 2]
     assert store.tenant_stats("bob").granted_chunks == 2
-    replaced = store.upsert("alice", [doc("a", 1, seed=9)])
+    replaced = store.upsert("alice", [doc("a", 1, seed=9), doc("c")])
     assert [c.owner for c in store.readable_chunks("bob", replaced.added)] == ["alice"]
-    assert store.revoke("alice", ["a"], "bob").tolist() == replaced.added.tolist()
+    alice, bob = store.get_tenant("alice").number, store.get_tenant("bob").number
+    assert replaced.readers == [[alice, bob], [alice]]  # what the index is told, owner first
+    assert store.revoke("alice", ["a"], "bob").tolist() == replaced.added[:1].tolist()
     assert store.readable_chunks("bob", replaced.added) == []
     with pytest.raises(NotFound, match="b"):
         store.grant("bob", ["b"], "alice")

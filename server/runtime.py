@@ -302,7 +302,10 @@ def _add_entries(index, ids: np.ndarray, vectors: np.ndarray, readers: list[list
     for tenant in np.unique(firsts):
         mine = firsts == tenant
         index.add(ids[mine], vectors[mine], int(tenant))
+    granted: dict[int, list[int]] = {}
     for chunk_id, first, tenants in zip(ids.tolist(), firsts.tolist(), readers):
         for tenant in tenants:
             if tenant != first:
-                index.grant(np.array([chunk_id], dtype=np.int64), tenant)
+                granted.setdefault(tenant, []).append(chunk_id)
+    for tenant, chunk_ids in granted.items():
+        index.grant(np.array(chunk_ids, dtype=np.int64), tenant)

@@ -201,11 +201,18 @@ def soak(server: ServerProcess, keys: dict[str, str], queries: list[tuple[str, n
     run_threads(4, work)
     sampler.join()
     warm = [b for t, b in rss if t >= seconds / 5] or [rss[-1][1]]
+    summary = calls.summary(seconds)
     return {
-        **calls.summary(seconds),
+        "seconds": seconds,
+        "requests": summary["calls"],
+        "errors": sum(summary["errors"].values()),
+        "errors_by_status": summary["errors"],
+        "qps": summary["qps"],
+        "p50_ms": summary["p50_ms"],
+        "p99_ms": summary["p99_ms"],
         "rss_mb_after_warmup": warm[0] / 2**20,
         "rss_mb_end": rss[-1][1] / 2**20,
-        "rss_growth": (rss[-1][1] - warm[0]) / warm[0],
+        "rss_growth_pct": 100 * (rss[-1][1] - warm[0]) / warm[0],
         "rss_samples_mb": [round(b / 2**20, 1) for _, b in rss],
     }
 
@@ -281,16 +288,18 @@ def main() -> None:
         with ServerProcess(work_dir / "vectors", {"precompute_kv": "false"}) as server:
             keys = provision(server, [tenant_name(t) for t in range(args.tenants)])
             report["upsert"] = ingest_vectors(server, keys, dataset.vectors, owners)
-            print(f"upsert: {report['upsert']['vectors_per_s']:.0f} vectors/s")
+            report["upsert_vectors_per_s"] = report["upsert"]["vectors_per_s"]
+            print(f"upsert: {report['upsert_vectors_per_s']:.0f} vectors/s")
             report["search"] = {}
             for clients in (1, 4, 16):
                 row = report["search"][str(clients)] = search_load(server, keys, queries, clients, args.search_s)
                 print(f"search x{clients}: {row['qps']:.0f} QPS, p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, errors {row['errors']}")
             report["soak"] = soak(server, keys, queries, args.soak_s)
             s = report["soak"]
-            print(f"soak {args.soak_s:.0f} s: {s['calls']} calls, errors {s['errors']}, RSS {s['rss_mb_after_warmup']:.0f} -> {s['rss_mb_end']:.0f} MB ({100 * s['rss_growth']:+.1f}%)")
+            print(f"soak {args.soak_s:.0f} s: {s['requests']} calls, errors {s['errors_by_status']}, RSS {s['rss_mb_after_warmup']:.0f} -> {s['rss_mb_end']:.0f} MB ({s['rss_growth_pct']:+.1f}%)")
         report["rag"] = rag_load(args.data, args.questions, work_dir)
         r = report["rag"]
+        report["rag_ttft_ms_p50_4_clients"] = r["ttft_p50_ms"]
         print(f"RAG x4: TTFT p50 {r['ttft_p50_ms']:.0f} ms, p99 {r['ttft_p99_ms']:.0f} ms, {r['questions_per_s']:.2f} questions/s, errors {r['errors']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

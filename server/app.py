@@ -6,6 +6,7 @@ thread for the demo and the tests.
 """
 
 import asyncio
+import gc
 import logging
 import signal
 import threading
@@ -94,6 +95,7 @@ class TenantKVServer:
     async def load(self) -> None:
         self.runtime = await asyncio.to_thread(Runtime.open, self.config, self._models)
         await asyncio.to_thread(self.runtime.ensure_admin_key)
+        gc.freeze()  # the models, store and index live as long as the server: full collections need not scan them
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving")
 

@@ -3,7 +3,8 @@
 For each codec: compression ratio against plain fp16 bytes, encode and decode speed (MB/s of
 fp16-equivalent data, median over chunks, one thread), and answer quality through blended
 prefill at ratio 0.15 with the codec's decoded KV: first-token top-1 agreement with full prefill
-(uncompressed), KL divergence of that token's distribution from full prefill's, and token F1. The `none` row is blending with uncompressed float32 KV.
+(uncompressed), KL divergence of that token's distribution from full prefill's, and token F1.
+The `none` row is blending with uncompressed float32 KV.
 
     .venv/bin/python bench/codec.py [--quick | --full] [--data ../shared/data/musique_dev.json]
 

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 K = 10
 PASSES = 3
 EFFORTS = {
-    "curator": [64, 128, 192, 256, 320, 384, 512, 1024],
+    "curator": [64, 96, 128, 160, 192, 256, 384, 512],
     "per_tenant_ivf": [1, 2, 4, 6, 8, 12, 16, 32, 64],
     "per_tenant_hnsw": [16, 32, 64, 128, 256, 512],
     "filtered_shared_ivf": [4, 8, 16, 32, 64, 128, 256, 512],

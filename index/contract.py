@@ -52,7 +52,7 @@ def check_ids(ids: np.ndarray, count: int | None = None, name: str = "ids") -> n
     if count is not None and len(ids) != count:
         raise ValueError(f"{name}: expected {count} ids, got {len(ids)}")
     ids = ids.astype(np.int64, copy=False)
-    if len(ids) and ids.min() < 0:
+    if len(ids) and (ids[0] < 0 if len(ids) == 1 else ids.min() < 0):  # one id, the online path: no reduction call
         raise ValueError(f"{name}: ids must be non-negative")
     return ids
 

@@ -125,7 +125,7 @@ class CuratorIndex:
             count = sub.counts.get(node, 0) + 1
             sub.counts[node] = count
             if node in sub.terminals:
-                sub.terminals[node] = np.append(sub.terminals[node], row)
+                sub.terminals[node] = np.concatenate((sub.terminals[node], (row,)))
                 if count > self.config.split_threshold and not self.tree.is_leaf(node):
                     self._split(sub, node)
                 return

@@ -58,10 +58,12 @@ class VectorTable:
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Rows of present ids; KeyError naming the missing ones otherwise."""
-        missing = [int(i) for i in ids if int(i) not in self._row_of]
-        if missing:
-            raise KeyError(f"ids: not in the index: {missing[:5]}")
-        return np.fromiter((self._row_of[int(i)] for i in ids), dtype=np.int64, count=len(ids))
+        listed = ids.tolist()
+        try:
+            return np.array([self._row_of[i] for i in listed], dtype=np.int64)
+        except KeyError:
+            missing = [i for i in listed if i not in self._row_of]
+            raise KeyError(f"ids: not in the index: {missing[:5]}") from None
 
     def remove(self, ids: np.ndarray) -> np.ndarray:
         """Free the rows of present ids (absent ids are ignored); returns the freed rows."""

@@ -236,8 +236,9 @@ class Runtime:
             raise InvalidArgument(f"{field}: must not be empty")
         return self.models.embedder.embed([text])[0]
 
-    def search(self, tenant: str, query: np.ndarray, k: int, wait: bool = True) -> list[Hit] | None:
-        """Top-k chunks `tenant` may read; the store re-checks every hit the index returns.
+    def search(self, tenant: str, query: np.ndarray, k: int, wait: bool = True, with_tokens: bool = True) -> list[Hit] | None:
+        """Top-k chunks `tenant` may read; the store re-checks every hit the index returns. Their
+        token ids are read only `with_tokens` (generation needs them, a Search reply does not).
 
         With `wait=False`, None at once if a writer holds the index. A search takes well under a
         millisecond, so the server runs it on the event loop, which skips two thread hand-offs and
@@ -253,7 +254,7 @@ class Runtime:
             self._index_lock.release()
         found = ids[0] >= 0
         score_of = dict(zip(ids[0][found].tolist(), scores[0][found].tolist()))
-        chunks = self.store.readable_chunks(tenant, list(score_of))
+        chunks = self.store.readable_chunks(tenant, list(score_of), with_tokens)
         return [Hit(chunk=c, score=score_of[c.chunk_id]) for c in chunks]
 
     def answer(self, hits: list[Hit], question: str, mode: PrefillMode, max_new_tokens: int) -> Iterator[GeneratedToken]:
@@ -274,7 +275,7 @@ class Runtime:
 
     def kv_chunk_ids(self, tenant: str, chunk_ids: list[int]) -> list[int]:
         """The requested chunks that have KV, in request order; NotFound for any the tenant may not read."""
-        readable = {c.chunk_id: c for c in self.store.readable_chunks(tenant, chunk_ids)}
+        readable = {c.chunk_id: c for c in self.store.readable_chunks(tenant, chunk_ids, with_tokens=False)}
         for chunk_id in chunk_ids:
             if chunk_id not in readable:
                 raise NotFound(f"chunk_ids: chunk {chunk_id} not found")

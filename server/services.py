@@ -4,6 +4,7 @@ Authentication, authorisation and error-to-status mapping happen in `server.inte
 a servicer only reads the caller's tenant from `current_caller()`.
 """
 
+import functools
 import time
 from typing import AsyncIterator, Callable
 
@@ -157,9 +158,10 @@ class RetrievalServicer(_Servicer, retrieval_pb2_grpc.RetrievalServicer):
         k = bounded_int(request.k, 1, self.runtime.config.max_k, "k")
         started = time.perf_counter()
         query = await self._query_vector(request)
-        hits = self.runtime.search(tenant, query, k, wait=False)
+        search = functools.partial(self.runtime.search, tenant, query, k, with_tokens=False)
+        hits = search(wait=False)
         if hits is None:
-            hits = await self.offload.io(self.runtime.search, tenant, query, k)
+            hits = await self.offload.io(search)
         return retrieval_pb2.SearchResponse(
             hits=[hit_message(h) for h in hits], search_ms=(time.perf_counter() - started) * 1e3
         )

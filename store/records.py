@@ -87,7 +87,7 @@ class Chunk:
     external_id: str
     index: int  # position within its document
     text: str
-    token_ids: np.ndarray  # int32 [n]
+    token_ids: np.ndarray | None  # int32 [n]; None where the reader did not ask for them
     metadata: dict
     readers: frozenset[str]  # owner plus granted tenants
     has_kv: bool

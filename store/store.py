@@ -614,8 +614,9 @@ class Store:
         """Undo `grant`; returns the chunk ids whose grant was dropped."""
         return self._change_grants(owner, external_ids, grantee, grant=False)
 
-    def readable_chunks(self, tenant: str, chunk_ids: Sequence[int]) -> list[Chunk]:
-        """The chunks among `chunk_ids` that `tenant` may read, in the order asked."""
+    def readable_chunks(self, tenant: str, chunk_ids: Sequence[int], with_tokens: bool = True) -> list[Chunk]:
+        """The chunks among `chunk_ids` that `tenant` may read, in the order asked; without their
+        token ids (None) unless `with_tokens`, which a search result does not show."""
 
         def read(txn: lmdb.Transaction) -> list[Chunk]:
             prefix = U32.pack(self._tenant_record(txn, tenant)["number"])
@@ -625,7 +626,7 @@ class Store:
                 if not 0 < chunk_id < 1 << 64 or txn.get(prefix + U64.pack(chunk_id), db=self._db["readable"]) is None:
                     continue
                 record = self._chunk_record(txn, chunk_id)
-                tokens = np.frombuffer(txn.get(U64.pack(chunk_id), db=self._db["tokens"]), dtype=np.int32).copy()
+                tokens = np.frombuffer(txn.get(U64.pack(chunk_id), db=self._db["tokens"]), dtype=np.int32).copy() if with_tokens else None
                 chunks.append(
                     Chunk(
                         chunk_id=chunk_id, owner=record["owner"], external_id=record["external_id"], index=record["index"],

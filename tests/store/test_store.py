@@ -92,6 +92,9 @@ def test_upsert_read_and_replace(store: Store) -> None:
     assert [(c.chunk_id, c.external_id, c.index) for c in chunks] == [(3, "b", 0), (1, "a", 0), (2, "a", 1)]
     assert chunks[1].metadata == {"source": "a"} and chunks[1].readers == {"alice"}
     assert chunks[1].token_ids.tolist() == [0, 1, 2, 3, 4]
+    without = store.readable_chunks("alice", [3, 1, 2, 99], with_tokens=False)
+    assert [c.token_ids for c in without] == [None] * 3
+    assert [c.text for c in without] == [c.text for c in chunks]
     assert store.readable_chunks("bob", [1, 2, 3]) == []
     second = store.upsert("alice", [doc("a", 1, seed=5)])
     assert second.removed.tolist() == [1, 2] and second.added.tolist() == [4]

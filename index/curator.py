@@ -134,14 +134,39 @@ class CuratorIndex:
                 return
 
     def _split(self, sub: _SubTree, node: int) -> None:
+        """Replace terminal `node` by its children's shortlists, splitting further where they are still too long."""
         rows = sub.terminals.pop(node)
-        depth = int(self.tree.depth[node]) + 1
-        below = np.array([self.tree.paths[int(leaf)][depth] for leaf in self._leaf[rows]], dtype=np.int64)
+        below = self.tree.ancestors(self._leaf[rows], int(self.tree.depth[node]) + 1)
         for child in np.unique(below).tolist():
             sub.terminals[child] = rows[below == child]
             sub.counts[child] = len(sub.terminals[child])
             if sub.counts[child] > self.config.split_threshold and not self.tree.is_leaf(child):
                 self._split(sub, child)
+
+    def retrain(self, sample_size: int, seed: int = 0) -> None:
+        """Train a new tree on a sample of the stored vectors and move every vector into it, in
+        place: vectors, ids and readers stay; leaves, shortlists and search arrays are rebuilt.
+
+        For an index grown far past the sample its tree was trained on. Nothing is re-read or
+        re-added one vector at a time: the leaves come from one batched descent and each tenant's
+        sub-tree is cut top-down from its rows.
+        """
+        live = np.flatnonzero(self._table.ids >= 0)
+        if len(live) == 0:
+            raise ValueError("retrain: the index is empty")
+        picks = np.random.default_rng(seed).choice(live, size=min(len(live), sample_size), replace=False)
+        self._tree = ClusterTree.train(self._table.vectors[np.sort(picks)], self.config.metric, self.config.tree)
+        self.trained_on = len(picks)
+        self._leaf[live] = self.tree.assign(self._table.vectors[live])
+        self._tenants = {tenant: self._subtree(rows) for tenant, rows in self._readers.rows_by_tenant().items()}
+        self.build()
+
+    def _subtree(self, rows: np.ndarray) -> _SubTree:
+        """A tenant's cut through the tree for its `rows`: what adding them one by one would leave."""
+        sub = _SubTree(counts={0: len(rows)}, terminals={0: rows})
+        if len(rows) > self.config.split_threshold and not self.tree.is_leaf(0):
+            self._split(sub, 0)
+        return sub
 
     def _erase(self, row: int, tenant: int) -> None:
         sub = self._tenants[tenant]
@@ -282,6 +307,23 @@ class _Readers:
         self._slots[row] = -1
         self._slots[row, 0] = tenant
         self._overflow.pop(row, None)
+
+    def rows_by_tenant(self) -> dict[int, np.ndarray]:
+        """Every tenant's readable rows, ascending."""
+        tenant_of = [self._slots.ravel()]
+        row_of = [np.repeat(np.arange(len(self._slots)), self.SLOTS)]
+        for row, tenants in self._overflow.items():
+            tenant_of.append(np.fromiter(tenants, dtype=np.int32, count=len(tenants)))
+            row_of.append(np.full(len(tenants), row, dtype=np.int64))
+        tenant_of, row_of = np.concatenate(tenant_of), np.concatenate(row_of)
+        keep = tenant_of >= 0
+        tenant_of, row_of = tenant_of[keep], row_of[keep]
+        order = np.lexsort((row_of, tenant_of))
+        tenant_of, row_of = tenant_of[order], row_of[order]
+        if len(tenant_of) == 0:
+            return {}
+        starts = np.flatnonzero(np.r_[True, tenant_of[1:] != tenant_of[:-1]])
+        return {int(tenant_of[s]): rows for s, rows in zip(starts, np.split(row_of, starts[1:]))}
 
     def tenants(self, row: int) -> list[int]:
         return [t for t in self._slots[row].tolist() if t >= 0] + sorted(self._overflow.get(row, ()))

@@ -45,6 +45,9 @@ class ClusterTree:
                 while parent[path[-1]] >= 0:
                     path.append(int(parent[path[-1]]))
                 self.paths[node] = np.array(path[::-1], dtype=np.int64)
+        self._ancestor = np.full((len(parent), int(depth.max()) + 1), -1, dtype=np.int64)  # leaf -> node at each depth
+        for leaf, path in self.paths.items():
+            self._ancestor[leaf, : len(path)] = path
 
     @classmethod
     def root_only(cls, dim: int, metric: Metric) -> "ClusterTree":
@@ -88,12 +91,16 @@ class ClusterTree:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         return _beam_descend(vectors, self.centroids, self._half_norms, self._first_child, self._child_count, self.beam, self.metric == "l2")
 
+    def ancestors(self, leaves: np.ndarray, depth: int) -> np.ndarray:
+        """The node at `depth` on each leaf's path from the root (-1 for a leaf above that depth)."""
+        return self._ancestor[leaves, depth]
+
     def is_leaf(self, node: int) -> bool:
         return len(self.children[node]) == 0
 
     @property
     def nbytes(self) -> int:
-        return self.centroids.nbytes + self.parent.nbytes + self.depth.nbytes + sum(p.nbytes for p in self.paths.values())
+        return self.centroids.nbytes + self.parent.nbytes + self.depth.nbytes + self._ancestor.nbytes + sum(p.nbytes for p in self.paths.values())
 
 
 def _nearest(vectors: np.ndarray, centroids: np.ndarray, metric: Metric) -> np.ndarray:

@@ -66,6 +66,12 @@ class CuratorMachine(RuleBasedStateMachine):
         """Compaction renumbers every row: searches, grants and removals must not notice."""
         self.curator.build()
 
+    @rule(sample_size=st.integers(20, 400))
+    def retrain(self, sample_size: int) -> None:
+        """A new tree under the same vectors: every tenant must read exactly what it read before."""
+        if self.present:
+            self.curator.retrain(sample_size)
+
     @rule()
     def save_and_load(self) -> None:
         path = Path(self._tmp()) / "curator.idx"
@@ -131,6 +137,34 @@ def test_shortlists_split_and_merge_back() -> None:
     assert list(sub.terminals) == [0] and sorted(sub.terminals[0].tolist()) == [
         curator._table.rows(np.array([i]))[0] for i in range(196, 200)
     ]
+
+
+def test_retrain_leaves_what_adding_one_by_one_would() -> None:
+    """Sub-trees cut top-down on retraining equal those grown by inserting into the same tree."""
+    curator = CuratorIndex(DIM, SMALL)
+    ids = np.arange(300)
+    tenant_of = np.arange(300) % 3
+    for tenant in range(3):
+        curator.add(ids[tenant_of == tenant], POOL[ids[tenant_of == tenant]], tenant)
+    curator.grant(ids[:120], 3)
+    curator.remove(ids[250:])
+    curator.retrain(200)
+    grown = CuratorIndex(DIM, SMALL)
+    grown._tree = curator.tree
+    for tenant in range(3):
+        mine = ids[:250][tenant_of[:250] == tenant]
+        grown.add(mine, POOL[mine], tenant)
+    grown.grant(ids[:120], 3)
+
+    def shape(index: CuratorIndex) -> dict:
+        return {
+            tenant: {node: sorted(index._table.ids[rows].tolist()) for node, rows in sub.terminals.items()}
+            for tenant, sub in index._tenants.items()
+        }
+
+    assert curator.trained_on == 200 and len(curator.tree.centroids) > 1
+    assert shape(curator) == shape(grown)
+    assert {t: s.counts for t, s in curator._tenants.items()} == {t: s.counts for t, s in grown._tenants.items()}
 
 
 def test_untrained_index_is_exact_and_bad_arguments() -> None:

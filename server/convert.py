@@ -7,17 +7,21 @@ from google.protobuf import json_format, struct_pb2
 
 from protos.tenantkv.v1 import common_pb2, ingest_pb2, tenant_admin_pb2
 from server.runtime import ChunkSpec, DocumentSpec, Hit
-from store.errors import InvalidArgument
+from store.errors import InvalidArgument, require_finite
 from store.records import TenantSettings
 
 
 def vector_from(values, dim: int, field: str) -> np.ndarray:
     """A float32 [dim] vector with finite values."""
+    vector = _shaped(values, dim, field)
+    require_finite([vector], [field])
+    return vector
+
+
+def _shaped(values, dim: int, field: str) -> np.ndarray:
     vector = np.asarray(values, dtype=np.float32)
     if vector.shape != (dim,):
         raise InvalidArgument(f"{field}: expected {dim} values, got {vector.size}")
-    if not np.isfinite(vector).all():
-        raise InvalidArgument(f"{field}: values must be finite (no NaN or infinity)")
     return vector
 
 
@@ -45,6 +49,7 @@ def documents_from(request: ingest_pb2.UpsertRequest, dim: int, max_documents: i
         raise InvalidArgument(f"documents: at most {max_documents} per batch, got {len(request.documents)}")
     seen: set[str] = set()
     specs = []
+    vectors, fields = [], []
     for i, doc in enumerate(request.documents):
         field = f"documents[{i}]"
         if doc.external_id in seen:
@@ -56,12 +61,16 @@ def documents_from(request: ingest_pb2.UpsertRequest, dim: int, max_documents: i
         for j, chunk in enumerate(doc.chunks):
             if not chunk.text.strip():
                 raise InvalidArgument(f"{field}.chunks[{j}].text: must not be empty")
-            vector = vector_from(chunk.vector, dim, f"{field}.chunks[{j}].vector") if chunk.vector else None
+            vector = None
+            if chunk.vector:
+                fields.append(f"{field}.chunks[{j}].vector")
+                vectors.append(vector := _shaped(chunk.vector, dim, fields[-1]))
             chunks.append(ChunkSpec(text=chunk.text, vector=vector))
         size = len(doc.text.encode()) + sum(len(c.text.encode()) for c in chunks)
         if size > max_text_bytes:
             raise InvalidArgument(f"{field}: text of {size} bytes exceeds the limit of {max_text_bytes}")
         specs.append(DocumentSpec(external_id=doc.external_id, metadata=dict_from_struct(doc.metadata), text=doc.text, chunks=chunks))
+    require_finite(vectors, fields)
     return specs
 
 

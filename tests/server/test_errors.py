@@ -49,6 +49,10 @@ def test_upsert_arguments(alice) -> None:
     cases = [
         ([DocumentText("x", chunks=["t"], vectors=[vector[:5]])], "documents[0].chunks[0].vector"),
         ([DocumentText("x", chunks=["t"], vectors=[np.full(384, np.nan, np.float32)])], "finite"),
+        (
+            [DocumentText("x", chunks=["t"], vectors=[vector]), DocumentText("y", chunks=["t", "u"], vectors=[vector, np.full(384, np.inf, np.float32)])],
+            "documents[1].chunks[1].vector: values must be finite",
+        ),
         ([DocumentText("x", text="")], "documents[0]"),
         ([DocumentText("x", chunks=[" "])], "documents[0].chunks[0].text"),
         ([DocumentText("x", text="a"), DocumentText("x", text="b")], "twice"),

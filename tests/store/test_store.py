@@ -115,6 +115,8 @@ def test_upsert_validates(store: Store) -> None:
         ([DocumentInput("a", {}, [])], "chunks"),
         ([DocumentInput("a", {}, [ChunkInput("t", np.arange(3, dtype=np.int32), np.zeros(DIM - 1, np.float32))])], "vector"),
         ([DocumentInput("a", {}, [ChunkInput("t", np.arange(3, dtype=np.int32), np.full(DIM, np.nan, np.float32))])], "finite"),
+        ([doc("a", 2), DocumentInput("b", {}, [ChunkInput("t", np.arange(3, dtype=np.int32), np.full(DIM, np.inf, np.float32))])],
+         r"documents\[1\]\.chunks\[0\]\.vector: values must be finite"),
         ([DocumentInput("a", {}, [ChunkInput("t", np.arange(3, dtype=np.int32), np.zeros(DIM, np.float64))])], "float32"),
     ]
     for documents, match in cases:

@@ -100,6 +100,6 @@ def hit_message(hit: Hit) -> common_pb2.ChunkHit:
         chunk_index=chunk.index,
         score=hit.score if math.isfinite(hit.score) else 0.0,
         text=chunk.text,
-        metadata=struct_from_dict(chunk.metadata),
+        metadata=struct_from_dict(chunk.metadata) if chunk.metadata else None,  # building a Struct costs even when empty
         owner_tenant_id=chunk.owner,
     )

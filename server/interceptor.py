@@ -6,8 +6,8 @@ open; every other service names the key scope and right it needs in `ACCESS`.
 """
 
 import logging
+import secrets
 import time
-import uuid
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -93,7 +93,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def _authorize(self, context: grpc.aio.ServicerContext, access: Access) -> Caller:
         metadata = dict(context.invocation_metadata() or ())
-        request_id = metadata.get("x-request-id") or uuid.uuid4().hex[:16]
+        request_id = metadata.get("x-request-id") or secrets.token_hex(8)
         header = metadata.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:

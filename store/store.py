@@ -106,6 +106,32 @@ def _check_external_id(external_id: str, field: str = "external_id") -> str:
     return external_id
 
 
+class _VerifiedKeys:
+    """Tokens already checked against the keys table, forgotten whenever a key is deleted.
+
+    `generation` counts deletions: a check that began before one is not remembered, since the
+    snapshot it read may still hold the deleted key.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[str, ApiKey] = {}
+        self._lock = threading.Lock()
+        self.generation = 0
+
+    def get(self, token: str) -> ApiKey | None:
+        return self._keys.get(token)
+
+    def remember(self, token: str, key: ApiKey, generation: int) -> None:
+        with self._lock:
+            if generation == self.generation:
+                self._keys[token] = key
+
+    def forget_all(self) -> None:
+        with self._lock:
+            self.generation += 1
+            self._keys.clear()
+
+
 class _ResizeGuard:
     """Many transactions at once, or one map resize alone (LMDB forbids resizing under open transactions)."""
 
@@ -161,6 +187,7 @@ class Store:
         self._db = {name: self._env.open_db(name.encode()) for name in DB_NAMES}
         self._guard = _ResizeGuard()
         self._write_lock = threading.Lock()
+        self._verified = _VerifiedKeys()
         self._segments = SegmentLog(config.path / "segments", config.max_segment_bytes, config.sync)
         self.dim = self._init_schema(config.dim)
 
@@ -305,7 +332,9 @@ class Store:
             txn.delete(name.encode(), db=self._db["tenants"])
             return TenantDeletion(np.array(removed, dtype=np.int64), sorted(set(revoked)))
 
-        return self._write(delete)
+        deletion = self._write(delete)
+        self._verified.forget_all()
+        return deletion
 
     # ---- API keys
 
@@ -338,7 +367,21 @@ class Store:
         return key, f"tkv_{key_id}_{secret}"
 
     def authenticate(self, token: str) -> ApiKey:
-        """The key a bearer token names, checked in constant time; Unauthenticated otherwise."""
+        """The key a bearer token names, checked in constant time; Unauthenticated otherwise.
+
+        A token verified once is remembered until a key is deleted: every call presents its key,
+        and the read, hash and parse cost ~4% of the server's time under 16 Search clients.
+        """
+        key = self._verified.get(token)
+        if key is None:
+            generation = self._verified.generation
+            key = self._verify(token)
+            self._verified.remember(token, key, generation)
+        if key.expires_unix_ms and _now_ms() >= key.expires_unix_ms:
+            raise Unauthenticated(f"API key {key.key_id} expired")
+        return key
+
+    def _verify(self, token: str) -> ApiKey:
         key_id, secret = token[4 : 4 + KEY_ID_HEX], token[5 + KEY_ID_HEX :]
         if not token.startswith("tkv_") or token[4 + KEY_ID_HEX : 5 + KEY_ID_HEX] != "_" or not secret:
             raise Unauthenticated("malformed API key")
@@ -347,10 +390,7 @@ class Store:
         expected = bytes.fromhex(record["sha256"]) if record else bytes(32)
         if not hmac.compare_digest(hashlib.sha256(secret.encode()).digest(), expected) or record is None:
             raise Unauthenticated("unknown or revoked API key")
-        expires = record.get("expires", 0)
-        if expires and _now_ms() >= expires:
-            raise Unauthenticated(f"API key {key_id} expired")
-        return ApiKey(key_id, KeyScope(record["scope"]), record["tenant"], frozenset(record["rights"]), record["created"], expires)
+        return ApiKey(key_id, KeyScope(record["scope"]), record["tenant"], frozenset(record["rights"]), record["created"], record.get("expires", 0))
 
     def revoke_api_key(self, key_id: str) -> None:
         def revoke(txn: lmdb.Transaction) -> None:
@@ -365,6 +405,7 @@ class Store:
             txn.delete(key_id.encode(), db=self._db["keys"])
 
         self._write(revoke)
+        self._verified.forget_all()
 
     # ---- documents and chunks
 

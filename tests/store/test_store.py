@@ -9,7 +9,7 @@ import pytest
 from store.config import StoreConfig
 from store.errors import AlreadyExists, Corrupted, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated
 from store.records import ChunkInput, DocumentInput, KeyScope, TenantSettings, TenantState
-from store.store import Store
+from store.store import Store, _VerifiedKeys
 
 DIM = 8
 
@@ -71,9 +71,14 @@ def test_api_keys(store: Store, config: StoreConfig) -> None:
             store.authenticate(bad)
     store.revoke_api_key(key.key_id)
     with pytest.raises(Unauthenticated):
-        store.authenticate(token)
+        store.authenticate(token)  # verified once above: the store must not remember it past the revocation
     with pytest.raises(NotFound):
         store.revoke_api_key(key.key_id)
+    bob_key, bob_token = store.create_api_key(KeyScope.TENANT, "bob", frozenset({"read"}))
+    assert store.authenticate(bob_token) == bob_key
+    store.delete_tenant("bob")
+    with pytest.raises(Unauthenticated):
+        store.authenticate(bob_token)
     with pytest.raises(NotFound):
         store.create_api_key(KeyScope.TENANT, "carol", frozenset({"read"}))
     with pytest.raises(InvalidArgument, match="rights"):
@@ -307,3 +312,16 @@ def test_settings_are_validated_and_survive_reopening(config: StoreConfig) -> No
     with Store(config) as store:
         assert store.get_tenant("acme").settings == settings
         assert store.update_tenant("acme", TenantSettings()).settings == TenantSettings()
+
+
+def test_a_key_check_overtaken_by_a_deletion_is_not_remembered(store: Store) -> None:
+    """The race the remembered keys guard against: a check reads the keys table, a revocation
+    commits, then the check finishes; remembering its result would revive the revoked key."""
+    key, token = store.create_api_key(KeyScope.TENANT, "alice", frozenset({"read"}))
+    verified = _VerifiedKeys()
+    generation = verified.generation
+    verified.forget_all()  # a key was deleted while the check ran
+    verified.remember(token, key, generation)
+    assert verified.get(token) is None
+    verified.remember(token, key, verified.generation)
+    assert verified.get(token) == key

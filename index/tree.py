@@ -89,7 +89,9 @@ class ClusterTree:
         at ef 128 (beam 8 came within 0.005 of choosing among all leaves).
         """
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        return _beam_descend(vectors, self.centroids, self._half_norms, self._first_child, self._child_count, self.beam, self.metric == "l2")
+        return _beam_descend(
+            vectors, self.centroids, self._half_norms, self._first_child, self._child_count, self.beam, self.metric == "l2"
+        )
 
     def ancestors(self, leaves: np.ndarray, depth: int) -> np.ndarray:
         """The node at `depth` on each leaf's path from the root (-1 for a leaf above that depth)."""
@@ -100,7 +102,8 @@ class ClusterTree:
 
     @property
     def nbytes(self) -> int:
-        return self.centroids.nbytes + self.parent.nbytes + self.depth.nbytes + self._ancestor.nbytes + sum(p.nbytes for p in self.paths.values())
+        arrays = (self.centroids, self.parent, self.depth, self._ancestor, *self.paths.values())
+        return sum(a.nbytes for a in arrays)
 
 
 def _nearest(vectors: np.ndarray, centroids: np.ndarray, metric: Metric) -> np.ndarray:

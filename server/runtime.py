@@ -129,7 +129,8 @@ class Runtime:
             started = time.perf_counter()
             self.index.retrain(TRAIN_SAMPLE)
             self._trained_at = size
-            log.info("index retrained at %d chunks in %.2f s: tree of %d nodes", size, time.perf_counter() - started, len(self.index.tree.centroids))
+            seconds = time.perf_counter() - started
+            log.info("index retrained at %d chunks in %.2f s: tree of %d nodes", size, seconds, len(self.index.tree.centroids))
 
     def ensure_admin_key(self) -> str | None:
         """Create an admin key on first start and write it to a file only its owner can read."""

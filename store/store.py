@@ -390,7 +390,9 @@ class Store:
         expected = bytes.fromhex(record["sha256"]) if record else bytes(32)
         if not hmac.compare_digest(hashlib.sha256(secret.encode()).digest(), expected) or record is None:
             raise Unauthenticated("unknown or revoked API key")
-        return ApiKey(key_id, KeyScope(record["scope"]), record["tenant"], frozenset(record["rights"]), record["created"], record.get("expires", 0))
+        return ApiKey(
+            key_id, KeyScope(record["scope"]), record["tenant"], frozenset(record["rights"]), record["created"], record.get("expires", 0)
+        )
 
     def revoke_api_key(self, key_id: str) -> None:
         def revoke(txn: lmdb.Transaction) -> None:

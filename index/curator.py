@@ -23,7 +23,7 @@ import numpy as np
 
 from index.contract import Metric, check_ids, check_k, check_tenant, check_vectors
 from index.topk import ids_of, top_k, top_k_in_terminals
-from index.tree import ClusterTree, TreeConfig
+from index.tree import ClusterTree, TreeConfig, sample_rows
 from index.vectors import VectorTable, grown
 
 
@@ -154,8 +154,8 @@ class CuratorIndex:
         live = np.flatnonzero(self._table.ids >= 0)
         if len(live) == 0:
             raise ValueError("retrain: the index is empty")
-        picks = np.random.default_rng(seed).choice(live, size=min(len(live), sample_size), replace=False)
-        self._tree = ClusterTree.train(self._table.vectors[np.sort(picks)], self.config.metric, self.config.tree)
+        picks = live[sample_rows(len(live), sample_size, seed)]
+        self._tree = ClusterTree.train(self._table.vectors[picks], self.config.metric, self.config.tree)
         self.trained_on = len(picks)
         self._leaf[live] = self.tree.assign(self._table.vectors[live])
         self._tenants = {tenant: self._subtree(rows) for tenant, rows in self._readers.rows_by_tenant().items()}

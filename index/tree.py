@@ -106,6 +106,11 @@ class ClusterTree:
         return sum(a.nbytes for a in arrays)
 
 
+def sample_rows(count: int, size: int, seed: int = 0) -> np.ndarray:
+    """Ascending row numbers of a random training sample of at most `size` of `count` rows."""
+    return np.sort(np.random.default_rng(seed).choice(count, size=min(count, size), replace=False))
+
+
 def _nearest(vectors: np.ndarray, centroids: np.ndarray, metric: Metric) -> np.ndarray:
     scores = vectors @ centroids.T
     if metric == "l2":

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from index.curator import CuratorIndex
+from index.tree import sample_rows
 from kvcodec import CODECS, codec_of
 from server.config import ServerConfig
 from server.ratelimit import RateLimiter
@@ -108,8 +109,7 @@ class Runtime:
             index = CuratorIndex(self.store.dim)
             if total >= MIN_TRAIN_VECTORS:
                 vectors = np.concatenate([b.vectors for b in batches])
-                picks = np.random.default_rng(0).choice(total, size=min(total, TRAIN_SAMPLE), replace=False)
-                index.train(vectors[np.sort(picks)])
+                index.train(vectors[sample_rows(total, TRAIN_SAMPLE)])
             for b in batches:
                 _add_entries(index, b.ids, b.vectors, b.readers)
             index.build()

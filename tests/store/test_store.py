@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import store.store as store_module
 from store.config import StoreConfig
 from store.errors import AlreadyExists, Corrupted, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated
 from store.records import ChunkInput, DocumentInput, KeyScope, TenantSettings, TenantState
@@ -325,3 +326,12 @@ def test_a_key_check_overtaken_by_a_deletion_is_not_remembered(store: Store) -> 
     assert verified.get(token) is None
     verified.remember(token, key, verified.generation)
     assert verified.get(token) == key
+
+
+def test_an_expired_key_is_refused_and_forgotten(store: Store, monkeypatch) -> None:
+    key, token = store.create_api_key(KeyScope.TENANT, "alice", frozenset({"read"}), ttl_s=60)
+    assert store.authenticate(token) == key  # verified, so remembered
+    monkeypatch.setattr(store_module, "_now_ms", lambda: key.expires_unix_ms)
+    with pytest.raises(Unauthenticated, match="expired"):
+        store.authenticate(token)
+    assert store._verified.get(token) is None

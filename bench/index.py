@@ -34,7 +34,7 @@ from index.curator import CuratorConfig, CuratorIndex  # noqa: E402
 from index.flat import FlatTenantIndex  # noqa: E402
 
 sys.path.append(str(BENCH))
-from index_data import Dataset, synthetic, wikipedia  # noqa: E402
+from index_data import SCATTER, Dataset, synthetic, wikipedia  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 K = 10
@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="1,000,000 synthetic vectors, 1,000 tenants")
     parser.add_argument("--datasets", default="synth,synth_uniform,wiki,wiki_lang")
     parser.add_argument("--indexes", default=",".join(EFFORTS))
+    parser.add_argument("--scatter", type=float, default=SCATTER, help="share of a synth tenant's vectors outside its home clusters")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "index.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -186,7 +187,7 @@ def main() -> None:
     report = {"datasets": {}}
     for dataset in args.datasets.split(","):
         if dataset.startswith("synth"):
-            data = synthetic(n + 1000, tenants, queries, uniform_queries=dataset == "synth_uniform")
+            data = synthetic(n + 1000, tenants, queries, uniform_queries=dataset == "synth_uniform", scatter=args.scatter)
         else:
             from worker.embedder import Embedder
 

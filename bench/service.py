@@ -47,6 +47,7 @@ from server.process import ServerProcess  # noqa: E402
 
 UPSERT_BATCH = 500
 UPSERT_CLIENTS = 4
+WARMUP_S = 120.0  # longest the Search clients may take to open their channels
 SOAK_ID_POOL = 50  # upsert batches a soak client cycles through, so the data does not grow
 
 
@@ -164,7 +165,7 @@ def search_load(server: ServerProcess, keys: dict[str, str], queries: list[tuple
         with Clients(server.address, keys) as session:
             for tenant, query in first_query.items():
                 session[tenant].search(query, k=10)
-            start.wait()
+            start.wait(timeout=WARMUP_S)
             while time.perf_counter() < window["end"]:
                 tenant, query = queries[rng.randrange(len(queries))]
                 calls.timed(session[tenant].search, query, k=10)

@@ -55,6 +55,43 @@ def _score(table, row, query, l2):
 
 
 @numba.njit(cache=True, fastmath=True)
+def _score4(table, r0, r1, r2, r3, query, l2):
+    """Four rows' scores in one pass over the query: four rows read at once keep more memory
+    reads in flight, and the rows a search scans are mostly not in cache."""
+    s0, s1, s2, s3 = numba.float32(0.0), numba.float32(0.0), numba.float32(0.0), numba.float32(0.0)
+    if l2:
+        for d in range(query.shape[0]):
+            x = query[d]
+            e0, e1, e2, e3 = table[r0, d] - x, table[r1, d] - x, table[r2, d] - x, table[r3, d] - x
+            s0 -= e0 * e0
+            s1 -= e1 * e1
+            s2 -= e2 * e2
+            s3 -= e3 * e3
+    else:
+        for d in range(query.shape[0]):
+            x = query[d]
+            s0 += table[r0, d] * x
+            s1 += table[r1, d] * x
+            s2 += table[r2, d] * x
+            s3 += table[r3, d] * x
+    return s0, s1, s2, s3
+
+
+@numba.njit(cache=True)
+def _push(best, found, score, row):
+    """Insert (score, row) into the best-first buffers if it beats the worst kept."""
+    i = best.shape[0] - 1
+    if score <= best[i]:
+        return
+    while i > 0 and best[i - 1] < score:
+        best[i] = best[i - 1]
+        found[i] = found[i - 1]
+        i -= 1
+    best[i] = score
+    found[i] = row
+
+
+@numba.njit(cache=True, fastmath=True)
 def _scan(queries, table, centroids, offsets, rows, cover, k, l2):
     nq = queries.shape[0]
     terminals = centroids.shape[0]
@@ -67,18 +104,18 @@ def _scan(queries, table, centroids, offsets, rows, cover, k, l2):
             ranking[t] = -_score(centroids, t, query, l2)
         seen = 0
         for t in np.argsort(ranking):
-            for j in range(offsets[t], offsets[t + 1]):
-                row = rows[j]
-                score = _score(table, row, query, l2)
-                if score > best[q, k - 1]:  # insert into the sorted buffer
-                    i = k - 1
-                    while i > 0 and best[q, i - 1] < score:
-                        best[q, i] = best[q, i - 1]
-                        found[q, i] = found[q, i - 1]
-                        i -= 1
-                    best[q, i] = score
-                    found[q, i] = row
-            seen += offsets[t + 1] - offsets[t]
+            j, end = offsets[t], offsets[t + 1]
+            while j + 4 <= end:
+                s0, s1, s2, s3 = _score4(table, rows[j], rows[j + 1], rows[j + 2], rows[j + 3], query, l2)
+                _push(best[q], found[q], s0, rows[j])
+                _push(best[q], found[q], s1, rows[j + 1])
+                _push(best[q], found[q], s2, rows[j + 2])
+                _push(best[q], found[q], s3, rows[j + 3])
+                j += 4
+            while j < end:
+                _push(best[q], found[q], _score(table, rows[j], query, l2), rows[j])
+                j += 1
+            seen += end - offsets[t]
             if seen >= cover:
                 break
     return best, found

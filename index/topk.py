@@ -77,18 +77,22 @@ def _score4(table, r0, r1, r2, r3, query, l2):
     return s0, s1, s2, s3
 
 
-@numba.njit(cache=True)
-def _push(best, found, score, row):
-    """Insert (score, row) into the best-first buffers if it beats the worst kept."""
-    i = best.shape[0] - 1
-    if score <= best[i]:
-        return
-    while i > 0 and best[i - 1] < score:
-        best[i] = best[i - 1]
-        found[i] = found[i - 1]
+@numba.njit(cache=True, inline="always")
+def keep_best(items, scores, kept, item, score):
+    """Insert (item, score) into a best-first buffer holding `kept` entries; returns the new count.
+    A full buffer drops its worst entry, or the new one if that is no better."""
+    if kept == len(items):
+        if score <= scores[kept - 1]:
+            return kept
+        kept -= 1
+    i = kept
+    while i > 0 and scores[i - 1] < score:
+        items[i] = items[i - 1]
+        scores[i] = scores[i - 1]
         i -= 1
-    best[i] = score
-    found[i] = row
+    items[i] = item
+    scores[i] = score
+    return kept + 1
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -107,13 +111,13 @@ def _scan(queries, table, centroids, offsets, rows, cover, k, l2):
             j, end = offsets[t], offsets[t + 1]
             while j + 4 <= end:
                 s0, s1, s2, s3 = _score4(table, rows[j], rows[j + 1], rows[j + 2], rows[j + 3], query, l2)
-                _push(best[q], found[q], s0, rows[j])
-                _push(best[q], found[q], s1, rows[j + 1])
-                _push(best[q], found[q], s2, rows[j + 2])
-                _push(best[q], found[q], s3, rows[j + 3])
+                keep_best(found[q], best[q], k, rows[j], s0)  # the buffers start full of -inf placeholders
+                keep_best(found[q], best[q], k, rows[j + 1], s1)
+                keep_best(found[q], best[q], k, rows[j + 2], s2)
+                keep_best(found[q], best[q], k, rows[j + 3], s3)
                 j += 4
             while j < end:
-                _push(best[q], found[q], _score(table, rows[j], query, l2), rows[j])
+                keep_best(found[q], best[q], k, rows[j], _score(table, rows[j], query, l2))
                 j += 1
             seen += end - offsets[t]
             if seen >= cover:

@@ -7,6 +7,7 @@ import numba
 import numpy as np
 
 from index.contract import Metric
+from index.topk import keep_best
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +136,7 @@ def _beam_descend(vectors, centroids, half_norms, first_child, child_count, beam
             for f in range(count):
                 node = nodes[f]
                 if child_count[node] == 0:  # a leaf competes with the next level as it is
-                    kept = _keep(next_nodes, next_scores, kept, node, scores[f])
+                    kept = keep_best(next_nodes, next_scores, kept, node, scores[f])
                     continue
                 expanded = True
                 for child in range(first_child[node], first_child[node] + child_count[node]):
@@ -144,26 +145,9 @@ def _beam_descend(vectors, centroids, half_norms, first_child, child_count, beam
                         score += vector[d] * centroids[child, d]
                     if l2:
                         score -= half_norms[child]
-                    kept = _keep(next_nodes, next_scores, kept, child, score)
+                    kept = keep_best(next_nodes, next_scores, kept, child, score)
             nodes[:kept] = next_nodes[:kept]
             scores[:kept] = next_scores[:kept]
             count = kept
         out[i] = nodes[0]
     return out
-
-
-@numba.njit(cache=True, inline="always")
-def _keep(nodes, scores, kept, node, score):
-    """Insert (node, score) into the best-first buffer of kept entries; returns the new count."""
-    if kept == len(nodes):
-        if score <= scores[kept - 1]:
-            return kept
-        kept -= 1
-    i = kept
-    while i > 0 and scores[i - 1] < score:
-        nodes[i] = nodes[i - 1]
-        scores[i] = scores[i - 1]
-        i -= 1
-    nodes[i] = node
-    scores[i] = score
-    return kept + 1

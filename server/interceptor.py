@@ -5,6 +5,7 @@ body. Handlers read the authenticated caller with `current_caller()`. Health and
 open; every other service names the key scope and right it needs in `ACCESS`.
 """
 
+import asyncio
 import logging
 import secrets
 import time
@@ -119,25 +120,31 @@ class _CallScope:
 
     @asynccontextmanager
     async def enter(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """Each call is counted before its status leaves: a client that has its answer can read its metric."""
         started = time.perf_counter()
-        token, tenant, code = None, None, grpc.StatusCode.OK
+        token, tenant = None, None
         try:
             caller = await self.authorize(context)
             tenant = caller.key.tenant or "admin"
             token = _caller.set(caller)
             yield
         except grpc.aio.AbortError:  # the handler set its status itself
-            code = context.code() or grpc.StatusCode.UNKNOWN
+            self.metrics.observe(self.method, context.code() or grpc.StatusCode.UNKNOWN, tenant, started)
+            raise
+        except asyncio.CancelledError:  # the client went away
+            self.metrics.observe(self.method, grpc.StatusCode.CANCELLED, tenant, started)
             raise
         except Exception as exc:  # every failure becomes a status; unexpected ones are logged
             code, message = status_for(exc)
             if isinstance(exc, TenantKVError):
                 log.info("%s: %s", code.name, message)
+            self.metrics.observe(self.method, code, tenant, started)
             await context.abort(code, message)
+        else:
+            self.metrics.observe(self.method, grpc.StatusCode.OK, tenant, started)
         finally:
             if token is not None:
                 _caller.reset(token)
-            self.metrics.observe(self.method, code, tenant, started)
 
 
 def _wrap(handler: grpc.RpcMethodHandler, scope: _CallScope) -> grpc.RpcMethodHandler:

@@ -36,7 +36,7 @@ def synthetic(n: int, tenants: int, queries: int, uniform_queries: bool, dim: in
 
     A tenant's vectors lie mostly in its home clusters, as photo tags follow photo content, and a
     `scatter` share anywhere, as tags also land on photos unlike the rest. At 0.1 filtering a
-    shared IVF costs 4-7x a per-tenant IVF at recall 0.95 (by size, uniform), near the 3.4x and
+    shared IVF costs 4-8x a per-tenant IVF at recall 0.95 (by size, uniform), near the 3.4x and
     10x the index issue measured on its YFCC-like set; with no scatter a small tenant sits in one
     cluster and the filtered search costs 1.6-2.7x, little more than searching that cluster.
     """

@@ -155,7 +155,7 @@ class Runtime:
 
     def admit(self, tenant: str) -> None:
         """Count one data-plane call against the tenant's request rate; QuotaExceeded above it."""
-        self.rate_limiter.acquire(tenant, self.store.get_tenant(tenant).settings.requests_per_second)
+        self.rate_limiter.acquire(tenant, self.store.tenant_settings(tenant).requests_per_second)
 
     def create_tenant(self, name: str, settings: TenantSettings) -> Tenant:
         return self.store.create_tenant(name, _checked(settings))

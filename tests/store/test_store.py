@@ -10,7 +10,7 @@ import store.store as store_module
 from store.config import StoreConfig
 from store.errors import AlreadyExists, Corrupted, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated
 from store.records import ChunkInput, DocumentInput, KeyScope, TenantSettings, TenantState
-from store.store import Store, _VerifiedKeys
+from store.store import Store, _ReadCache
 
 DIM = 8
 
@@ -315,17 +315,30 @@ def test_settings_are_validated_and_survive_reopening(config: StoreConfig) -> No
         assert store.update_tenant("acme", TenantSettings()).settings == TenantSettings()
 
 
-def test_a_key_check_overtaken_by_a_deletion_is_not_remembered(store: Store) -> None:
-    """The race the remembered keys guard against: a check reads the keys table, a revocation
-    commits, then the check finishes; remembering its result would revive the revoked key."""
-    key, token = store.create_api_key(KeyScope.TENANT, "alice", frozenset({"read"}))
-    verified = _VerifiedKeys()
-    generation = verified.generation
-    verified.forget_all()  # a key was deleted while the check ran
-    verified.remember(token, key, generation)
-    assert verified.get(token) is None
-    verified.remember(token, key, verified.generation)
-    assert verified.get(token) == key
+def test_a_read_overtaken_by_a_write_is_not_remembered() -> None:
+    """The race the read caches guard against: a read sees the old snapshot, a write commits and
+    forgets, then the read finishes; remembering its result would revive what the write changed."""
+    cache: _ReadCache[str, str] = _ReadCache()
+
+    def read_overtaken() -> str:
+        cache.forget_all()  # a revocation or a settings change committed while the read ran
+        return "stale"
+
+    assert cache.get("k", read_overtaken) == "stale"
+    assert cache.get("k", lambda: "fresh") == "fresh"  # the stale value was not kept
+    assert cache.get("k", lambda: "newer") == "fresh"  # the fresh one was
+
+
+def test_tenant_settings_follow_updates_and_deletion(store: Store) -> None:
+    assert store.tenant_settings("alice") == TenantSettings()
+    limited = TenantSettings(requests_per_second=3.0)
+    store.update_tenant("alice", limited)
+    assert store.tenant_settings("alice") == limited
+    store.delete_tenant("alice")
+    with pytest.raises(NotFound):
+        store.tenant_settings("alice")
+    store.create_tenant("alice")
+    assert store.tenant_settings("alice") == TenantSettings()
 
 
 def test_an_expired_key_is_refused_and_forgotten(store: Store, monkeypatch) -> None:
@@ -334,4 +347,4 @@ def test_an_expired_key_is_refused_and_forgotten(store: Store, monkeypatch) -> N
     monkeypatch.setattr(store_module, "_now_ms", lambda: key.expires_unix_ms)
     with pytest.raises(Unauthenticated, match="expired"):
         store.authenticate(token)
-    assert store._verified.get(token) is None
+    assert store._verified.get(token, lambda: "read again") == "read again"

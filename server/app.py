@@ -13,6 +13,7 @@ import threading
 from concurrent.futures import Future
 
 import grpc
+import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -143,7 +144,7 @@ class ServerThread:
 
     def __init__(self, config: ServerConfig, models: Models | None = None) -> None:
         self.server = TenantKVServer(config, models)
-        self._loop = asyncio.new_event_loop()
+        self._loop = uvloop.new_event_loop()  # the loop `serve` runs on, so tests exercise it
         self._thread = threading.Thread(target=self._loop.run_forever, name="tenantkv-server", daemon=True)
 
     @property

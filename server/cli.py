@@ -6,7 +6,6 @@ tenant and revoke it afterwards, so the request's tenant still comes from its ke
 """
 
 import argparse
-import asyncio
 import contextlib
 import json
 import logging
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import grpc
+import uvloop
 from google.protobuf import json_format
 from tqdm import tqdm
 
@@ -130,7 +130,7 @@ def _serve(args) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s %(tenant)s] %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
-    asyncio.run(serve(load_config(args.config)))
+    uvloop.run(serve(load_config(args.config)))
     return 0
 
 

@@ -68,7 +68,7 @@ class DocumentSpec:
     chunks: list[ChunkSpec]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a hot record, like Chunk
 class Hit:
     chunk: Chunk
     score: float

@@ -25,12 +25,22 @@ class Metrics:
         self.tenant_requests = Counter("tenantkv_tenant_requests", "RPCs finished, by calling tenant", ["tenant"], registry=self.registry)
         self.registry.register(_RuntimeCollector(runtime))
         self._http = None
+        # Each label set's series, looked up once: labels() takes a lock and builds a key every call.
+        self._by_outcome: dict[tuple[str, grpc.StatusCode], tuple[Counter, Histogram]] = {}
+        self._by_tenant: dict[str, Counter] = {}
 
     def observe(self, method: str, code: grpc.StatusCode, tenant: str | None, started: float) -> None:
-        self.requests.labels(method, code.name).inc()
-        self.latency.labels(method).observe(time.perf_counter() - started)
+        series = self._by_outcome.get((method, code))
+        if series is None:
+            series = self._by_outcome[(method, code)] = (self.requests.labels(method, code.name), self.latency.labels(method))
+        requests, latency = series
+        requests.inc()
+        latency.observe(time.perf_counter() - started)
         if tenant is not None:
-            self.tenant_requests.labels(tenant).inc()
+            tenant_requests = self._by_tenant.get(tenant)
+            if tenant_requests is None:
+                tenant_requests = self._by_tenant[tenant] = self.tenant_requests.labels(tenant)
+            tenant_requests.inc()
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics over HTTP (port 0: any free one); returns the bound port."""

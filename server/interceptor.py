@@ -78,19 +78,24 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticate: Authenticator, metrics: Metrics) -> None:
         self._authenticate = authenticate
         self._metrics = metrics
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}  # each method's, wrapped on its first call
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        service = details.method.lstrip("/").split("/")[0]
-        access = ACCESS.get(service)
-        if handler is None or access is None:
-            return handler
-        scope = _CallScope(details.method, lambda context: self._authorize(context, access), self._metrics)
-        return _wrap(handler, scope)
+        handler = self._handlers.get(details.method)
+        if handler is None:
+            handler = await continuation(details)
+            if handler is None:  # an unknown method: gRPC answers UNIMPLEMENTED
+                return None
+            access = ACCESS.get(details.method.lstrip("/").split("/")[0])
+            if access is not None:
+                scope = _CallScope(details.method, lambda context: self._authorize(context, access), self._metrics)
+                handler = _wrap(handler, scope)
+            self._handlers[details.method] = handler
+        return handler
 
     async def _authorize(self, context: grpc.aio.ServicerContext, access: Access) -> Caller:
         metadata = dict(context.invocation_metadata() or ())

@@ -111,8 +111,8 @@ def _check_external_id(external_id: str, field: str = "external_id") -> str:
 class _ReadCache(Generic[K, V]):
     """Values read from the store, remembered until a write that may change them forgets them all.
 
-    `generation` counts those forgettings: a read that began before one is not remembered, since
-    the snapshot it read may still hold what the write changed.
+    Each forgetting starts a new generation: a read that began in an earlier one is not
+    remembered, since the snapshot it read may still hold what the write changed.
     """
 
     def __init__(self) -> None:

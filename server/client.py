@@ -42,6 +42,18 @@ class DocumentText:
         return ingest_pb2.Document(external_id=self.external_id, text=self.text, chunks=chunks, metadata=metadata)
 
 
+def bearer(api_key: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata that presents `api_key`."""
+    return (("authorization", f"Bearer {api_key}"),)
+
+
+def search_request(query: str | np.ndarray, k: int) -> retrieval_pb2.SearchRequest:
+    """A Search for a text (embedded by the server) or a vector."""
+    if isinstance(query, str):
+        return retrieval_pb2.SearchRequest(query_text=query, k=k)
+    return retrieval_pb2.SearchRequest(query_vector=np.asarray(query, np.float32).tolist(), k=k)
+
+
 class Client:
     def __init__(self, target: str, api_key: str, timeout_s: float = 600.0) -> None:
         self._channel = grpc.insecure_channel(
@@ -51,7 +63,7 @@ class Client:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        self._metadata = (("authorization", f"Bearer {api_key}"),)
+        self._metadata = bearer(api_key)
         self._timeout = timeout_s
         self.admin = tenant_admin_pb2_grpc.TenantAdminStub(self._channel)
         self.ingest = ingest_pb2_grpc.IngestStub(self._channel)
@@ -119,11 +131,7 @@ class Client:
         return self._call(self.ingest.Delete, ingest_pb2.DeleteRequest(external_ids=external_ids)).deleted_chunks
 
     def search(self, query: str | np.ndarray, k: int = 5) -> retrieval_pb2.SearchResponse:
-        if isinstance(query, str):
-            request = retrieval_pb2.SearchRequest(query_text=query, k=k)
-        else:
-            request = retrieval_pb2.SearchRequest(query_vector=np.asarray(query, np.float32).tolist(), k=k)
-        return self._call(self.retrieval.Search, request)
+        return self._call(self.retrieval.Search, search_request(query, k))
 
     def ask(
         self, question: str, k: int = 0, max_new_tokens: int = 0, mode: str = ""

@@ -5,7 +5,8 @@ Phase 1, a server without KV precompute:
   vector owned by its first reader) for >= 100 tenants, batches of 500 documents from 4 clients;
   throughput in vectors/s, durable (a call returns after its transaction and fsync).
 - Search: 1, 4 and 16 concurrent clients (coroutines on one event loop), each for a fixed time
-  after one untimed call per tenant channel, queries of random tenants near their own vectors, k=10: p50/p99 latency and QPS.
+  after one untimed call per tenant channel, queries of random tenants near their own vectors,
+  k=10: p50/p99 latency and QPS.
 - Soak: mixed calls (80% Search, 10% Upsert of 10 documents, 5% Delete, 5% GetTenant) from 4
   clients, sampling the server's RSS every 5 s. Upserts cycle through a bounded set of document
   ids (replacing them) and deletes remove some, so the data stays about the same size and RSS

@@ -1,5 +1,5 @@
 """Triton kernels (dequantise + RoPE re-rotation, deviation top-k), each with a torch reference twin,
-and the RoPE rotation (`kernels.rope`) those references share with the model.
+and RoPE (`kernels.rope`: inverse frequencies and rotation) that those references share with the model.
 
 Imports nothing of ours.
 """

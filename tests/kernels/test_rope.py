@@ -2,8 +2,7 @@
 
 import torch
 
-from kernels.rope import cos_sin, rotate
-from worker.rope import RopeConfig, inverse_frequencies
+from kernels.rope import RopeConfig, cos_sin, inverse_frequencies, rotate
 
 
 def test_rotation_composes_and_matches_positions() -> None:

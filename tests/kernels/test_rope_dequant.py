@@ -4,11 +4,10 @@ import pytest
 import torch
 
 from kernels.packing import pack, unpack
+from kernels.rope import RopeConfig, cos_sin, inverse_frequencies, rotate
 from kernels.rope_dequant import dequant_rope, dequant_rope_reference
 from kernels.triton_rope_dequant import dequant_rope_triton
 from kvcodec.quantized import QuantSpec, _pad_tokens
-from kernels.rope import cos_sin, rotate
-from worker.rope import RopeConfig, inverse_frequencies
 
 INV = inverse_frequencies(RopeConfig(head_dim=64, theta=100000.0))
 

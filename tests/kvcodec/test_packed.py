@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from kernels.rope import cos_sin, rotate
+from kernels.rope import RopeConfig, cos_sin, inverse_frequencies, rotate
 from kvcodec import CODECS, PackedKV, decode, decode_packed, encode
-from worker.rope import RopeConfig, inverse_frequencies
 
 INV = inverse_frequencies(RopeConfig(head_dim=64, theta=10000.0))
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))

@@ -1,5 +1,6 @@
 """The shared hierarchical k-means tree every tenant's sub-tree lives in."""
 
+import logging
 from dataclasses import dataclass
 
 import faiss
@@ -8,6 +9,11 @@ import numpy as np
 
 from index.contract import Metric
 from index.topk import keep_best
+
+log = logging.getLogger(__name__)
+
+UNIT_TOLERANCE = 1e-3  # 'ip' training rows must have |norm - 1| within this
+MAX_L2_NORM = 1e9  # 'l2' training rows must be shorter: faiss sums squares in float32, which overflow past ~1.8e19
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,15 @@ class ClusterTree:
 
     @classmethod
     def train(cls, sample: np.ndarray, metric: Metric, config: TreeConfig) -> "ClusterTree":
+        """A tree from the rows of `sample` that k-means can take (see `trainable_rows`); the others
+        are skipped and logged. faiss aborts the process from C++ on values that overflow, so no
+        row it has not been proven safe for reaches it. ValueError if none is left."""
+        usable = trainable_rows(sample, metric)
+        if not usable.all():
+            log.warning("index training: %d of %d sample rows skipped (not finite, or of a norm k-means cannot take)", int((~usable).sum()), len(sample))
+            sample = sample[usable]
+        if len(sample) == 0:
+            raise ValueError("sample: no row is finite and of a usable norm")
         centroids = [sample.mean(0)]
         parent = [-1]
         frontier = [(0, np.arange(len(sample)), 0)]
@@ -105,6 +120,17 @@ class ClusterTree:
     def nbytes(self) -> int:
         arrays = (self.centroids, self.parent, self.depth, self._ancestor, *self.paths.values())
         return sum(a.nbytes for a in arrays)
+
+
+def trainable_rows(sample: np.ndarray, metric: Metric) -> np.ndarray:
+    """bool [n]: rows that are finite and of unit norm ('ip') or of norm at most MAX_L2_NORM ('l2'),
+    the norm taken in float64 so that no value overflows while it is checked."""
+    wide = np.asarray(sample, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        norms = np.sqrt(np.einsum("ij,ij->i", wide, wide))
+    if metric == "ip":
+        return np.isfinite(norms) & (np.abs(norms - 1.0) <= UNIT_TOLERANCE)
+    return np.isfinite(norms) & (norms <= MAX_L2_NORM)
 
 
 def sample_rows(count: int, size: int, seed: int = 0) -> np.ndarray:

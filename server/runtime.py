@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -24,6 +24,7 @@ from server.ratelimit import RateLimiter
 from store.errors import Corrupted, InvalidArgument, NotFound
 from store.records import Chunk, ChunkInput, DocumentInput, KeyScope, Tenant, TenantSettings, UpsertResult
 from store.store import Store
+from store.vectors import safe_rows, unit_rows
 from worker.chunker import chunk_text, token_ids
 from worker.config import WorkerConfig
 from worker.embedder import Embedder
@@ -82,6 +83,8 @@ class Runtime:
         self.engine = Engine(models.llm, EngineConfig(kv_codec=config.kv_codec, cache_bytes=config.kv_cache_bytes))
         self.index = CuratorIndex(store.dim)
         self._trained_at = 0  # index size when its tree was last trained
+        self.training_failures = 0  # trainings that raised: the index kept its previous tree
+        self.zeroed_vectors = 0  # stored vectors found unusable at the last rebuild, indexed as zeros
         # Held across a store write and the index update that follows it, so a rebuild that reads
         # the store never races a commit; searches hold it only for the index lookup.
         self._index_lock = threading.RLock()
@@ -102,16 +105,24 @@ class Runtime:
     # ---- start-up
 
     def rebuild_index(self) -> None:
-        """A fresh index from the store: its tree trained on a sample of the stored vectors."""
+        """A fresh index from the store: its tree trained on a sample of the stored vectors.
+
+        Stored vectors are not trusted: each is scaled to unit norm again, or indexed as zeros
+        where it cannot be, so no stored data can stop the server from starting.
+        """
         with self._index_lock:
             batches = list(tqdm(self.store.iter_index_entries(), desc="index", unit="batch", disable=None))
+            cleaned = [safe_rows(b.vectors) for b in batches]
+            self.zeroed_vectors = sum(zeroed for _, zeroed in cleaned)
+            if self.zeroed_vectors:
+                log.warning("index rebuild: %d stored vectors are zero or not finite; indexed as zeros", self.zeroed_vectors)
             total = sum(len(b.ids) for b in batches)
             index = CuratorIndex(self.store.dim)
             if total >= MIN_TRAIN_VECTORS:
-                vectors = np.concatenate([b.vectors for b in batches])
-                index.train(vectors[sample_rows(total, TRAIN_SAMPLE)])
-            for b in batches:
-                _add_entries(index, b.ids, b.vectors, b.readers)
+                vectors = np.concatenate([v for v, _ in cleaned])
+                self._train_safely(lambda: index.train(vectors[sample_rows(total, TRAIN_SAMPLE)]))
+            for b, (vectors, _) in zip(batches, cleaned):
+                _add_entries(index, b.ids, vectors, b.readers)
             index.build()
             self.index = index
             self._trained_at = total
@@ -127,10 +138,22 @@ class Runtime:
         size = len(self.index)
         if size >= MIN_TRAIN_VECTORS and size >= RETRAIN_GROWTH * self._trained_at:
             started = time.perf_counter()
-            self.index.retrain(TRAIN_SAMPLE)
+            self._train_safely(lambda: self.index.retrain(TRAIN_SAMPLE))
             self._trained_at = size
             seconds = time.perf_counter() - started
             log.info("index retrained at %d chunks in %.2f s: tree of %d nodes", size, seconds, len(self.index.tree.centroids))
+
+    def _train_safely(self, train: Callable[[], None]) -> None:
+        """Run a training; one that fails leaves the index on its previous tree (slower, never down).
+
+        The tree only ever sees rows proven safe for k-means (`ClusterTree.train`), since faiss
+        aborts the process from C++ on overflowing values; a Python error is caught here.
+        """
+        try:
+            train()
+        except (ValueError, RuntimeError) as exc:
+            self.training_failures += 1
+            log.error("index training failed (%s); the index keeps its previous tree", exc)
 
     def ensure_admin_key(self) -> str | None:
         """Create an admin key on first start and write it to a file only its owner can read."""
@@ -223,13 +246,12 @@ class Runtime:
 
     def commit(self, tenant: str, documents: list[DocumentInput]) -> UpsertResult:
         """Write one batch durably in one transaction, then bring the index up to date."""
-        vectors = np.stack([c.vector for d in documents for c in d.chunks]).astype(np.float32, copy=False)
         owner = self.tenant_number(tenant)
         with self._index_lock:
             result = self.store.upsert(tenant, documents, kv_fingerprint=self.engine.kv_fingerprint)
             if len(result.removed):
                 self.index.remove(result.removed)
-            _add_entries(self.index, result.added, vectors, result.readers, owner=owner)
+            _add_entries(self.index, result.added, result.vectors, result.readers, owner=owner)
             self._retrain_if_grown()
         return result
 
@@ -256,14 +278,16 @@ class Runtime:
         holds the index across its fsync, and then the server waits in a thread instead.
         """
         number = self.tenant_number(tenant)
+        query = unit_rows(query[None, :], ["query_vector"])
         if not self._index_lock.acquire(blocking=wait):
             return None
         try:
-            scores, ids = self.index.search(query[None, :], number, k)
+            scores, ids = self.index.search(query, number, k)
         finally:
             self._index_lock.release()
         found = ids[0] >= 0
-        score_of = dict(zip(ids[0][found].tolist(), scores[0][found].tolist()))
+        cosines = np.clip(scores[0][found], -1.0, 1.0)  # unit vectors; float32 rounding may step past 1
+        score_of = dict(zip(ids[0][found].tolist(), cosines.tolist()))
         chunks = self.store.readable_chunks(tenant, list(score_of), with_tokens)
         return [Hit(chunk=c, score=score_of[c.chunk_id]) for c in chunks]
 

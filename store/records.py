@@ -99,6 +99,7 @@ class UpsertResult:
     removed: np.ndarray  # int64 chunk ids of the documents replaced
     documents: int
     readers: list[list[int]]  # per added chunk, the numbers of the tenants that may read it, owner first
+    vectors: np.ndarray  # float32 [added, dim]: the unit vectors stored, for the index
 
 
 @dataclass(frozen=True, slots=True)

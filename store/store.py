@@ -19,6 +19,7 @@ shared across tenants (no cross-tenant timing signal).
 
 import hashlib
 import hmac
+import logging
 import math
 import re
 import secrets
@@ -35,7 +36,7 @@ import numpy as np
 import orjson
 
 from store.config import StoreConfig
-from store.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated, require_finite
+from store.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated
 from store.records import (
     ApiKey,
     Chunk,
@@ -51,8 +52,10 @@ from store.records import (
     UpsertResult,
 )
 from store.segments import SegmentLog
+from store.vectors import safe_rows, unit_rows
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every stored vector has unit norm
+MIGRATION_BATCH = 4096  # chunks a migration transaction rewrites
 TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_EXTERNAL_ID_BYTES = 256  # LMDB keys are at most 511 bytes
 KEY_ID_HEX = 16
@@ -62,6 +65,7 @@ U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 DB_NAMES = ("meta", "tenants", "keys", "docs", "chunks", "tokens", "vectors", "readable", "kvblobs")
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 K = TypeVar("K")
 V = TypeVar("V")
@@ -203,20 +207,57 @@ class Store:
 
     def _init_schema(self, dim: int) -> int:
         def init(txn: lmdb.Transaction) -> int:
+            """The schema version the store holds (a new store gets the current one)."""
             meta = self._db["meta"]
             stored = txn.get(b"dim", db=meta)
             if stored is None:
                 txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=meta)
                 txn.put(b"dim", str(dim).encode(), db=meta)
-                return dim
+                return SCHEMA_VERSION
             schema = int(txn.get(b"schema", db=meta))
-            if schema != SCHEMA_VERSION:
-                raise FailedPrecondition(f"store schema {schema} is not {SCHEMA_VERSION}")
+            if schema not in (1, SCHEMA_VERSION):
+                raise FailedPrecondition(f"store schema {schema} is not one this version reads (1 or {SCHEMA_VERSION})")
             if int(stored) != dim:
                 raise FailedPrecondition(f"dim: the store holds {int(stored)}-d vectors, not {dim}-d")
-            return dim
+            return schema
 
-        return self._write(init)
+        if self._write(init) == 1:
+            self._migrate_to_unit_vectors()
+        return dim
+
+    def _migrate_to_unit_vectors(self) -> None:
+        """Schema 1 to 2: scale every stored vector to unit norm, one batch of chunks a transaction.
+
+        Crash-safe because it is idempotent: the version moves to 2 in the last transaction only,
+        so a crash before it redoes the whole pass at the next start. A vector that cannot be made
+        unit (zero, or not finite: schema 1 took any finite vector) is stored as zeros and logged.
+        """
+        unusable = 0
+
+        def scale(txn: lmdb.Transaction, after: int) -> int:
+            """Scale the batch of vectors after chunk `after`; returns the last chunk id scaled, 0 when done."""
+            nonlocal unusable
+            cursor = txn.cursor(db=self._db["vectors"])
+            keys, rows = [], []
+            if cursor.set_range(U64.pack(after + 1)):
+                for key, value in cursor:
+                    keys.append(key)
+                    rows.append(np.frombuffer(value, dtype=np.float32))
+                    if len(keys) == MIGRATION_BATCH:
+                        break
+            if not keys:
+                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._db["meta"])
+                return 0
+            fixed, zeroed = safe_rows(np.stack(rows))
+            unusable += zeroed
+            for key, row in zip(keys, fixed):
+                txn.put(key, row.tobytes(), db=self._db["vectors"])
+            return U64.unpack(keys[-1])[0]
+
+        last = self._write(lambda txn: scale(txn, 0))
+        while last:
+            last = self._write(lambda txn: scale(txn, last))
+        log.info("store schema 1 -> %d: vectors scaled to unit norm; %d zero or not finite, stored as zeros", SCHEMA_VERSION, unusable)
 
     def close(self) -> None:
         self._segments.close()
@@ -442,7 +483,8 @@ class Store:
                 return
             yield key
 
-    def _validate(self, documents: list[DocumentInput]) -> None:
+    def _validate(self, documents: list[DocumentInput]) -> np.ndarray:
+        """Check a batch; returns its chunks' vectors scaled to unit norm (float32 [chunks, dim])."""
         if not documents:
             raise InvalidArgument("documents: a batch needs at least one document")
         seen = set()
@@ -467,14 +509,14 @@ class Store:
                 fields.append(f"{field}.vector")
                 if not isinstance(chunk.token_ids, np.ndarray) or chunk.token_ids.ndim != 1:
                     raise InvalidArgument(f"{field}.token_ids: must be a 1-d integer array")
-        require_finite(vectors, fields)
+        return unit_rows(np.stack(vectors), fields)
 
     def upsert(self, tenant: str, documents: list[DocumentInput], kv_fingerprint: str = "") -> UpsertResult:
         """Insert or replace documents in one transaction; their KV blobs are durable before it commits.
 
         A replaced document keeps its grants: its new chunks are readable by the same tenants.
         """
-        self._validate(documents)
+        vectors = self._validate(documents)
         kv_keys = [
             [self._kv_key(kv_fingerprint, c.token_ids, tenant) if c.kv_blob is not None else None for c in d.chunks]
             for d in documents
@@ -483,9 +525,9 @@ class Store:
             known = self._read(lambda txn: {k for keys in kv_keys for k in keys if k and txn.get(k, db=self._db["kvblobs"])})
             fresh = {k: c.kv_blob for d, keys in zip(documents, kv_keys) for c, k in zip(d.chunks, keys) if k and k not in known}
             refs = dict(zip(fresh, self._segments.append(list(fresh.values()))))
-            return self._write_locked(lambda txn: self._upsert(txn, tenant, documents, kv_keys, refs))
+            return self._write_locked(lambda txn: self._upsert(txn, tenant, documents, vectors, kv_keys, refs))
 
-    def _upsert(self, txn, tenant: str, documents: list[DocumentInput], kv_keys, refs: dict[bytes, KVRef]) -> UpsertResult:
+    def _upsert(self, txn, tenant: str, documents: list[DocumentInput], vectors: np.ndarray, kv_keys, refs: dict[bytes, KVRef]) -> UpsertResult:
         number = self._tenant_record(txn, tenant)["number"]
         next_chunk = int(txn.get(b"next_chunk", b"1", db=self._db["meta"]))
         added, added_readers, replaced = [], [], []
@@ -513,7 +555,7 @@ class Store:
                 key = U64.pack(chunk_id)
                 txn.put(key, _dumps(value), db=self._db["chunks"])
                 txn.put(key, np.asarray(chunk.token_ids, dtype=np.int32).tobytes(), db=self._db["tokens"])
-                txn.put(key, chunk.vector.tobytes(), db=self._db["vectors"])
+                txn.put(key, vectors[len(added) + index].tobytes(), db=self._db["vectors"])
                 for reader in reader_numbers:
                     txn.put(U32.pack(reader) + key, b"", db=self._db["readable"])
             txn.put(doc_key, _dumps(dict(chunks=ids, grantees=grantees)), db=self._db["docs"])
@@ -532,7 +574,7 @@ class Store:
         txn.put(b"next_chunk", str(next_chunk).encode(), db=self._db["meta"])
         self._check_quotas(txn, tenant)
         removed = [chunk_id for chunk_ids in replaced for chunk_id in chunk_ids]
-        return UpsertResult(np.array(added, dtype=np.int64), np.array(removed, dtype=np.int64), len(documents), added_readers)
+        return UpsertResult(np.array(added, dtype=np.int64), np.array(removed, dtype=np.int64), len(documents), added_readers, vectors)
 
     def _check_quotas(self, txn, tenant: str) -> None:
         """Raise (aborting the transaction) when the batch leaves the tenant above a storage quota."""

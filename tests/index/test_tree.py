@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from index.tree import ClusterTree, TreeConfig
+from index.tree import ClusterTree, TreeConfig, trainable_rows
 
 DIM = 32
 
@@ -52,3 +54,35 @@ def test_beam_descent_misroutes_less_than_greedy_descent() -> None:
 def test_root_only_tree_puts_everything_in_the_root() -> None:
     tree = ClusterTree.root_only(DIM, "ip")
     np.testing.assert_array_equal(tree.assign(noisy_clusters(5, 2, 0.1, seed=3)), np.zeros(5, dtype=np.int64))
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_training_skips_rows_kmeans_cannot_take(metric: str) -> None:
+    """Rows that overflowed faiss k-means (an abort from C++, not an exception) never reach it."""
+    good = noisy_clusters(600, clusters=8, noise=0.2, seed=3)
+    hostile = np.sign(good[:40]) * np.float32(3e38)
+    hostile[:5] = np.nan
+    hostile[5:10] = np.inf
+    mixed = np.concatenate([good, hostile])
+    assert trainable_rows(mixed, metric).sum() == len(good)
+    tree = ClusterTree.train(mixed, metric, TreeConfig(fanout=4, leaf_size=32, max_depth=3))
+    assert np.isfinite(tree.centroids).all() and len(tree.paths) > 1
+    with pytest.raises(ValueError, match="sample"):
+        ClusterTree.train(hostile, metric, TreeConfig())
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    distinct=st.integers(1, 6),
+    copies=st.integers(1, 400),
+    seed=st.integers(0, 2**16),
+)
+def test_training_on_duplicated_unit_rows_never_fails(distinct: int, copies: int, seed: int) -> None:
+    """A tenant may upload one vector many times, or all of its data in one point: the shapes that
+    pull k-means clusters empty. Training must still give a finite tree that every row descends."""
+    rng = np.random.default_rng(seed)
+    points = rng.standard_normal((distinct, DIM))
+    sample = np.repeat(points / np.linalg.norm(points, axis=1, keepdims=True), copies, axis=0).astype(np.float32)
+    tree = ClusterTree.train(sample, "ip", TreeConfig(fanout=16, leaf_size=8, max_depth=3))
+    assert np.isfinite(tree.centroids).all()
+    assert all(tree.is_leaf(int(leaf)) for leaf in tree.assign(sample))

@@ -1,8 +1,11 @@
 """The store against a real LMDB in tmp_path: every method, reopening, growth, corruption, concurrency."""
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
+import lmdb
 import numpy as np
 import pytest
 
@@ -16,7 +19,9 @@ DIM = 8
 
 
 def vec(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+    """A unit vector: the store keeps every vector at unit norm."""
+    v = np.random.default_rng(seed).standard_normal(DIM)
+    return (v / np.linalg.norm(v)).astype(np.float32)
 
 
 def doc(external_id: str, n_chunks: int = 1, kv: bool = False, seed: int = 0, metadata: dict | None = None) -> DocumentInput:
@@ -124,6 +129,8 @@ def test_upsert_validates(store: Store) -> None:
         ([doc("a", 2), DocumentInput("b", {}, [ChunkInput("t", np.arange(3, dtype=np.int32), np.full(DIM, np.inf, np.float32))])],
          r"documents\[1\]\.chunks\[0\]\.vector: values must be finite"),
         ([DocumentInput("a", {}, [ChunkInput("t", np.arange(3, dtype=np.int32), np.zeros(DIM, np.float64))])], "float32"),
+        ([doc("a"), DocumentInput("b", {}, [ChunkInput("t", np.arange(3, dtype=np.int32), np.zeros(DIM, np.float32))])],
+         r"documents\[1\]\.chunks\[0\]\.vector: values must not be all zeros"),
     ]
     for documents, match in cases:
         with pytest.raises(InvalidArgument, match=match):
@@ -191,6 +198,72 @@ def test_kv_blobs_are_shared_within_a_tenant_and_refcounted(store: Store) -> Non
     store.delete_documents("alice", ["a2"])
     assert store.tenant_stats("alice").kv_bytes == 0
     assert store.read_kv(999) is None
+
+
+def test_vectors_are_stored_at_unit_norm(store: Store) -> None:
+    """However large a finite vector is, the store keeps and hands back its direction at unit norm."""
+    huge = np.sign(vec(7)) * np.float32(3e38)
+    result = store.upsert("alice", [DocumentInput("a", {}, [ChunkInput("t", np.arange(3, dtype=np.int32), huge.astype(np.float32))])])
+    expected = np.sign(vec(7)) / np.sqrt(DIM)
+    np.testing.assert_allclose(result.vectors[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(next(store.iter_index_entries()).vectors[0], expected, rtol=1e-6)
+
+
+def _overwrite_vectors(store: Store, rows: dict[int, np.ndarray], schema: bytes | None = None) -> None:
+    """Write raw vector bytes (and a schema version) past every check, as an older version or a bug could have."""
+    with store._env.begin(write=True) as txn:
+        for chunk_id, row in rows.items():
+            txn.put(store_module.U64.pack(chunk_id), np.asarray(row, dtype=np.float32).tobytes(), db=store._db["vectors"])
+        if schema is not None:
+            txn.put(b"schema", schema, db=store._db["meta"])
+
+
+def test_a_schema_1_store_is_migrated_to_unit_vectors(config: StoreConfig) -> None:
+    with Store(config) as store:
+        store.create_tenant("alice")
+        store.upsert("alice", [doc(f"d{i}", seed=i) for i in range(5)])
+        hostile = {1: vec(0) * 1e30, 2: np.zeros(DIM), 3: np.full(DIM, np.nan), 4: vec(3) * 0.5}
+        _overwrite_vectors(store, hostile, schema=b"1")
+    with Store(config) as store:
+        vectors = np.concatenate([e.vectors for e in store.iter_index_entries()])
+        with store._env.begin() as txn:
+            assert txn.get(b"schema", db=store._db["meta"]) == str(store_module.SCHEMA_VERSION).encode()
+    np.testing.assert_allclose(vectors[0], vec(0), rtol=1e-5)
+    np.testing.assert_array_equal(vectors[1:3], 0.0)
+    np.testing.assert_allclose(vectors[3], vec(3), rtol=1e-5)
+    np.testing.assert_allclose(vectors[4], vec(400), rtol=1e-6)
+
+
+def test_a_migration_killed_midway_is_redone(config: StoreConfig) -> None:
+    """The version moves only in the migration's last transaction: a process killed before it leaves
+    version 1 and half-scaled vectors, and the next start scales them all."""
+    with Store(config) as store:
+        store.create_tenant("alice")
+        store.upsert("alice", [doc(f"d{i}", seed=i) for i in range(3)])
+        _overwrite_vectors(store, {1: vec(0) * 1e30, 3: vec(200) * 7}, schema=b"1")
+    killed_on_second_batch = f"""
+import os, store.store as s
+from store.config import StoreConfig
+real = s.safe_rows
+batches = []
+def scale(rows):
+    batches.append(rows)
+    if len(batches) == 2:
+        os._exit(9)
+    return real(rows)
+s.safe_rows, s.MIGRATION_BATCH = scale, 2
+s.Store(StoreConfig(path=__import__("pathlib").Path({str(config.path)!r}), dim={DIM}))
+"""
+    assert subprocess.run([sys.executable, "-c", killed_on_second_batch], cwd=Path(__file__).parents[2]).returncode == 9
+    env = lmdb.open(str(config.path / "lmdb"), max_dbs=16, readonly=True, lock=False)
+    with env.begin() as txn:
+        assert txn.get(b"schema", db=env.open_db(b"meta", txn=txn)) == b"1"
+        assert np.frombuffer(txn.get(store_module.U64.pack(1), db=env.open_db(b"vectors", txn=txn)), np.float32) == pytest.approx(vec(0))
+        assert np.linalg.norm(np.frombuffer(txn.get(store_module.U64.pack(3), db=env.open_db(b"vectors", txn=txn)), np.float32)) == pytest.approx(7)
+    env.close()
+    with Store(config) as store:
+        vectors = np.concatenate([e.vectors for e in store.iter_index_entries()])
+    np.testing.assert_allclose(vectors, [vec(0), vec(100), vec(200)], rtol=1e-5)
 
 
 def test_reopen_keeps_commits_and_forgets_deletions(config: StoreConfig) -> None:

@@ -27,6 +27,7 @@ import torch
 from kernels.deviation import top_deviations
 from kernels.rope import rotate
 from kvcodec import PackedKV
+from worker.errors import WorkerInputError, check_positions
 from worker.llama import KVBuffer, LlamaForward
 
 
@@ -122,7 +123,7 @@ class Blender:
         f = self.forward
         question = f.check_tokens(question, "question")
         if len(question) == 0:
-            raise ValueError("question: needs at least one token")
+            raise WorkerInputError("question: needs at least one token")
         if not 0.0 <= recompute_ratio <= 1.0:
             raise ValueError(f"recompute_ratio: must lie in [0, 1], got {recompute_ratio}")
         if not 0 <= check_layer < f.layers_count:
@@ -130,8 +131,7 @@ class Blender:
         p = len(self.system)
         chunk_count = sum(len(c.tokens) for c in chunks)
         total = p + chunk_count + len(question)
-        if total + reserve > f.max_positions:
-            raise ValueError(f"question: the prompt needs {total + reserve} positions, the model has {f.max_positions}")
+        check_positions(total + reserve, f.max_positions)
         ids = torch.cat([*(c.tokens.to(f.device) for c in chunks), question])
         if mode is PrefillMode.FULL_PREFILL:  # every token from position 0: the plain forward pass
             kv = f.new_buffer(total + reserve)

@@ -16,6 +16,7 @@ import torch
 
 import kvcodec
 from worker.blend import Blender, ChunkKV, Deviation, PrefillMode
+from worker.errors import check_positions
 from worker.generate import GeneratedToken, check_max_new_tokens, decode_stream
 from worker.kv_cache import ChunkKVCache
 from worker.llm import LLM
@@ -86,9 +87,16 @@ class Engine:
     def answer(
         self, chunks: list[RetrievedChunk], question: str, mode: PrefillMode, max_new_tokens: int
     ) -> Iterator[GeneratedToken]:
-        """Prefill `[prefix][chunks][question]` in `mode`, then stream greedy tokens."""
+        """Prefill `[prefix][chunks][question]` in `mode`, then stream greedy tokens.
+
+        The request is checked here, before the lazy stream: a prompt that cannot fit the model's
+        context raises ContextOverflow at this call, so a server can refuse it before replying.
+        """
         check_max_new_tokens(max_new_tokens)
         question_ids = torch.from_numpy(self.layout.question_segment(self.llm.tokenizer, question))
+        chunk_tokens = sum(len(self.layout.chunk_segment(c.token_ids)) for c in chunks)
+        prompt = len(self.layout.prefix) + chunk_tokens + len(question_ids)
+        check_positions(prompt + max_new_tokens, self.llm.forward.max_positions)
         return self._answer(chunks, question_ids, mode, max_new_tokens)
 
     def _answer(self, chunks, question_ids, mode: PrefillMode, max_new_tokens: int) -> Iterator[GeneratedToken]:

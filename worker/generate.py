@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from worker.errors import WorkerInputError
 from worker.llama import KVBuffer
 from worker.llm import LLM
 
@@ -27,7 +28,7 @@ def generate_stream(llm: LLM, prompt_ids: np.ndarray, max_new_tokens: int) -> It
     check_max_new_tokens(max_new_tokens)
     ids = llm.forward.check_tokens(torch.as_tensor(np.asarray(prompt_ids)), "prompt_ids")
     if len(ids) == 0 or len(ids) >= llm.forward.max_positions:
-        raise ValueError(f"prompt_ids: need 1 to {llm.forward.max_positions - 1} tokens, got {len(ids)}")
+        raise WorkerInputError(f"prompt_ids: need 1 to {llm.forward.max_positions - 1} tokens, got {len(ids)}")
     return _prefill_then_decode(llm, ids, max_new_tokens)
 
 
@@ -40,7 +41,7 @@ def _prefill_then_decode(llm: LLM, ids: torch.Tensor, max_new_tokens: int) -> It
 
 def check_max_new_tokens(max_new_tokens: int) -> None:
     if max_new_tokens <= 0:
-        raise ValueError(f"max_new_tokens: must be positive, got {max_new_tokens}")
+        raise WorkerInputError(f"max_new_tokens: must be positive, got {max_new_tokens}")
 
 
 def decode_stream(llm: LLM, logits: torch.Tensor, kv: KVBuffer, max_new_tokens: int, started: float) -> Iterator[GeneratedToken]:

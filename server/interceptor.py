@@ -1,11 +1,17 @@
-"""Authentication, authorisation, error mapping and metrics for every tenantkv RPC, in one server interceptor.
+"""Authentication, authorisation, request parsing, error mapping and metrics for every RPC, in one server interceptor.
 
 A request's tenant comes from its API key (`authorization: Bearer <key>`), never from the request
 body. Handlers read the authenticated caller with `current_caller()`. Health and reflection are
 open; every other service names the key scope and right it needs in `ACCESS`.
+
+Request bytes that do not parse never reach a handler as an exception: gRPC would answer UNKNOWN
+with the parser's text and log a trace per call. Each method's deserializer instead returns a
+`Malformed` marker, which the wrapped handler answers INVALID_ARGUMENT after authorisation, so a
+caller without a key learns nothing about parsing.
 """
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -15,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from store.errors import PermissionDenied, TenantKVError, Unauthenticated
+from store.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from store.records import ApiKey, KeyScope
 from server.metrics import Metrics
 from server.status import status_for
@@ -38,9 +45,13 @@ ACCESS: dict[str, Access] = {
 }
 
 
+MAX_REQUEST_ID_CHARS = 64  # a client's x-request-id is logged with every record: keep it short
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     key: ApiKey
+    token: str  # the bearer token, so a stream can check its key again at each message
     request_id: str
 
     @property
@@ -91,47 +102,82 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if handler is None:  # an unknown method: gRPC answers UNIMPLEMENTED
                 return None
             access = ACCESS.get(details.method.lstrip("/").split("/")[0])
-            if access is not None:
-                scope = _CallScope(details.method, lambda context: self._authorize(context, access), self._metrics)
-                handler = _wrap(handler, scope)
-            self._handlers[details.method] = handler
+            authorize = None if access is None else functools.partial(self._authorize, access=access)
+            handler = self._handlers[details.method] = _wrap(handler, _CallScope(details.method, authorize, self._metrics))
         return handler
 
-    async def _authorize(self, context: grpc.aio.ServicerContext, access: Access) -> Caller:
-        metadata = dict(context.invocation_metadata() or ())
-        request_id = metadata.get("x-request-id") or secrets.token_hex(8)
-        header = metadata.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+    def _authorize(self, metadata: list[tuple[str, str]], request_id: str, access: Access) -> Caller:
+        headers = [value for name, value in metadata if name == "authorization"]
+        if len(headers) > 1:
+            raise Unauthenticated(f"authorization: give one 'authorization' header, got {len(headers)}")
+        scheme, _, token = (headers[0] if headers else "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("missing 'authorization: Bearer <api key>' metadata")
         key = self._authenticate(token.strip())  # a hash and one LMDB read: cheaper here than a thread hop
         if key.scope is not access.scope:
             raise PermissionDenied(f"this call needs a key of scope {access.scope.name.lower()}")
         if access.right is not None and access.right not in key.rights:
             raise PermissionDenied(f"this key lacks the {access.right!r} right")
-        return Caller(key=key, request_id=request_id)
+        return Caller(key=key, token=token.strip(), request_id=request_id)
 
 
-Authorize = Callable[[grpc.aio.ServicerContext], Awaitable[Caller]]
+Authorize = Callable[[list[tuple[str, str]], str], Caller]
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """What a request's deserializer returns for bytes that do not parse as `message_type`."""
+
+    message_type: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any] | None:
+    """`deserializer`, answering a `Malformed` marker instead of raising on bytes that do not parse."""
+    if deserializer is None:
+        return None
+    message_type = method.rsplit("/", 1)[-1] + "'s request"
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError:
+            return Malformed(message_type)
+
+    return parse
+
+
+def _parsed(request: Any) -> Any:
+    if isinstance(request, Malformed):
+        raise InvalidArgument(f"request: the bytes do not parse as {request.message_type} message")
+    return request
+
+
+async def _parsed_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _parsed(request)
 
 
 @dataclass(frozen=True, slots=True)
 class _CallScope:
-    """What surrounds one method's handler: authorisation first, status mapping and metrics at the end."""
+    """What surrounds one method's handler: authorisation first (none for open services), status mapping
+    and metrics at the end."""
 
     method: str
-    authorize: Authorize
+    authorize: Authorize | None
     metrics: Metrics
 
     @asynccontextmanager
     async def enter(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         """Each call is counted before its status leaves: a client that has its answer can read its metric."""
         started = time.perf_counter()
+        metadata = list(context.invocation_metadata() or ())
+        request_id = next((v for k, v in metadata if k == "x-request-id"), "")[:MAX_REQUEST_ID_CHARS] or secrets.token_hex(8)
         token, tenant = None, None
         try:
-            caller = await self.authorize(context)
-            tenant = caller.key.tenant or "admin"
-            token = _caller.set(caller)
+            if self.authorize is not None:
+                caller = self.authorize(metadata, request_id)
+                tenant = caller.key.tenant or "admin"
+                token = _caller.set(caller)
             yield
         except grpc.aio.AbortError:  # the handler set its status itself
             self.metrics.observe(self.method, context.code() or grpc.StatusCode.UNKNOWN, tenant, started)
@@ -139,12 +185,15 @@ class _CallScope:
         except asyncio.CancelledError:  # the client went away
             self.metrics.observe(self.method, grpc.StatusCode.CANCELLED, tenant, started)
             raise
-        except Exception as exc:  # every failure becomes a status; unexpected ones are logged
-            code, message = status_for(exc)
-            if isinstance(exc, TenantKVError):
-                log.info("%s: %s", code.name, message)
-            self.metrics.observe(self.method, code, tenant, started)
-            await context.abort(code, message)
+        except Exception as exc:  # every failure becomes a status; our own bugs are INTERNAL and logged
+            status = status_for(exc)
+            if status is None:
+                log.exception("internal error in %s (request %s)", self.method, request_id)
+                status = grpc.StatusCode.INTERNAL, f"internal error; request id {request_id}"
+            else:
+                log.info("%s: %s", status[0].name, status[1])
+            self.metrics.observe(self.method, status[0], tenant, started)
+            await context.abort(*status)
         else:
             self.metrics.observe(self.method, grpc.StatusCode.OK, tenant, started)
         finally:
@@ -153,32 +202,35 @@ class _CallScope:
 
 
 def _wrap(handler: grpc.RpcMethodHandler, scope: _CallScope) -> grpc.RpcMethodHandler:
-    """The same handler, with authorisation before the behaviour and errors mapped to status codes."""
+    """The same handler, with authorisation before the behaviour, requests that do not parse refused, and
+    errors mapped to status codes."""
     codec = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": _tolerant(handler.request_deserializer, scope.method),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, scope), **codec)
+        return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, scope, _parsed), **codec)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, scope), **codec)
+        return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, scope, _parsed_stream), **codec)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream, scope), **codec)
-    return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream, scope), **codec)
+        return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream, scope, _parsed), **codec)
+    return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream, scope, _parsed_stream), **codec)
 
 
-def _unary(behavior: Callable[..., Awaitable[Any]], scope: _CallScope) -> Callable[..., Awaitable[Any]]:
+def _unary(behavior: Callable[..., Awaitable[Any]], scope: _CallScope, parsed: Callable[[Any], Any]) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         async with scope.enter(context):
-            return await behavior(request, context)
+            return await behavior(parsed(request), context)
 
     return handle
 
 
-def _streaming(behavior: Callable[..., AsyncIterator[Any]], scope: _CallScope) -> Callable[..., AsyncIterator[Any]]:
+def _streaming(
+    behavior: Callable[..., AsyncIterator[Any]], scope: _CallScope, parsed: Callable[[Any], Any]
+) -> Callable[..., AsyncIterator[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with scope.enter(context):
-            async for response in behavior(request, context):
+            async for response in behavior(parsed(request), context):
                 yield response
 
     return handle

@@ -3,7 +3,7 @@
 import math
 
 import numpy as np
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from protos.tenantkv.v1 import common_pb2, ingest_pb2, tenant_admin_pb2
 from server.runtime import ChunkSpec, DocumentSpec, Hit
@@ -31,8 +31,36 @@ def bounded_int(value: int, low: int, high: int, field: str) -> int:
     return value
 
 
-def dict_from_struct(struct: struct_pb2.Struct) -> dict:
-    return json_format.MessageToDict(struct)
+MAX_METADATA_DEPTH = 32  # JSON nesting the store accepts; orjson refuses past 255, and nothing needs near that
+
+
+def dict_from_struct(struct: struct_pb2.Struct, field: str) -> dict:
+    """A Struct as plain JSON values; InvalidArgument naming the path of a value nested more than
+    MAX_METADATA_DEPTH levels, a number that is not finite (JSON has none), or a Value left unset."""
+    return _object(struct, field, 1)
+
+
+def _object(struct: struct_pb2.Struct, field: str, depth: int) -> dict:
+    if depth > MAX_METADATA_DEPTH:
+        raise InvalidArgument(f"{field}: nested more than {MAX_METADATA_DEPTH} levels deep")
+    return {key: _json_value(value, f"{field}.{key}", depth) for key, value in struct.fields.items()}
+
+
+def _json_value(value: struct_pb2.Value, field: str, depth: int):
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return _object(value.struct_value, field, depth + 1)
+    if kind == "list_value":
+        if depth + 1 > MAX_METADATA_DEPTH:
+            raise InvalidArgument(f"{field}: nested more than {MAX_METADATA_DEPTH} levels deep")
+        return [_json_value(item, f"{field}[{i}]", depth + 1) for i, item in enumerate(value.list_value.values)]
+    if kind == "number_value":
+        if not math.isfinite(value.number_value):
+            raise InvalidArgument(f"{field}: numbers must be finite (no NaN or infinity)")
+        return value.number_value
+    if kind is None:
+        raise InvalidArgument(f"{field}: a metadata value must be set (null is null_value)")
+    return None if kind == "null_value" else getattr(value, kind)
 
 
 def struct_from_dict(values: dict) -> struct_pb2.Struct:
@@ -69,7 +97,7 @@ def documents_from(request: ingest_pb2.UpsertRequest, dim: int, max_documents: i
         size = len(doc.text.encode()) + sum(len(c.text.encode()) for c in chunks)
         if size > max_text_bytes:
             raise InvalidArgument(f"{field}: text of {size} bytes exceeds the limit of {max_text_bytes}")
-        specs.append(DocumentSpec(external_id=doc.external_id, metadata=dict_from_struct(doc.metadata), text=doc.text, chunks=chunks))
+        specs.append(DocumentSpec(external_id=doc.external_id, metadata=dict_from_struct(doc.metadata, f"{field}.metadata"), text=doc.text, chunks=chunks))
     require_finite(vectors, fields)
     return specs
 

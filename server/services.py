@@ -28,6 +28,7 @@ from worker.blend import PrefillMode
 
 KV_PIECE_BYTES = 3 << 20
 MAX_FETCH_IDS = 256
+MAX_TTL_SECONDS = 100 * 365 * 86_400  # a key's expiry stays a 64-bit millisecond count
 RIGHTS = {tenant_admin_pb2.KEY_RIGHT_READ: "read", tenant_admin_pb2.KEY_RIGHT_WRITE: "write"}
 SCOPES = {tenant_admin_pb2.KEY_SCOPE_ADMIN: KeyScope.ADMIN, tenant_admin_pb2.KEY_SCOPE_TENANT: KeyScope.TENANT}
 
@@ -83,9 +84,8 @@ class TenantAdminServicer(_Servicer, tenant_admin_pb2_grpc.TenantAdminServicer):
         if any(r not in RIGHTS for r in request.rights):
             raise InvalidArgument("rights: only KEY_RIGHT_READ and KEY_RIGHT_WRITE")
         rights = frozenset(RIGHTS[r] for r in request.rights) or frozenset(RIGHTS.values())
-        key, token = await self.offload.io(
-            self.runtime.store.create_api_key, scope, request.tenant_id or None, rights, request.ttl_seconds
-        )
+        ttl_s = bounded_int(request.ttl_seconds, 0, MAX_TTL_SECONDS, "ttl_seconds")
+        key, token = await self.offload.io(self.runtime.store.create_api_key, scope, request.tenant_id or None, rights, ttl_s)
         return tenant_admin_pb2.CreateApiKeyResponse(key_id=key.key_id, api_key=token, expires_unix_ms=key.expires_unix_ms)
 
     async def RevokeApiKey(self, request, context):
@@ -132,11 +132,17 @@ _STATES = {
 
 class IngestServicer(_Servicer, ingest_pb2_grpc.IngestServicer):
     async def Upsert(self, request_iterator, context):
-        """Each request is one batch: chunked and embedded, then committed in one transaction."""
-        tenant = current_caller().tenant
+        """Each request is one batch: chunked and embedded, then committed in one transaction.
+
+        The caller's key is checked again at each batch (a cached lookup), so a key revoked while its
+        stream is open stores nothing after the revocation.
+        """
+        caller = current_caller()
+        tenant = caller.tenant
         config = self.runtime.config
         documents = chunks = batches = 0
         async for request in request_iterator:
+            self.runtime.store.authenticate(caller.token)
             specs = documents_from(request, self.runtime.store.dim, config.max_documents_per_batch, config.max_text_bytes)
             prepared = await self.offload.model(self.runtime.prepare, tenant, specs)
             result = await self.offload.io(self.runtime.commit, tenant, prepared)
@@ -181,9 +187,10 @@ class RetrievalServicer(_Servicer, retrieval_pb2_grpc.RetrievalServicer):
         query = await self.offload.model(runtime.embed_query, request.question, "question")
         hits = await self.offload.io(runtime.search, tenant, query, k)
         retrieval_ms = (time.perf_counter() - started) * 1e3
+        # checks the prompt against the model's context before the first message leaves
+        tokens = await self.offload.model(runtime.answer, hits, request.question, mode, max_new)
         yield retrieval_pb2.RetrieveAndGenerateResponse(chunks=retrieval_pb2.ChunksUsed(hits=[hit_message(h) for h in hits]))
         prompt_tokens = await self.offload.model(runtime.prompt_tokens, hits, request.question)
-        tokens = await self.offload.model(runtime.answer, hits, request.question, mode, max_new)
         first_token_ms = 0.0
         generated = 0
         try:
@@ -226,6 +233,8 @@ class KVCacheServicer(_Servicer, kv_cache_pb2_grpc.KVCacheServicer):
         ids = list(request.chunk_ids)
         if not 1 <= len(ids) <= MAX_FETCH_IDS:
             raise InvalidArgument(f"chunk_ids: give 1 to {MAX_FETCH_IDS} ids, got {len(ids)}")
+        if len(set(ids)) != len(ids):
+            raise InvalidArgument("chunk_ids: name each chunk once")
         for chunk_id in await self.offload.io(self.runtime.kv_chunk_ids, tenant, ids):
             codec, blob = await self.offload.io(self.runtime.read_kv, chunk_id)
             for offset in range(0, len(blob), KV_PIECE_BYTES):

@@ -1,11 +1,14 @@
 """Bad input gets the precise status with a message naming the field, and the server keeps serving."""
 
+import logging
+import queue
 import time
 
 import grpc
 import numpy as np
 import pytest
 
+from bench import hostile
 from protos.tenantkv.v1 import ingest_pb2, ingest_pb2_grpc, retrieval_pb2
 from server.client import Client, DocumentText
 from tests.server.conftest import unit_vectors, vector_documents
@@ -111,6 +114,8 @@ def test_other_tenants_objects_are_not_found(loaded) -> None:
     expect(CODE.NOT_FOUND, alice.client.fetch_kv, bob_ids[:1], match="chunk")
     expect(CODE.INVALID_ARGUMENT, alice.client.fetch_kv, [], match="chunk_ids")
     expect(CODE.INVALID_ARGUMENT, alice.client.fetch_kv, list(range(1, 300)), match="chunk_ids")
+    own = alice.client.search(unit_vectors(1, seed=21)[0], k=1).hits[0].chunk_id
+    expect(CODE.INVALID_ARGUMENT, alice.client.fetch_kv, [own, own], match="chunk_ids")
     assert alice.client.delete(["b-0"]) == 0  # bob's id means nothing in alice's namespace
     assert len(bob.client.search(unit_vectors(1, seed=22)[0], k=3).hits) == 3
 
@@ -151,3 +156,50 @@ def test_a_corrupted_kv_blob_is_data_loss_on_fetch_and_recomputed_for_answers(se
     expect(CODE.DATA_LOSS, carol.client.fetch_kv, [hit.chunk_id], match="checksum")
     events = list(carol.client.ask("What is the capital of France?", k=1, max_new_tokens=6))
     assert events[-1].WhichOneof("event") == "stats" and events[-1].stats.tokens_generated >= 1
+
+
+def test_every_hostile_input_gets_its_status_and_the_server_serves_on(server, server_config, caplog) -> None:
+    """bench/hostile.py's table: the expected status for each case, never INTERNAL or UNKNOWN, no trace logged."""
+    target = hostile.prepare(server.address, server_config.admin_key_path.read_text().strip())
+    with caplog.at_level(logging.INFO):
+        outcomes = hostile.run(target)
+    assert len(outcomes) >= 100
+    wrong = [(o.case.name, o.code.name, o.details[:120]) for o in outcomes if o.code != o.case.expected]
+    assert not wrong
+    assert not [o.case.name for o in outcomes if "Error parsing" in o.details or "Traceback" in o.details]
+    assert not [r.getMessage() for r in caplog.records if r.exc_info]
+    with Client(server.address, target.tenant_key) as client:
+        assert len(client.search(unit_vectors(1, seed=30)[0], k=3).hits) == 3
+
+
+def test_a_question_past_the_context_fails_before_any_message(loaded) -> None:
+    alice, _ = loaded
+    received = []
+    with pytest.raises(grpc.RpcError) as err:
+        for event in alice.client.ask("word " * 10_000, k=2, max_new_tokens=8):
+            received.append(event)
+    assert err.value.code() == CODE.INVALID_ARGUMENT and "question" in err.value.details()
+    assert received == []
+    # fits the context alone, not with 512 tokens to generate: refused before any prefill
+    expect(CODE.INVALID_ARGUMENT, alice.client.ask, "word " * 7_900, k=2, max_new_tokens=512, match="max_new_tokens")
+    events = list(alice.client.ask("Which passage?", k=2, max_new_tokens=4))
+    assert events[-1].WhichOneof("event") == "stats"
+
+
+def test_a_key_revoked_mid_stream_stores_nothing_more(alice, admin) -> None:
+    """An Upsert stream opened before its key was revoked is refused at the next batch."""
+    batches: queue.Queue = queue.Queue()
+    requests = iter(batches.get, None)
+    reply = alice.client.ingest.Upsert.future(requests, metadata=alice.client._metadata, timeout=120)
+    batches.put(ingest_pb2.UpsertRequest(documents=[d.message() for d in vector_documents("before", unit_vectors(2, seed=31))]))
+    deadline = time.monotonic() + 60
+    while admin.get_tenant("alice").stats.chunks < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert admin.get_tenant("alice").stats.chunks == 2
+    admin.revoke_api_key(alice.key_id)
+    batches.put(ingest_pb2.UpsertRequest(documents=[d.message() for d in vector_documents("after", unit_vectors(2, seed=32))]))
+    batches.put(None)
+    with pytest.raises(grpc.RpcError) as err:
+        reply.result()
+    assert err.value.code() == CODE.UNAUTHENTICATED
+    assert admin.get_tenant("alice").stats.chunks == 2

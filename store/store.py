@@ -29,12 +29,13 @@ import time
 import unicodedata
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Callable, Generic, Iterator, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import lmdb
 import numpy as np
 import orjson
 
+from store.cache import ReadCache
 from store.config import StoreConfig
 from store.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated
 from store.records import (
@@ -67,8 +68,6 @@ DB_NAMES = ("meta", "tenants", "keys", "docs", "chunks", "tokens", "vectors", "r
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 def _now_ms() -> int:
@@ -110,39 +109,6 @@ def _check_external_id(external_id: str, field: str = "external_id") -> str:
             "without control characters or surrounding spaces"
         )
     return external_id
-
-
-class _ReadCache(Generic[K, V]):
-    """Values read from the store, remembered until a write that may change them forgets them all.
-
-    Each forgetting starts a new generation: a read that began in an earlier one is not
-    remembered, since the snapshot it read may still hold what the write changed.
-    """
-
-    def __init__(self) -> None:
-        self._values: dict[K, V] = {}
-        self._lock = threading.Lock()
-        self._generation = 0
-
-    def get(self, key: K, read: Callable[[], V]) -> V:
-        """The remembered value, else `read()`'s, remembered unless a write forgot everything meanwhile."""
-        value = self._values.get(key)
-        if value is None:
-            generation = self._generation
-            value = read()
-            with self._lock:
-                if generation == self._generation:
-                    self._values[key] = value
-        return value
-
-    def forget(self, key: K) -> None:
-        with self._lock:
-            self._values.pop(key, None)
-
-    def forget_all(self) -> None:
-        with self._lock:
-            self._generation += 1
-            self._values.clear()
 
 
 class _ResizeGuard:
@@ -200,8 +166,8 @@ class Store:
         self._db = {name: self._env.open_db(name.encode()) for name in DB_NAMES}
         self._guard = _ResizeGuard()
         self._write_lock = threading.Lock()
-        self._verified: _ReadCache[str, ApiKey] = _ReadCache()
-        self._settings: _ReadCache[str, TenantSettings] = _ReadCache()
+        self._verified: ReadCache[str, ApiKey] = ReadCache()
+        self._settings: ReadCache[str, TenantSettings] = ReadCache()
         self._segments = SegmentLog(config.path / "segments", config.max_segment_bytes, config.sync)
         self.dim = self._init_schema(config.dim)
 

@@ -13,7 +13,7 @@ import store.store as store_module
 from store.config import StoreConfig
 from store.errors import AlreadyExists, Corrupted, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated
 from store.records import ChunkInput, DocumentInput, KeyScope, TenantSettings, TenantState
-from store.store import Store, _ReadCache
+from store.store import Store
 
 DIM = 8
 
@@ -386,20 +386,6 @@ def test_settings_are_validated_and_survive_reopening(config: StoreConfig) -> No
     with Store(config) as store:
         assert store.get_tenant("acme").settings == settings
         assert store.update_tenant("acme", TenantSettings()).settings == TenantSettings()
-
-
-def test_a_read_overtaken_by_a_write_is_not_remembered() -> None:
-    """The race the read caches guard against: a read sees the old snapshot, a write commits and
-    forgets, then the read finishes; remembering its result would revive what the write changed."""
-    cache: _ReadCache[str, str] = _ReadCache()
-
-    def read_overtaken() -> str:
-        cache.forget_all()  # a revocation or a settings change committed while the read ran
-        return "stale"
-
-    assert cache.get("k", read_overtaken) == "stale"
-    assert cache.get("k", lambda: "fresh") == "fresh"  # the stale value was not kept
-    assert cache.get("k", lambda: "newer") == "fresh"  # the fresh one was
 
 
 def test_tenant_settings_follow_updates_and_deletion(store: Store) -> None:

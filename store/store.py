@@ -1,20 +1,7 @@
-"""The durable store: one LMDB environment for tenants, keys, chunks and vectors; KV blobs in segments.
+"""The durable store's front: `Store`, the one object every layer above holds.
 
-Writes follow one rule: payload first, then the record that points to it, in one LMDB
-transaction, and the caller is told only after the commit. LMDB named databases:
-
-    meta       b"schema", b"dim", b"next_chunk", b"next_tenant"
-    tenants    name -> JSON {number, state, created, documents, chunks, text_bytes, kv_bytes, api_keys, settings}
-    keys       key_id -> JSON {sha256, scope, tenant, rights, created, expires}    (never the secret)
-    docs       owner number (u32) | external id -> JSON {chunks: [ids], grantees: [names]}
-    chunks     chunk id (u64) -> JSON {owner, external_id, index, text, metadata, readers, kv}
-    tokens     chunk id -> int32 token ids
-    vectors    chunk id -> float32 [dim]
-    readable   reader number (u32) | chunk id (u64) -> b""   (what a tenant may read: own and granted)
-    kvblobs    SHA-256(model fingerprint | token ids | salt) -> JSON {segment, offset, length, crc32, refs}
-
-The KV salt is the owner tenant, so identical chunks of one tenant share a blob and nothing is
-shared across tenants (no cross-tenant timing signal).
+LMDB (layout and transactions in `store.env`) for tenants, keys, documents, chunks and vectors;
+KV blobs in append-only segment files (`store.segments`).
 """
 
 import hashlib
@@ -23,13 +10,9 @@ import logging
 import math
 import re
 import secrets
-import struct
-import threading
-import time
 import unicodedata
-from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Iterator, Sequence
 
 import lmdb
 import numpy as np
@@ -37,6 +20,7 @@ import orjson
 
 from store.cache import ReadCache
 from store.config import StoreConfig
+from store.env import U32, U64, Env, dumps, now_ms
 from store.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated
 from store.records import (
     ApiKey,
@@ -62,21 +46,8 @@ MAX_EXTERNAL_ID_BYTES = 256  # LMDB keys are at most 511 bytes
 KEY_ID_HEX = 16
 MAX_METADATA_BYTES = 16 << 10
 RIGHTS = frozenset({"read", "write"})
-U32 = struct.Struct(">I")
-U64 = struct.Struct(">Q")
-DB_NAMES = ("meta", "tenants", "keys", "docs", "chunks", "tokens", "vectors", "readable", "kvblobs")
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _dumps(value: object) -> bytes:
-    """Records are compact UTF-8 JSON; orjson writes a chunk record ~16x and reads it ~3.5x faster than json."""
-    return orjson.dumps(value)
 
 
 def _check_tenant_name(name: str, field: str = "tenant_id") -> str:
@@ -111,61 +82,13 @@ def _check_external_id(external_id: str, field: str = "external_id") -> str:
     return external_id
 
 
-class _ResizeGuard:
-    """Many transactions at once, or one map resize alone (LMDB forbids resizing under open transactions)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._active = 0
-        self._resizing = False
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            while self._resizing:
-                self._cond.wait()
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._active -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            while self._resizing:
-                self._cond.wait()
-            self._resizing = True
-            while self._active:
-                self._cond.wait()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._resizing = False
-                self._cond.notify_all()
-
-
 class Store:
     def __init__(self, config: StoreConfig) -> None:
         if config.dim <= 0:
             raise InvalidArgument(f"dim: must be positive, got {config.dim}")
         config.path.mkdir(parents=True, exist_ok=True)
         self.config = config
-        self._env = lmdb.open(
-            str(config.path / "lmdb"),
-            map_size=config.map_size,
-            max_dbs=len(DB_NAMES) + 2,
-            sync=config.sync,
-            subdir=True,
-            max_readers=512,
-        )
-        self._env.reader_check()
-        self._db = {name: self._env.open_db(name.encode()) for name in DB_NAMES}
-        self._guard = _ResizeGuard()
-        self._write_lock = threading.Lock()
+        self._env = Env(config.path / "lmdb", config.map_size, config.sync)
         self._verified: ReadCache[str, ApiKey] = ReadCache()
         self._settings: ReadCache[str, TenantSettings] = ReadCache()
         self._segments = SegmentLog(config.path / "segments", config.max_segment_bytes, config.sync)
@@ -174,7 +97,7 @@ class Store:
     def _init_schema(self, dim: int) -> int:
         def init(txn: lmdb.Transaction) -> int:
             """The schema version the store holds (a new store gets the current one)."""
-            meta = self._db["meta"]
+            meta = self._env.db["meta"]
             stored = txn.get(b"dim", db=meta)
             if stored is None:
                 txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=meta)
@@ -187,7 +110,7 @@ class Store:
                 raise FailedPrecondition(f"dim: the store holds {int(stored)}-d vectors, not {dim}-d")
             return schema
 
-        if self._write(init) == 1:
+        if self._env.write(init) == 1:
             self._migrate_to_unit_vectors()
         return dim
 
@@ -203,7 +126,7 @@ class Store:
         def scale(txn: lmdb.Transaction, after: int) -> int:
             """Scale the batch of vectors after chunk `after`; returns the last chunk id scaled, 0 when done."""
             nonlocal unusable
-            cursor = txn.cursor(db=self._db["vectors"])
+            cursor = txn.cursor(db=self._env.db["vectors"])
             keys, rows = [], []
             if cursor.set_range(U64.pack(after + 1)):
                 for key, value in cursor:
@@ -212,17 +135,17 @@ class Store:
                     if len(keys) == MIGRATION_BATCH:
                         break
             if not keys:
-                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._db["meta"])
+                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._env.db["meta"])
                 return 0
             fixed, zeroed = safe_rows(np.stack(rows))
             unusable += zeroed
             for key, row in zip(keys, fixed):
-                txn.put(key, row.tobytes(), db=self._db["vectors"])
+                txn.put(key, row.tobytes(), db=self._env.db["vectors"])
             return U64.unpack(keys[-1])[0]
 
-        last = self._write(lambda txn: scale(txn, 0))
+        last = self._env.write(lambda txn: scale(txn, 0))
         while last:
-            last = self._write(lambda txn: scale(txn, last))
+            last = self._env.write(lambda txn: scale(txn, last))
         log.info("store schema 1 -> %d: vectors scaled to unit norm; %d zero or not finite, stored as zeros", SCHEMA_VERSION, unusable)
 
     def close(self) -> None:
@@ -235,37 +158,16 @@ class Store:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # ---- transactions
-
-    def _read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
-        with self._guard.shared(), self._env.begin() as txn:
-            return fn(txn)
-
-    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
-        """Run `fn` in one write transaction, doubling the map and retrying when it is full."""
-        with self._write_lock:
-            return self._write_locked(fn)
-
-    def _write_locked(self, fn: Callable[[lmdb.Transaction], T]) -> T:
-        """`_write` for a caller that holds the write lock already."""
-        while True:
-            try:
-                with self._guard.shared(), self._env.begin(write=True) as txn:
-                    return fn(txn)
-            except lmdb.MapFullError:
-                with self._guard.exclusive():
-                    self._env.set_mapsize(self._env.info()["map_size"] * 2)
-
     # ---- tenants
 
     def _tenant_record(self, txn: lmdb.Transaction, name: str, field: str = "tenant_id") -> dict:
-        raw = txn.get(_check_tenant_name(name, field).encode(), db=self._db["tenants"])
+        raw = txn.get(_check_tenant_name(name, field).encode(), db=self._env.db["tenants"])
         if raw is None:
             raise NotFound(f"{field}: tenant {name!r} not found")
         return orjson.loads(raw)
 
     def _put_tenant(self, txn: lmdb.Transaction, name: str, record: dict) -> None:
-        txn.put(name.encode(), _dumps(record), db=self._db["tenants"])
+        txn.put(name.encode(), dumps(record), db=self._env.db["tenants"])
 
     @staticmethod
     def _tenant(name: str, record: dict) -> Tenant:
@@ -277,18 +179,18 @@ class Store:
         _check_settings(settings)
 
         def create(txn: lmdb.Transaction) -> Tenant:
-            if txn.get(name.encode(), db=self._db["tenants"]) is not None:
+            if txn.get(name.encode(), db=self._env.db["tenants"]) is not None:
                 raise AlreadyExists(f"tenant_id: tenant {name!r} exists already")
-            number = int(txn.get(b"next_tenant", b"1", db=self._db["meta"]))
-            txn.put(b"next_tenant", str(number + 1).encode(), db=self._db["meta"])
+            number = int(txn.get(b"next_tenant", b"1", db=self._env.db["meta"]))
+            txn.put(b"next_tenant", str(number + 1).encode(), db=self._env.db["meta"])
             record = dict(
-                number=number, state=TenantState.ACTIVE.value, created=_now_ms(), documents=0, chunks=0,
+                number=number, state=TenantState.ACTIVE.value, created=now_ms(), documents=0, chunks=0,
                 text_bytes=0, kv_bytes=0, api_keys=0, settings=asdict(settings),
             )
             self._put_tenant(txn, name, record)
             return self._tenant(name, record)
 
-        return self._write(create)
+        return self._env.write(create)
 
     def update_tenant(self, name: str, settings: TenantSettings) -> Tenant:
         """Replace the tenant's settings. Lower quotas apply to later writes; nothing stored is dropped."""
@@ -300,12 +202,12 @@ class Store:
             self._put_tenant(txn, name, record)
             return self._tenant(name, record)
 
-        tenant = self._write(update)
+        tenant = self._env.write(update)
         self._settings.forget_all()
         return tenant
 
     def get_tenant(self, name: str) -> Tenant:
-        return self._tenant(name, self._read(lambda txn: self._tenant_record(txn, name)))
+        return self._tenant(name, self._env.read(lambda txn: self._tenant_record(txn, name)))
 
     def tenant_settings(self, name: str) -> TenantSettings:
         """The tenant's settings, remembered until a tenant is updated or deleted: every data-plane
@@ -314,14 +216,14 @@ class Store:
 
     def list_tenants(self) -> list[Tenant]:
         def scan(txn: lmdb.Transaction) -> list[Tenant]:
-            return [self._tenant(k.decode(), orjson.loads(v)) for k, v in txn.cursor(db=self._db["tenants"])]
+            return [self._tenant(k.decode(), orjson.loads(v)) for k, v in txn.cursor(db=self._env.db["tenants"])]
 
-        return self._read(scan)
+        return self._env.read(scan)
 
     def tenant_stats(self, name: str) -> TenantStats:
         def stats(txn: lmdb.Transaction) -> TenantStats:
             record = self._tenant_record(txn, name)
-            readable = sum(1 for _ in self._prefix_keys(txn, "readable", U32.pack(record["number"])))
+            readable = sum(1 for _ in self._env.prefix_keys(txn, "readable", U32.pack(record["number"])))
             return TenantStats(
                 documents=record["documents"],
                 chunks=record["chunks"],
@@ -332,7 +234,7 @@ class Store:
                 api_keys=record["api_keys"],
             )
 
-        return self._read(stats)
+        return self._env.read(stats)
 
     def delete_tenant(self, name: str) -> TenantDeletion:
         """Everything of the tenant, both directions of grants and its keys, in one durable transaction."""
@@ -341,22 +243,22 @@ class Store:
             record = self._tenant_record(txn, name)
             prefix = U32.pack(record["number"])
             removed: list[int] = []
-            for key in list(self._prefix_keys(txn, "docs", prefix)):
+            for key in list(self._env.prefix_keys(txn, "docs", prefix)):
                 removed.extend(self._remove_document(txn, key))
             revoked = []
-            for key in list(self._prefix_keys(txn, "readable", prefix)):
+            for key in list(self._env.prefix_keys(txn, "readable", prefix)):
                 chunk_id = U64.unpack(key[4:])[0]
                 chunk = self._chunk_record(txn, chunk_id)
                 doc_key = self._doc_key(self._tenant_record(txn, chunk["owner"])["number"], chunk["external_id"])
                 self._set_grant(txn, doc_key, name, record["number"], grant=False)
                 revoked.append((chunk_id, name))
-            for key_id, raw in list(txn.cursor(db=self._db["keys"])):
+            for key_id, raw in list(txn.cursor(db=self._env.db["keys"])):
                 if orjson.loads(raw)["tenant"] == name:
-                    txn.delete(key_id, db=self._db["keys"])
-            txn.delete(name.encode(), db=self._db["tenants"])
+                    txn.delete(key_id, db=self._env.db["keys"])
+            txn.delete(name.encode(), db=self._env.db["tenants"])
             return TenantDeletion(np.array(removed, dtype=np.int64), sorted(set(revoked)))
 
-        deletion = self._write(delete)
+        deletion = self._env.write(delete)
         self._verified.forget_all()
         self._settings.forget_all()
         return deletion
@@ -373,7 +275,7 @@ class Store:
             raise InvalidArgument("tenant_id: required for tenant keys and absent for admin keys")
         key_id = secrets.token_hex(KEY_ID_HEX // 2)
         secret = secrets.token_urlsafe(32)
-        created = _now_ms()
+        created = now_ms()
         key = ApiKey(key_id, scope, tenant, frozenset(rights), created, created + ttl_s * 1000 if ttl_s else 0)
 
         def create(txn: lmdb.Transaction) -> None:
@@ -386,9 +288,9 @@ class Store:
                 sha256=digest, scope=scope.value, tenant=tenant, rights=sorted(rights),
                 created=key.created_unix_ms, expires=key.expires_unix_ms,
             )
-            txn.put(key_id.encode(), _dumps(value), db=self._db["keys"])
+            txn.put(key_id.encode(), dumps(value), db=self._env.db["keys"])
 
-        self._write(create)
+        self._env.write(create)
         return key, f"tkv_{key_id}_{secret}"
 
     def authenticate(self, token: str) -> ApiKey:
@@ -398,7 +300,7 @@ class Store:
         and the read, hash and parse cost ~2.5% of the server's time under 16 Search clients.
         """
         key = self._verified.get(token, lambda: self._verify(token))
-        if key.expires_unix_ms and _now_ms() >= key.expires_unix_ms:
+        if key.expires_unix_ms and now_ms() >= key.expires_unix_ms:
             self._verified.forget(token)
             raise Unauthenticated(f"API key {key.key_id} expired")
         return key
@@ -407,7 +309,7 @@ class Store:
         key_id, secret = token[4 : 4 + KEY_ID_HEX], token[5 + KEY_ID_HEX :]
         if not token.startswith("tkv_") or token[4 + KEY_ID_HEX : 5 + KEY_ID_HEX] != "_" or not secret:
             raise Unauthenticated("malformed API key")
-        raw = self._read(lambda txn: txn.get(key_id.encode(), db=self._db["keys"]))
+        raw = self._env.read(lambda txn: txn.get(key_id.encode(), db=self._env.db["keys"]))
         record = orjson.loads(raw) if raw is not None else None
         expected = bytes.fromhex(record["sha256"]) if record else bytes(32)
         if not hmac.compare_digest(hashlib.sha256(secret.encode()).digest(), expected) or record is None:
@@ -418,7 +320,7 @@ class Store:
 
     def revoke_api_key(self, key_id: str) -> None:
         def revoke(txn: lmdb.Transaction) -> None:
-            raw = txn.get(key_id.encode(), db=self._db["keys"]) if key_id else None
+            raw = txn.get(key_id.encode(), db=self._env.db["keys"]) if key_id else None
             if raw is None:
                 raise NotFound(f"key_id: key {key_id!r} not found")
             tenant = orjson.loads(raw)["tenant"]
@@ -426,9 +328,9 @@ class Store:
                 record = self._tenant_record(txn, tenant)
                 record["api_keys"] -= 1
                 self._put_tenant(txn, tenant, record)
-            txn.delete(key_id.encode(), db=self._db["keys"])
+            txn.delete(key_id.encode(), db=self._env.db["keys"])
 
-        self._write(revoke)
+        self._env.write(revoke)
         self._verified.forget_all()
 
     # ---- documents and chunks
@@ -438,16 +340,7 @@ class Store:
         return U32.pack(owner_number) + external_id.encode()
 
     def _chunk_record(self, txn: lmdb.Transaction, chunk_id: int) -> dict:
-        return orjson.loads(txn.get(U64.pack(chunk_id), db=self._db["chunks"]))
-
-    def _prefix_keys(self, txn: lmdb.Transaction, db: str, prefix: bytes) -> Iterator[bytes]:
-        cursor = txn.cursor(db=self._db[db])
-        if not cursor.set_range(prefix):
-            return
-        for key in cursor.iternext(keys=True, values=False):
-            if not key.startswith(prefix):
-                return
-            yield key
+        return orjson.loads(txn.get(U64.pack(chunk_id), db=self._env.db["chunks"]))
 
     def _validate(self, documents: list[DocumentInput]) -> np.ndarray:
         """Check a batch; returns its chunks' vectors scaled to unit norm (float32 [chunks, dim])."""
@@ -462,7 +355,7 @@ class Store:
             seen.add(doc.external_id)
             if not isinstance(doc.metadata, dict):
                 raise InvalidArgument(f"documents[{i}].metadata: must be a JSON object")
-            if len(_dumps(doc.metadata)) > MAX_METADATA_BYTES:
+            if len(dumps(doc.metadata)) > MAX_METADATA_BYTES:
                 raise InvalidArgument(f"documents[{i}].metadata: more than {MAX_METADATA_BYTES} bytes as JSON")
             if not doc.chunks:
                 raise InvalidArgument(f"documents[{i}].chunks: a document needs at least one chunk")
@@ -487,20 +380,20 @@ class Store:
             [self._kv_key(kv_fingerprint, c.token_ids, tenant) if c.kv_blob is not None else None for c in d.chunks]
             for d in documents
         ]
-        with self._write_lock:
-            known = self._read(lambda txn: {k for keys in kv_keys for k in keys if k and txn.get(k, db=self._db["kvblobs"])})
+        with self._env.write_lock:
+            known = self._env.read(lambda txn: {k for keys in kv_keys for k in keys if k and txn.get(k, db=self._env.db["kvblobs"])})
             fresh = {k: c.kv_blob for d, keys in zip(documents, kv_keys) for c, k in zip(d.chunks, keys) if k and k not in known}
             refs = dict(zip(fresh, self._segments.append(list(fresh.values()))))
-            return self._write_locked(lambda txn: self._upsert(txn, tenant, documents, vectors, kv_keys, refs))
+            return self._env.write_locked(lambda txn: self._upsert(txn, tenant, documents, vectors, kv_keys, refs))
 
     def _upsert(self, txn, tenant: str, documents: list[DocumentInput], vectors: np.ndarray, kv_keys, refs: dict[bytes, KVRef]) -> UpsertResult:
         number = self._tenant_record(txn, tenant)["number"]
-        next_chunk = int(txn.get(b"next_chunk", b"1", db=self._db["meta"]))
+        next_chunk = int(txn.get(b"next_chunk", b"1", db=self._env.db["meta"]))
         added, added_readers, replaced = [], [], []
         usage = dict(documents=0, chunks=0, text_bytes=0)
         for doc, keys in zip(documents, kv_keys):
             doc_key = self._doc_key(number, doc.external_id)
-            old = txn.get(doc_key, db=self._db["docs"])
+            old = txn.get(doc_key, db=self._env.db["docs"])
             old_doc = orjson.loads(old) if old else dict(chunks=[], grantees=[])
             grantees = old_doc["grantees"]
             if old:
@@ -519,12 +412,12 @@ class Store:
                     metadata=doc.metadata, readers=readers, kv=kv_key.hex() if kv_key else None,
                 )
                 key = U64.pack(chunk_id)
-                txn.put(key, _dumps(value), db=self._db["chunks"])
-                txn.put(key, np.asarray(chunk.token_ids, dtype=np.int32).tobytes(), db=self._db["tokens"])
-                txn.put(key, vectors[len(added) + index].tobytes(), db=self._db["vectors"])
+                txn.put(key, dumps(value), db=self._env.db["chunks"])
+                txn.put(key, np.asarray(chunk.token_ids, dtype=np.int32).tobytes(), db=self._env.db["tokens"])
+                txn.put(key, vectors[len(added) + index].tobytes(), db=self._env.db["vectors"])
                 for reader in reader_numbers:
-                    txn.put(U32.pack(reader) + key, b"", db=self._db["readable"])
-            txn.put(doc_key, _dumps(dict(chunks=ids, grantees=grantees)), db=self._db["docs"])
+                    txn.put(U32.pack(reader) + key, b"", db=self._env.db["readable"])
+            txn.put(doc_key, dumps(dict(chunks=ids, grantees=grantees)), db=self._env.db["docs"])
             added.extend(ids)
             added_readers.extend([reader_numbers] * len(ids))
             usage["documents"] += 1
@@ -537,7 +430,7 @@ class Store:
         # Replaced chunks go last, so a blob they share with the new chunks keeps its record.
         for chunk_ids in replaced:
             self._drop_chunks(txn, chunk_ids)
-        txn.put(b"next_chunk", str(next_chunk).encode(), db=self._db["meta"])
+        txn.put(b"next_chunk", str(next_chunk).encode(), db=self._env.db["meta"])
         self._check_quotas(txn, tenant)
         removed = [chunk_id for chunk_ids in replaced for chunk_id in chunk_ids]
         return UpsertResult(np.array(added, dtype=np.int64), np.array(removed, dtype=np.int64), len(documents), added_readers, vectors)
@@ -558,7 +451,7 @@ class Store:
         return digest.digest()
 
     def _ref_blob(self, txn, kv_key: bytes, ref: KVRef | None, owner: str) -> None:
-        raw = txn.get(kv_key, db=self._db["kvblobs"])
+        raw = txn.get(kv_key, db=self._env.db["kvblobs"])
         if raw is not None:
             blob = orjson.loads(raw)
             blob["refs"] += 1
@@ -567,23 +460,23 @@ class Store:
             record = self._tenant_record(txn, owner)
             record["kv_bytes"] += ref.length
             self._put_tenant(txn, owner, record)
-        txn.put(kv_key, _dumps(blob), db=self._db["kvblobs"])
+        txn.put(kv_key, dumps(blob), db=self._env.db["kvblobs"])
 
     def _unref_blob(self, txn, kv_key: bytes, owner: str) -> None:
-        blob = orjson.loads(txn.get(kv_key, db=self._db["kvblobs"]))
+        blob = orjson.loads(txn.get(kv_key, db=self._env.db["kvblobs"]))
         blob["refs"] -= 1
         if blob["refs"] > 0:
-            txn.put(kv_key, _dumps(blob), db=self._db["kvblobs"])
+            txn.put(kv_key, dumps(blob), db=self._env.db["kvblobs"])
             return
-        txn.delete(kv_key, db=self._db["kvblobs"])
+        txn.delete(kv_key, db=self._env.db["kvblobs"])
         record = self._tenant_record(txn, owner)
         record["kv_bytes"] -= blob["length"]
         self._put_tenant(txn, owner, record)
 
     def _remove_document(self, txn, doc_key: bytes) -> list[int]:
         """Delete a document: its record, its chunks, and their vectors, tokens, reader entries and blob references."""
-        chunk_ids = orjson.loads(txn.get(doc_key, db=self._db["docs"]))["chunks"]
-        txn.delete(doc_key, db=self._db["docs"])
+        chunk_ids = orjson.loads(txn.get(doc_key, db=self._env.db["docs"]))["chunks"]
+        txn.delete(doc_key, db=self._env.db["docs"])
         self._drop_chunks(txn, chunk_ids)
         return chunk_ids
 
@@ -597,13 +490,13 @@ class Store:
             owner = chunk["owner"]
             text_bytes += len(chunk["text"].encode())
             for reader in chunk["readers"]:
-                reader_record = txn.get(reader.encode(), db=self._db["tenants"])
+                reader_record = txn.get(reader.encode(), db=self._env.db["tenants"])
                 if reader_record is not None:
-                    txn.delete(U32.pack(orjson.loads(reader_record)["number"]) + key, db=self._db["readable"])
+                    txn.delete(U32.pack(orjson.loads(reader_record)["number"]) + key, db=self._env.db["readable"])
             if chunk["kv"]:
                 self._unref_blob(txn, bytes.fromhex(chunk["kv"]), owner)
             for db in ("chunks", "tokens", "vectors"):
-                txn.delete(key, db=self._db[db])
+                txn.delete(key, db=self._env.db[db])
         if owner is not None:
             record = self._tenant_record(txn, owner)
             record["documents"] -= 1
@@ -621,18 +514,18 @@ class Store:
             removed = []
             for external_id in external_ids:
                 doc_key = self._doc_key(number, external_id)
-                if txn.get(doc_key, db=self._db["docs"]) is not None:
+                if txn.get(doc_key, db=self._env.db["docs"]) is not None:
                     removed.extend(self._remove_document(txn, doc_key))
             return np.array(removed, dtype=np.int64)
 
-        return self._write(delete)
+        return self._env.write(delete)
 
     def _owned_doc_keys(self, txn, tenant: str, external_ids: list[str]) -> list[bytes]:
         number = self._tenant_record(txn, tenant, "owner_tenant_id")["number"]
         keys = []
         for i, external_id in enumerate(external_ids):
             key = self._doc_key(number, _check_external_id(external_id, f"external_ids[{i}]"))
-            if txn.get(key, db=self._db["docs"]) is None:
+            if txn.get(key, db=self._env.db["docs"]) is None:
                 raise NotFound(f"external_ids: document {external_id!r} of tenant {tenant!r} not found")
             keys.append(key)
         return keys
@@ -640,26 +533,26 @@ class Store:
     def document_chunk_ids(self, tenant: str, external_ids: list[str]) -> np.ndarray:
         def ids(txn: lmdb.Transaction) -> np.ndarray:
             keys = self._owned_doc_keys(txn, tenant, external_ids)
-            return np.array([c for k in keys for c in orjson.loads(txn.get(k, db=self._db["docs"]))["chunks"]], dtype=np.int64)
+            return np.array([c for k in keys for c in orjson.loads(txn.get(k, db=self._env.db["docs"]))["chunks"]], dtype=np.int64)
 
-        return self._read(ids)
+        return self._env.read(ids)
 
     def _set_grant(self, txn, doc_key: bytes, grantee: str, grantee_number: int, grant: bool) -> list[int]:
         """Add or drop `grantee` as a reader of every chunk of a document; returns the chunks changed."""
-        doc = orjson.loads(txn.get(doc_key, db=self._db["docs"]))
+        doc = orjson.loads(txn.get(doc_key, db=self._env.db["docs"]))
         if (grantee in doc["grantees"]) == grant:
             return []
         doc["grantees"] = sorted(set(doc["grantees"]) | {grantee}) if grant else [g for g in doc["grantees"] if g != grantee]
-        txn.put(doc_key, _dumps(doc), db=self._db["docs"])
+        txn.put(doc_key, dumps(doc), db=self._env.db["docs"])
         for chunk_id in doc["chunks"]:
             key = U64.pack(chunk_id)
             chunk = self._chunk_record(txn, chunk_id)
             chunk["readers"] = [chunk["readers"][0], *doc["grantees"]]
-            txn.put(key, _dumps(chunk), db=self._db["chunks"])
+            txn.put(key, dumps(chunk), db=self._env.db["chunks"])
             if grant:
-                txn.put(U32.pack(grantee_number) + key, b"", db=self._db["readable"])
+                txn.put(U32.pack(grantee_number) + key, b"", db=self._env.db["readable"])
             else:
-                txn.delete(U32.pack(grantee_number) + key, db=self._db["readable"])
+                txn.delete(U32.pack(grantee_number) + key, db=self._env.db["readable"])
         return doc["chunks"]
 
     def _change_grants(self, owner: str, external_ids: list[str], grantee: str, grant: bool) -> np.ndarray:
@@ -672,7 +565,7 @@ class Store:
                 changed.extend(self._set_grant(txn, doc_key, grantee, grantee_number, grant))
             return np.array(changed, dtype=np.int64)
 
-        return self._write(change)
+        return self._env.write(change)
 
     def grant(self, owner: str, external_ids: list[str], grantee: str) -> np.ndarray:
         """Let `grantee` read every chunk of the owner's documents; returns the chunk ids newly granted."""
@@ -691,10 +584,10 @@ class Store:
             chunks = []
             for chunk_id in chunk_ids:
                 chunk_id = int(chunk_id)
-                if not 0 < chunk_id < 1 << 64 or txn.get(prefix + U64.pack(chunk_id), db=self._db["readable"]) is None:
+                if not 0 < chunk_id < 1 << 64 or txn.get(prefix + U64.pack(chunk_id), db=self._env.db["readable"]) is None:
                     continue
                 record = self._chunk_record(txn, chunk_id)
-                tokens = np.frombuffer(txn.get(U64.pack(chunk_id), db=self._db["tokens"]), dtype=np.int32).copy() if with_tokens else None
+                tokens = np.frombuffer(txn.get(U64.pack(chunk_id), db=self._env.db["tokens"]), dtype=np.int32).copy() if with_tokens else None
                 chunks.append(
                     Chunk(
                         chunk_id=chunk_id, owner=record["owner"], external_id=record["external_id"], index=record["index"],
@@ -704,27 +597,27 @@ class Store:
                 )
             return chunks
 
-        return self._read(read)
+        return self._env.read(read)
 
     def read_kv(self, chunk_id: int) -> bytes | None:
         """A chunk's KV blob, None if it has none; Corrupted if its bytes fail the checksum."""
 
         def locate(txn: lmdb.Transaction) -> KVRef | None:
-            raw = txn.get(U64.pack(chunk_id), db=self._db["chunks"])
+            raw = txn.get(U64.pack(chunk_id), db=self._env.db["chunks"])
             kv = orjson.loads(raw)["kv"] if raw is not None else None
             if kv is None:
                 return None
-            blob = orjson.loads(txn.get(bytes.fromhex(kv), db=self._db["kvblobs"]))
+            blob = orjson.loads(txn.get(bytes.fromhex(kv), db=self._env.db["kvblobs"]))
             return KVRef(blob["segment"], blob["offset"], blob["length"], blob["crc32"])
 
-        ref = self._read(locate)
+        ref = self._env.read(locate)
         return None if ref is None else self._segments.read(ref)
 
     def iter_index_entries(self, batch: int = 4096) -> Iterator[IndexEntries]:
         """Every chunk's vector and reader tenant numbers (owner first), in chunk id order."""
         numbers = {t.name: t.number for t in self.list_tenants()}
         after = 0
-        while rows := self._read(lambda txn: self._chunk_rows(txn, after, batch)):
+        while rows := self._env.read(lambda txn: self._chunk_rows(txn, after, batch)):
             after = rows[-1][0]
             yield IndexEntries(
                 ids=np.array([r[0] for r in rows], dtype=np.int64),
@@ -734,11 +627,11 @@ class Store:
 
     def _chunk_rows(self, txn: lmdb.Transaction, after: int, batch: int) -> list[tuple[int, bytes, list[str]]]:
         """Up to `batch` (chunk id, vector bytes, readers) with ids above `after`."""
-        cursor = txn.cursor(db=self._db["chunks"])
+        cursor = txn.cursor(db=self._env.db["chunks"])
         rows: list[tuple[int, bytes, list[str]]] = []
         if cursor.set_range(U64.pack(after + 1)):
             for key, value in cursor:
-                rows.append((U64.unpack(key)[0], txn.get(key, db=self._db["vectors"]), orjson.loads(value)["readers"]))
+                rows.append((U64.unpack(key)[0], txn.get(key, db=self._env.db["vectors"]), orjson.loads(value)["readers"]))
                 if len(rows) == batch:
                     break
         return rows

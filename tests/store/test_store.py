@@ -11,6 +11,7 @@ import pytest
 
 import store.store as store_module
 from store.config import StoreConfig
+from store.env import U64
 from store.errors import AlreadyExists, Corrupted, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated
 from store.records import ChunkInput, DocumentInput, KeyScope, TenantSettings, TenantState
 from store.store import Store
@@ -211,11 +212,11 @@ def test_vectors_are_stored_at_unit_norm(store: Store) -> None:
 
 def _overwrite_vectors(store: Store, rows: dict[int, np.ndarray], schema: bytes | None = None) -> None:
     """Write raw vector bytes (and a schema version) past every check, as an older version or a bug could have."""
-    with store._env.begin(write=True) as txn:
+    with store._env.lmdb.begin(write=True) as txn:
         for chunk_id, row in rows.items():
-            txn.put(store_module.U64.pack(chunk_id), np.asarray(row, dtype=np.float32).tobytes(), db=store._db["vectors"])
+            txn.put(U64.pack(chunk_id), np.asarray(row, dtype=np.float32).tobytes(), db=store._env.db["vectors"])
         if schema is not None:
-            txn.put(b"schema", schema, db=store._db["meta"])
+            txn.put(b"schema", schema, db=store._env.db["meta"])
 
 
 def test_a_schema_1_store_is_migrated_to_unit_vectors(config: StoreConfig) -> None:
@@ -226,8 +227,8 @@ def test_a_schema_1_store_is_migrated_to_unit_vectors(config: StoreConfig) -> No
         _overwrite_vectors(store, hostile, schema=b"1")
     with Store(config) as store:
         vectors = np.concatenate([e.vectors for e in store.iter_index_entries()])
-        with store._env.begin() as txn:
-            assert txn.get(b"schema", db=store._db["meta"]) == str(store_module.SCHEMA_VERSION).encode()
+        with store._env.lmdb.begin() as txn:
+            assert txn.get(b"schema", db=store._env.db["meta"]) == str(store_module.SCHEMA_VERSION).encode()
     np.testing.assert_allclose(vectors[0], vec(0), rtol=1e-5)
     np.testing.assert_array_equal(vectors[1:3], 0.0)
     np.testing.assert_allclose(vectors[3], vec(3), rtol=1e-5)
@@ -258,8 +259,8 @@ s.Store(StoreConfig(path=__import__("pathlib").Path({str(config.path)!r}), dim={
     env = lmdb.open(str(config.path / "lmdb"), max_dbs=16, readonly=True, lock=False)
     with env.begin() as txn:
         assert txn.get(b"schema", db=env.open_db(b"meta", txn=txn)) == b"1"
-        assert np.frombuffer(txn.get(store_module.U64.pack(1), db=env.open_db(b"vectors", txn=txn)), np.float32) == pytest.approx(vec(0))
-        assert np.linalg.norm(np.frombuffer(txn.get(store_module.U64.pack(3), db=env.open_db(b"vectors", txn=txn)), np.float32)) == pytest.approx(7)
+        assert np.frombuffer(txn.get(U64.pack(1), db=env.open_db(b"vectors", txn=txn)), np.float32) == pytest.approx(vec(0))
+        assert np.linalg.norm(np.frombuffer(txn.get(U64.pack(3), db=env.open_db(b"vectors", txn=txn)), np.float32)) == pytest.approx(7)
     env.close()
     with Store(config) as store:
         vectors = np.concatenate([e.vectors for e in store.iter_index_entries()])
@@ -403,7 +404,7 @@ def test_tenant_settings_follow_updates_and_deletion(store: Store) -> None:
 def test_an_expired_key_is_refused_and_forgotten(store: Store, monkeypatch) -> None:
     key, token = store.create_api_key(KeyScope.TENANT, "alice", frozenset({"read"}), ttl_s=60)
     assert store.authenticate(token) == key  # verified, so remembered
-    monkeypatch.setattr(store_module, "_now_ms", lambda: key.expires_unix_ms)
+    monkeypatch.setattr(store_module, "now_ms", lambda: key.expires_unix_ms)
     with pytest.raises(Unauthenticated, match="expired"):
         store.authenticate(token)
     assert store._verified.get(token, lambda: "read again") == "read again"

@@ -7,10 +7,7 @@ KV blobs in append-only segment files (`store.segments`).
 import hashlib
 import hmac
 import logging
-import math
-import re
 import secrets
-import unicodedata
 from dataclasses import asdict
 from typing import Iterator, Sequence
 
@@ -37,49 +34,14 @@ from store.records import (
     UpsertResult,
 )
 from store.segments import SegmentLog
-from store.vectors import safe_rows, unit_rows
+from store.validate import check_documents, check_external_id, check_key_request, check_settings, check_tenant_name
+from store.vectors import safe_rows
 
 SCHEMA_VERSION = 2  # 2: every stored vector has unit norm
 MIGRATION_BATCH = 4096  # chunks a migration transaction rewrites
-TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-MAX_EXTERNAL_ID_BYTES = 256  # LMDB keys are at most 511 bytes
 KEY_ID_HEX = 16
-MAX_METADATA_BYTES = 16 << 10
-RIGHTS = frozenset({"read", "write"})
 
 log = logging.getLogger(__name__)
-
-
-def _check_tenant_name(name: str, field: str = "tenant_id") -> str:
-    if not isinstance(name, str) or not TENANT_NAME.fullmatch(name):
-        raise InvalidArgument(f"{field}: {name!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
-    return name
-
-
-def _check_settings(settings: TenantSettings) -> None:
-    for field in ("max_chunks", "max_kv_bytes"):
-        value = getattr(settings, field)
-        if not isinstance(value, int) or value < 0:
-            raise InvalidArgument(f"settings.{field}: must be a non-negative integer (0: unlimited), got {value!r}")
-    rate = settings.requests_per_second
-    if not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate < 0:
-        raise InvalidArgument(f"settings.requests_per_second: must be finite and non-negative (0: unlimited), got {rate!r}")
-
-
-def _check_external_id(external_id: str, field: str = "external_id") -> str:
-    """Any text of 1 to 256 UTF-8 bytes without control characters or surrounding whitespace."""
-    valid = (
-        isinstance(external_id, str)
-        and 0 < len(external_id.encode("utf-8", "surrogatepass")) <= MAX_EXTERNAL_ID_BYTES
-        and external_id == external_id.strip()
-        and not any(unicodedata.category(ch).startswith("C") for ch in external_id)
-    )
-    if not valid:
-        raise InvalidArgument(
-            f"{field}: {external_id[:64]!r} must be 1 to {MAX_EXTERNAL_ID_BYTES} bytes of UTF-8 text, "
-            "without control characters or surrounding spaces"
-        )
-    return external_id
 
 
 class Store:
@@ -161,7 +123,7 @@ class Store:
     # ---- tenants
 
     def _tenant_record(self, txn: lmdb.Transaction, name: str, field: str = "tenant_id") -> dict:
-        raw = txn.get(_check_tenant_name(name, field).encode(), db=self._env.db["tenants"])
+        raw = txn.get(check_tenant_name(name, field).encode(), db=self._env.db["tenants"])
         if raw is None:
             raise NotFound(f"{field}: tenant {name!r} not found")
         return orjson.loads(raw)
@@ -175,8 +137,8 @@ class Store:
         return Tenant(name, record["number"], TenantState(record["state"]), record["created"], settings)
 
     def create_tenant(self, name: str, settings: TenantSettings = TenantSettings()) -> Tenant:
-        _check_tenant_name(name)
-        _check_settings(settings)
+        check_tenant_name(name)
+        check_settings(settings)
 
         def create(txn: lmdb.Transaction) -> Tenant:
             if txn.get(name.encode(), db=self._env.db["tenants"]) is not None:
@@ -194,7 +156,7 @@ class Store:
 
     def update_tenant(self, name: str, settings: TenantSettings) -> Tenant:
         """Replace the tenant's settings. Lower quotas apply to later writes; nothing stored is dropped."""
-        _check_settings(settings)
+        check_settings(settings)
 
         def update(txn: lmdb.Transaction) -> Tenant:
             record = self._tenant_record(txn, name)
@@ -267,12 +229,7 @@ class Store:
 
     def create_api_key(self, scope: KeyScope, tenant: str | None, rights: frozenset[str], ttl_s: int = 0) -> tuple[ApiKey, str]:
         """A new key and its bearer token (shown once); it expires `ttl_s` seconds from now (0: never)."""
-        if not isinstance(ttl_s, int) or ttl_s < 0:
-            raise InvalidArgument(f"ttl_seconds: must be a non-negative integer (0: never expires), got {ttl_s!r}")
-        if not rights or not rights <= RIGHTS:
-            raise InvalidArgument(f"rights: a non-empty subset of {sorted(RIGHTS)}")
-        if (scope is KeyScope.TENANT) != (tenant is not None):
-            raise InvalidArgument("tenant_id: required for tenant keys and absent for admin keys")
+        check_key_request(scope, tenant, rights, ttl_s)
         key_id = secrets.token_hex(KEY_ID_HEX // 2)
         secret = secrets.token_urlsafe(32)
         created = now_ms()
@@ -342,40 +299,12 @@ class Store:
     def _chunk_record(self, txn: lmdb.Transaction, chunk_id: int) -> dict:
         return orjson.loads(txn.get(U64.pack(chunk_id), db=self._env.db["chunks"]))
 
-    def _validate(self, documents: list[DocumentInput]) -> np.ndarray:
-        """Check a batch; returns its chunks' vectors scaled to unit norm (float32 [chunks, dim])."""
-        if not documents:
-            raise InvalidArgument("documents: a batch needs at least one document")
-        seen = set()
-        vectors, fields = [], []
-        for i, doc in enumerate(documents):
-            _check_external_id(doc.external_id, f"documents[{i}].external_id")
-            if doc.external_id in seen:
-                raise InvalidArgument(f"documents[{i}].external_id: {doc.external_id!r} appears twice in one batch")
-            seen.add(doc.external_id)
-            if not isinstance(doc.metadata, dict):
-                raise InvalidArgument(f"documents[{i}].metadata: must be a JSON object")
-            if len(dumps(doc.metadata)) > MAX_METADATA_BYTES:
-                raise InvalidArgument(f"documents[{i}].metadata: more than {MAX_METADATA_BYTES} bytes as JSON")
-            if not doc.chunks:
-                raise InvalidArgument(f"documents[{i}].chunks: a document needs at least one chunk")
-            for j, chunk in enumerate(doc.chunks):
-                field = f"documents[{i}].chunks[{j}]"
-                vector = chunk.vector
-                if not isinstance(vector, np.ndarray) or vector.dtype != np.float32 or vector.shape != (self.dim,):
-                    raise InvalidArgument(f"{field}.vector: must be float32 [{self.dim}]")
-                vectors.append(vector)
-                fields.append(f"{field}.vector")
-                if not isinstance(chunk.token_ids, np.ndarray) or chunk.token_ids.ndim != 1:
-                    raise InvalidArgument(f"{field}.token_ids: must be a 1-d integer array")
-        return unit_rows(np.stack(vectors), fields)
-
     def upsert(self, tenant: str, documents: list[DocumentInput], kv_fingerprint: str = "") -> UpsertResult:
         """Insert or replace documents in one transaction; their KV blobs are durable before it commits.
 
         A replaced document keeps its grants: its new chunks are readable by the same tenants.
         """
-        vectors = self._validate(documents)
+        vectors = check_documents(documents, self.dim)
         kv_keys = [
             [self._kv_key(kv_fingerprint, c.token_ids, tenant) if c.kv_blob is not None else None for c in d.chunks]
             for d in documents
@@ -507,7 +436,7 @@ class Store:
     def delete_documents(self, tenant: str, external_ids: list[str]) -> np.ndarray:
         """Remove the tenant's documents; ids it does not own are ignored (deletion is idempotent)."""
         for i, external_id in enumerate(external_ids):
-            _check_external_id(external_id, f"external_ids[{i}]")
+            check_external_id(external_id, f"external_ids[{i}]")
 
         def delete(txn: lmdb.Transaction) -> np.ndarray:
             number = self._tenant_record(txn, tenant)["number"]
@@ -524,7 +453,7 @@ class Store:
         number = self._tenant_record(txn, tenant, "owner_tenant_id")["number"]
         keys = []
         for i, external_id in enumerate(external_ids):
-            key = self._doc_key(number, _check_external_id(external_id, f"external_ids[{i}]"))
+            key = self._doc_key(number, check_external_id(external_id, f"external_ids[{i}]"))
             if txn.get(key, db=self._env.db["docs"]) is None:
                 raise NotFound(f"external_ids: document {external_id!r} of tenant {tenant!r} not found")
             keys.append(key)

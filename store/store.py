@@ -6,7 +6,6 @@ KV blobs in append-only segment files (`store.segments`).
 
 import hashlib
 import hmac
-import logging
 import secrets
 from dataclasses import asdict
 from typing import Iterator, Sequence
@@ -18,7 +17,7 @@ import orjson
 from store.cache import ReadCache
 from store.config import StoreConfig
 from store.env import U32, U64, Env, dumps, now_ms
-from store.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated
+from store.errors import AlreadyExists, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated
 from store.records import (
     ApiKey,
     Chunk,
@@ -33,15 +32,12 @@ from store.records import (
     TenantStats,
     UpsertResult,
 )
+from store.schema import open_schema
 from store.segments import SegmentLog
 from store.validate import check_documents, check_external_id, check_key_request, check_settings, check_tenant_name
-from store.vectors import safe_rows
 
-SCHEMA_VERSION = 2  # 2: every stored vector has unit norm
-MIGRATION_BATCH = 4096  # chunks a migration transaction rewrites
 KEY_ID_HEX = 16
 
-log = logging.getLogger(__name__)
 
 
 class Store:
@@ -54,61 +50,8 @@ class Store:
         self._verified: ReadCache[str, ApiKey] = ReadCache()
         self._settings: ReadCache[str, TenantSettings] = ReadCache()
         self._segments = SegmentLog(config.path / "segments", config.max_segment_bytes, config.sync)
-        self.dim = self._init_schema(config.dim)
-
-    def _init_schema(self, dim: int) -> int:
-        def init(txn: lmdb.Transaction) -> int:
-            """The schema version the store holds (a new store gets the current one)."""
-            meta = self._env.db["meta"]
-            stored = txn.get(b"dim", db=meta)
-            if stored is None:
-                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=meta)
-                txn.put(b"dim", str(dim).encode(), db=meta)
-                return SCHEMA_VERSION
-            schema = int(txn.get(b"schema", db=meta))
-            if schema not in (1, SCHEMA_VERSION):
-                raise FailedPrecondition(f"store schema {schema} is not one this version reads (1 or {SCHEMA_VERSION})")
-            if int(stored) != dim:
-                raise FailedPrecondition(f"dim: the store holds {int(stored)}-d vectors, not {dim}-d")
-            return schema
-
-        if self._env.write(init) == 1:
-            self._migrate_to_unit_vectors()
-        return dim
-
-    def _migrate_to_unit_vectors(self) -> None:
-        """Schema 1 to 2: scale every stored vector to unit norm, one batch of chunks a transaction.
-
-        Crash-safe because it is idempotent: the version moves to 2 in the last transaction only,
-        so a crash before it redoes the whole pass at the next start. A vector that cannot be made
-        unit (zero, or not finite: schema 1 took any finite vector) is stored as zeros and logged.
-        """
-        unusable = 0
-
-        def scale(txn: lmdb.Transaction, after: int) -> int:
-            """Scale the batch of vectors after chunk `after`; returns the last chunk id scaled, 0 when done."""
-            nonlocal unusable
-            cursor = txn.cursor(db=self._env.db["vectors"])
-            keys, rows = [], []
-            if cursor.set_range(U64.pack(after + 1)):
-                for key, value in cursor:
-                    keys.append(key)
-                    rows.append(np.frombuffer(value, dtype=np.float32))
-                    if len(keys) == MIGRATION_BATCH:
-                        break
-            if not keys:
-                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._env.db["meta"])
-                return 0
-            fixed, zeroed = safe_rows(np.stack(rows))
-            unusable += zeroed
-            for key, row in zip(keys, fixed):
-                txn.put(key, row.tobytes(), db=self._env.db["vectors"])
-            return U64.unpack(keys[-1])[0]
-
-        last = self._env.write(lambda txn: scale(txn, 0))
-        while last:
-            last = self._env.write(lambda txn: scale(txn, last))
-        log.info("store schema 1 -> %d: vectors scaled to unit norm; %d zero or not finite, stored as zeros", SCHEMA_VERSION, unusable)
+        open_schema(self._env, config.dim)
+        self.dim = config.dim
 
     def close(self) -> None:
         self._segments.close()

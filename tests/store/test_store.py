@@ -14,6 +14,7 @@ from store.config import StoreConfig
 from store.env import U64
 from store.errors import AlreadyExists, Corrupted, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated
 from store.records import ChunkInput, DocumentInput, KeyScope, TenantSettings, TenantState
+from store.schema import SCHEMA_VERSION
 from store.store import Store
 
 DIM = 8
@@ -228,7 +229,7 @@ def test_a_schema_1_store_is_migrated_to_unit_vectors(config: StoreConfig) -> No
     with Store(config) as store:
         vectors = np.concatenate([e.vectors for e in store.iter_index_entries()])
         with store._env.lmdb.begin() as txn:
-            assert txn.get(b"schema", db=store._env.db["meta"]) == str(store_module.SCHEMA_VERSION).encode()
+            assert txn.get(b"schema", db=store._env.db["meta"]) == str(SCHEMA_VERSION).encode()
     np.testing.assert_allclose(vectors[0], vec(0), rtol=1e-5)
     np.testing.assert_array_equal(vectors[1:3], 0.0)
     np.testing.assert_allclose(vectors[3], vec(3), rtol=1e-5)
@@ -243,16 +244,16 @@ def test_a_migration_killed_midway_is_redone(config: StoreConfig) -> None:
         store.upsert("alice", [doc(f"d{i}", seed=i) for i in range(3)])
         _overwrite_vectors(store, {1: vec(0) * 1e30, 3: vec(200) * 7}, schema=b"1")
     killed_on_second_batch = f"""
-import os, store.store as s
+import os, store.schema as schema, store.store as s
 from store.config import StoreConfig
-real = s.safe_rows
+real = schema.safe_rows
 batches = []
 def scale(rows):
     batches.append(rows)
     if len(batches) == 2:
         os._exit(9)
     return real(rows)
-s.safe_rows, s.MIGRATION_BATCH = scale, 2
+schema.safe_rows, schema.MIGRATION_BATCH = scale, 2
 s.Store(StoreConfig(path=__import__("pathlib").Path({str(config.path)!r}), dim={DIM}))
 """
     assert subprocess.run([sys.executable, "-c", killed_on_second_batch], cwd=Path(__file__).parents[2]).returncode == 9

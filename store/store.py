@@ -7,7 +7,6 @@ KV blobs in append-only segment files (`store.segments`).
 import hashlib
 import hmac
 import secrets
-from dataclasses import asdict
 from typing import Iterator, Sequence
 
 import lmdb
@@ -17,7 +16,7 @@ import orjson
 from store.cache import ReadCache
 from store.config import StoreConfig
 from store.env import U32, U64, Env, dumps, now_ms
-from store.errors import AlreadyExists, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated
+from store.errors import InvalidArgument, NotFound, Unauthenticated
 from store.records import (
     ApiKey,
     Chunk,
@@ -28,13 +27,13 @@ from store.records import (
     Tenant,
     TenantDeletion,
     TenantSettings,
-    TenantState,
     TenantStats,
     UpsertResult,
 )
 from store.schema import open_schema
 from store.segments import SegmentLog
-from store.validate import check_documents, check_external_id, check_key_request, check_settings, check_tenant_name
+from store.tenants import Tenants
+from store.validate import check_documents, check_external_id, check_key_request
 
 KEY_ID_HEX = 16
 
@@ -48,10 +47,10 @@ class Store:
         self.config = config
         self._env = Env(config.path / "lmdb", config.map_size, config.sync)
         self._verified: ReadCache[str, ApiKey] = ReadCache()
-        self._settings: ReadCache[str, TenantSettings] = ReadCache()
         self._segments = SegmentLog(config.path / "segments", config.max_segment_bytes, config.sync)
         open_schema(self._env, config.dim)
         self.dim = config.dim
+        self._tenants = Tenants(self._env, self.dim)
 
     def close(self) -> None:
         self._segments.close()
@@ -65,87 +64,29 @@ class Store:
 
     # ---- tenants
 
-    def _tenant_record(self, txn: lmdb.Transaction, name: str, field: str = "tenant_id") -> dict:
-        raw = txn.get(check_tenant_name(name, field).encode(), db=self._env.db["tenants"])
-        if raw is None:
-            raise NotFound(f"{field}: tenant {name!r} not found")
-        return orjson.loads(raw)
-
-    def _put_tenant(self, txn: lmdb.Transaction, name: str, record: dict) -> None:
-        txn.put(name.encode(), dumps(record), db=self._env.db["tenants"])
-
-    @staticmethod
-    def _tenant(name: str, record: dict) -> Tenant:
-        settings = TenantSettings(**record.get("settings", {}))
-        return Tenant(name, record["number"], TenantState(record["state"]), record["created"], settings)
-
     def create_tenant(self, name: str, settings: TenantSettings = TenantSettings()) -> Tenant:
-        check_tenant_name(name)
-        check_settings(settings)
-
-        def create(txn: lmdb.Transaction) -> Tenant:
-            if txn.get(name.encode(), db=self._env.db["tenants"]) is not None:
-                raise AlreadyExists(f"tenant_id: tenant {name!r} exists already")
-            number = int(txn.get(b"next_tenant", b"1", db=self._env.db["meta"]))
-            txn.put(b"next_tenant", str(number + 1).encode(), db=self._env.db["meta"])
-            record = dict(
-                number=number, state=TenantState.ACTIVE.value, created=now_ms(), documents=0, chunks=0,
-                text_bytes=0, kv_bytes=0, api_keys=0, settings=asdict(settings),
-            )
-            self._put_tenant(txn, name, record)
-            return self._tenant(name, record)
-
-        return self._env.write(create)
+        return self._tenants.create(name, settings)
 
     def update_tenant(self, name: str, settings: TenantSettings) -> Tenant:
-        """Replace the tenant's settings. Lower quotas apply to later writes; nothing stored is dropped."""
-        check_settings(settings)
-
-        def update(txn: lmdb.Transaction) -> Tenant:
-            record = self._tenant_record(txn, name)
-            record["settings"] = asdict(settings)
-            self._put_tenant(txn, name, record)
-            return self._tenant(name, record)
-
-        tenant = self._env.write(update)
-        self._settings.forget_all()
-        return tenant
+        return self._tenants.update(name, settings)
 
     def get_tenant(self, name: str) -> Tenant:
-        return self._tenant(name, self._env.read(lambda txn: self._tenant_record(txn, name)))
+        return self._tenants.get(name)
 
     def tenant_settings(self, name: str) -> TenantSettings:
-        """The tenant's settings, remembered until a tenant is updated or deleted: every data-plane
-        call reads its request rate, and the read and parse were ~5% of a Search's server time."""
-        return self._settings.get(name, lambda: self.get_tenant(name).settings)
+        return self._tenants.settings(name)
 
     def list_tenants(self) -> list[Tenant]:
-        def scan(txn: lmdb.Transaction) -> list[Tenant]:
-            return [self._tenant(k.decode(), orjson.loads(v)) for k, v in txn.cursor(db=self._env.db["tenants"])]
-
-        return self._env.read(scan)
+        return self._tenants.list_all()
 
     def tenant_stats(self, name: str) -> TenantStats:
-        def stats(txn: lmdb.Transaction) -> TenantStats:
-            record = self._tenant_record(txn, name)
-            readable = sum(1 for _ in self._env.prefix_keys(txn, "readable", U32.pack(record["number"])))
-            return TenantStats(
-                documents=record["documents"],
-                chunks=record["chunks"],
-                granted_chunks=readable - record["chunks"],
-                text_bytes=record["text_bytes"],
-                vector_bytes=record["chunks"] * self.dim * 4,
-                kv_bytes=record["kv_bytes"],
-                api_keys=record["api_keys"],
-            )
-
-        return self._env.read(stats)
+        return self._tenants.stats(name)
 
     def delete_tenant(self, name: str) -> TenantDeletion:
         """Everything of the tenant, both directions of grants and its keys, in one durable transaction."""
 
         def delete(txn: lmdb.Transaction) -> TenantDeletion:
-            record = self._tenant_record(txn, name)
+            record = self._tenants.record(txn, name)
             prefix = U32.pack(record["number"])
             removed: list[int] = []
             for key in list(self._env.prefix_keys(txn, "docs", prefix)):
@@ -154,18 +95,18 @@ class Store:
             for key in list(self._env.prefix_keys(txn, "readable", prefix)):
                 chunk_id = U64.unpack(key[4:])[0]
                 chunk = self._chunk_record(txn, chunk_id)
-                doc_key = self._doc_key(self._tenant_record(txn, chunk["owner"])["number"], chunk["external_id"])
+                doc_key = self._doc_key(self._tenants.record(txn, chunk["owner"])["number"], chunk["external_id"])
                 self._set_grant(txn, doc_key, name, record["number"], grant=False)
                 revoked.append((chunk_id, name))
             for key_id, raw in list(txn.cursor(db=self._env.db["keys"])):
                 if orjson.loads(raw)["tenant"] == name:
                     txn.delete(key_id, db=self._env.db["keys"])
-            txn.delete(name.encode(), db=self._env.db["tenants"])
+            self._tenants.drop(txn, name)
             return TenantDeletion(np.array(removed, dtype=np.int64), sorted(set(revoked)))
 
         deletion = self._env.write(delete)
         self._verified.forget_all()
-        self._settings.forget_all()
+        self._tenants.forget_settings()
         return deletion
 
     # ---- API keys
@@ -180,9 +121,7 @@ class Store:
 
         def create(txn: lmdb.Transaction) -> None:
             if tenant is not None:
-                record = self._tenant_record(txn, tenant)
-                record["api_keys"] += 1
-                self._put_tenant(txn, tenant, record)
+                self._tenants.add_usage(txn, tenant, api_keys=1)
             digest = hashlib.sha256(secret.encode()).hexdigest()
             value = dict(
                 sha256=digest, scope=scope.value, tenant=tenant, rights=sorted(rights),
@@ -225,9 +164,7 @@ class Store:
                 raise NotFound(f"key_id: key {key_id!r} not found")
             tenant = orjson.loads(raw)["tenant"]
             if tenant is not None:
-                record = self._tenant_record(txn, tenant)
-                record["api_keys"] -= 1
-                self._put_tenant(txn, tenant, record)
+                self._tenants.add_usage(txn, tenant, api_keys=-1)
             txn.delete(key_id.encode(), db=self._env.db["keys"])
 
         self._env.write(revoke)
@@ -259,7 +196,7 @@ class Store:
             return self._env.write_locked(lambda txn: self._upsert(txn, tenant, documents, vectors, kv_keys, refs))
 
     def _upsert(self, txn, tenant: str, documents: list[DocumentInput], vectors: np.ndarray, kv_keys, refs: dict[bytes, KVRef]) -> UpsertResult:
-        number = self._tenant_record(txn, tenant)["number"]
+        number = self._tenants.record(txn, tenant)["number"]
         next_chunk = int(txn.get(b"next_chunk", b"1", db=self._env.db["meta"]))
         added, added_readers, replaced = [], [], []
         usage = dict(documents=0, chunks=0, text_bytes=0)
@@ -271,7 +208,7 @@ class Store:
             if old:
                 replaced.append(old_doc["chunks"])
             readers = [tenant, *grantees]
-            reader_numbers = [number, *(self._tenant_record(txn, g)["number"] for g in grantees)]
+            reader_numbers = [number, *(self._tenants.record(txn, g)["number"] for g in grantees)]
             ids = []
             for index, (chunk, kv_key) in enumerate(zip(doc.chunks, keys)):
                 chunk_id = next_chunk
@@ -295,25 +232,14 @@ class Store:
             usage["documents"] += 1
             usage["chunks"] += len(ids)
             usage["text_bytes"] += sum(len(c.text.encode()) for c in doc.chunks)
-        record = self._tenant_record(txn, tenant)  # blob references above may have changed its kv_bytes
-        for field, amount in usage.items():
-            record[field] += amount
-        self._put_tenant(txn, tenant, record)
+        self._tenants.add_usage(txn, tenant, **usage)
         # Replaced chunks go last, so a blob they share with the new chunks keeps its record.
         for chunk_ids in replaced:
             self._drop_chunks(txn, chunk_ids)
         txn.put(b"next_chunk", str(next_chunk).encode(), db=self._env.db["meta"])
-        self._check_quotas(txn, tenant)
+        self._tenants.check_quotas(txn, tenant)
         removed = [chunk_id for chunk_ids in replaced for chunk_id in chunk_ids]
         return UpsertResult(np.array(added, dtype=np.int64), np.array(removed, dtype=np.int64), len(documents), added_readers, vectors)
-
-    def _check_quotas(self, txn, tenant: str) -> None:
-        """Raise (aborting the transaction) when the batch leaves the tenant above a storage quota."""
-        record = self._tenant_record(txn, tenant)
-        settings = self._tenant(tenant, record).settings
-        for quota, used, limit in (("max_chunks", record["chunks"], settings.max_chunks), ("max_kv_bytes", record["kv_bytes"], settings.max_kv_bytes)):
-            if limit and used > limit:
-                raise QuotaExceeded(f"{quota}: this batch would bring tenant {tenant!r} to {used}, above its quota of {limit}")
 
     @staticmethod
     def _kv_key(fingerprint: str, token_ids: np.ndarray, salt: str) -> bytes:
@@ -329,9 +255,7 @@ class Store:
             blob["refs"] += 1
         else:
             blob = dict(segment=ref.segment, offset=ref.offset, length=ref.length, crc32=ref.crc32, refs=1)
-            record = self._tenant_record(txn, owner)
-            record["kv_bytes"] += ref.length
-            self._put_tenant(txn, owner, record)
+            self._tenants.add_usage(txn, owner, kv_bytes=ref.length)
         txn.put(kv_key, dumps(blob), db=self._env.db["kvblobs"])
 
     def _unref_blob(self, txn, kv_key: bytes, owner: str) -> None:
@@ -341,9 +265,7 @@ class Store:
             txn.put(kv_key, dumps(blob), db=self._env.db["kvblobs"])
             return
         txn.delete(kv_key, db=self._env.db["kvblobs"])
-        record = self._tenant_record(txn, owner)
-        record["kv_bytes"] -= blob["length"]
-        self._put_tenant(txn, owner, record)
+        self._tenants.add_usage(txn, owner, kv_bytes=-blob["length"])
 
     def _remove_document(self, txn, doc_key: bytes) -> list[int]:
         """Delete a document: its record, its chunks, and their vectors, tokens, reader entries and blob references."""
@@ -362,19 +284,15 @@ class Store:
             owner = chunk["owner"]
             text_bytes += len(chunk["text"].encode())
             for reader in chunk["readers"]:
-                reader_record = txn.get(reader.encode(), db=self._env.db["tenants"])
+                reader_record = self._tenants.find(txn, reader)
                 if reader_record is not None:
-                    txn.delete(U32.pack(orjson.loads(reader_record)["number"]) + key, db=self._env.db["readable"])
+                    txn.delete(U32.pack(reader_record["number"]) + key, db=self._env.db["readable"])
             if chunk["kv"]:
                 self._unref_blob(txn, bytes.fromhex(chunk["kv"]), owner)
             for db in ("chunks", "tokens", "vectors"):
                 txn.delete(key, db=self._env.db[db])
         if owner is not None:
-            record = self._tenant_record(txn, owner)
-            record["documents"] -= 1
-            record["chunks"] -= len(chunk_ids)
-            record["text_bytes"] -= text_bytes
-            self._put_tenant(txn, owner, record)
+            self._tenants.add_usage(txn, owner, documents=-1, chunks=-len(chunk_ids), text_bytes=-text_bytes)
 
     def delete_documents(self, tenant: str, external_ids: list[str]) -> np.ndarray:
         """Remove the tenant's documents; ids it does not own are ignored (deletion is idempotent)."""
@@ -382,7 +300,7 @@ class Store:
             check_external_id(external_id, f"external_ids[{i}]")
 
         def delete(txn: lmdb.Transaction) -> np.ndarray:
-            number = self._tenant_record(txn, tenant)["number"]
+            number = self._tenants.record(txn, tenant)["number"]
             removed = []
             for external_id in external_ids:
                 doc_key = self._doc_key(number, external_id)
@@ -393,7 +311,7 @@ class Store:
         return self._env.write(delete)
 
     def _owned_doc_keys(self, txn, tenant: str, external_ids: list[str]) -> list[bytes]:
-        number = self._tenant_record(txn, tenant, "owner_tenant_id")["number"]
+        number = self._tenants.record(txn, tenant, "owner_tenant_id")["number"]
         keys = []
         for i, external_id in enumerate(external_ids):
             key = self._doc_key(number, check_external_id(external_id, f"external_ids[{i}]"))
@@ -429,7 +347,7 @@ class Store:
 
     def _change_grants(self, owner: str, external_ids: list[str], grantee: str, grant: bool) -> np.ndarray:
         def change(txn: lmdb.Transaction) -> np.ndarray:
-            grantee_number = self._tenant_record(txn, grantee, "grantee_tenant_id")["number"]
+            grantee_number = self._tenants.record(txn, grantee, "grantee_tenant_id")["number"]
             if grantee == owner:
                 raise InvalidArgument("grantee_tenant_id: the owner reads its own documents already")
             changed = []
@@ -452,7 +370,7 @@ class Store:
         token ids (None) unless `with_tokens`, which a search result does not show."""
 
         def read(txn: lmdb.Transaction) -> list[Chunk]:
-            prefix = U32.pack(self._tenant_record(txn, tenant)["number"])
+            prefix = U32.pack(self._tenants.record(txn, tenant)["number"])
             chunks = []
             for chunk_id in chunk_ids:
                 chunk_id = int(chunk_id)
@@ -487,7 +405,7 @@ class Store:
 
     def iter_index_entries(self, batch: int = 4096) -> Iterator[IndexEntries]:
         """Every chunk's vector and reader tenant numbers (owner first), in chunk id order."""
-        numbers = {t.name: t.number for t in self.list_tenants()}
+        numbers = {t.name: t.number for t in self._tenants.list_all()}
         after = 0
         while rows := self._env.read(lambda txn: self._chunk_rows(txn, after, batch)):
             after = rows[-1][0]

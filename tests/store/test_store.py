@@ -9,7 +9,7 @@ import lmdb
 import numpy as np
 import pytest
 
-import store.store as store_module
+import store.keys as keys_module
 from store.config import StoreConfig
 from store.env import U64
 from store.errors import AlreadyExists, Corrupted, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded, Unauthenticated
@@ -405,7 +405,7 @@ def test_tenant_settings_follow_updates_and_deletion(store: Store) -> None:
 def test_an_expired_key_is_refused_and_forgotten(store: Store, monkeypatch) -> None:
     key, token = store.create_api_key(KeyScope.TENANT, "alice", frozenset({"read"}), ttl_s=60)
     assert store.authenticate(token) == key  # verified, so remembered
-    monkeypatch.setattr(store_module, "now_ms", lambda: key.expires_unix_ms)
+    monkeypatch.setattr(keys_module, "now_ms", lambda: key.expires_unix_ms)
     with pytest.raises(Unauthenticated, match="expired"):
         store.authenticate(token)
-    assert store._verified.get(token, lambda: "read again") == "read again"
+    assert store._keys._verified.get(token, lambda: "read again") == "read again"

@@ -4,7 +4,6 @@ LMDB (layout and transactions in `store.env`) for tenants, keys, documents, chun
 KV blobs in append-only segment files (`store.segments`).
 """
 
-import hashlib
 from typing import Iterator, Sequence
 
 import lmdb
@@ -28,12 +27,11 @@ from store.records import (
     UpsertResult,
 )
 from store.keys import Keys
+from store.kvblobs import KVBlobs, blob_key
 from store.schema import open_schema
 from store.segments import SegmentLog
 from store.tenants import Tenants
 from store.validate import check_documents, check_external_id
-
-
 
 
 class Store:
@@ -43,14 +41,15 @@ class Store:
         config.path.mkdir(parents=True, exist_ok=True)
         self.config = config
         self._env = Env(config.path / "lmdb", config.map_size, config.sync)
-        self._segments = SegmentLog(config.path / "segments", config.max_segment_bytes, config.sync)
+        segments = SegmentLog(config.path / "segments", config.max_segment_bytes, config.sync)
         open_schema(self._env, config.dim)
         self.dim = config.dim
         self._tenants = Tenants(self._env, self.dim)
         self._keys = Keys(self._env, self._tenants)
+        self._blobs = KVBlobs(self._env, self._tenants, segments)
 
     def close(self) -> None:
-        self._segments.close()
+        self._blobs.close()
         self._env.close()
 
     def __enter__(self) -> "Store":
@@ -131,13 +130,12 @@ class Store:
         """
         vectors = check_documents(documents, self.dim)
         kv_keys = [
-            [self._kv_key(kv_fingerprint, c.token_ids, tenant) if c.kv_blob is not None else None for c in d.chunks]
+            [blob_key(kv_fingerprint, c.token_ids, tenant) if c.kv_blob is not None else None for c in d.chunks]
             for d in documents
         ]
+        blobs = {k: c.kv_blob for d, keys in zip(documents, kv_keys) for c, k in zip(d.chunks, keys) if k}
         with self._env.write_lock:
-            known = self._env.read(lambda txn: {k for keys in kv_keys for k in keys if k and txn.get(k, db=self._env.db["kvblobs"])})
-            fresh = {k: c.kv_blob for d, keys in zip(documents, kv_keys) for c, k in zip(d.chunks, keys) if k and k not in known}
-            refs = dict(zip(fresh, self._segments.append(list(fresh.values()))))
+            refs = self._blobs.append_new(blobs)
             return self._env.write_locked(lambda txn: self._upsert(txn, tenant, documents, vectors, kv_keys, refs))
 
     def _upsert(self, txn, tenant: str, documents: list[DocumentInput], vectors: np.ndarray, kv_keys, refs: dict[bytes, KVRef]) -> UpsertResult:
@@ -160,7 +158,7 @@ class Store:
                 next_chunk += 1
                 ids.append(chunk_id)
                 if kv_key is not None:
-                    self._ref_blob(txn, kv_key, refs.get(kv_key), tenant)
+                    self._blobs.ref(txn, kv_key, refs.get(kv_key), tenant)
                 value = dict(
                     owner=tenant, external_id=doc.external_id, index=index, text=chunk.text,
                     metadata=doc.metadata, readers=readers, kv=kv_key.hex() if kv_key else None,
@@ -186,32 +184,6 @@ class Store:
         removed = [chunk_id for chunk_ids in replaced for chunk_id in chunk_ids]
         return UpsertResult(np.array(added, dtype=np.int64), np.array(removed, dtype=np.int64), len(documents), added_readers, vectors)
 
-    @staticmethod
-    def _kv_key(fingerprint: str, token_ids: np.ndarray, salt: str) -> bytes:
-        digest = hashlib.sha256(fingerprint.encode() + b"\0")
-        digest.update(np.asarray(token_ids, dtype=np.int32).tobytes())
-        digest.update(b"\0" + salt.encode())
-        return digest.digest()
-
-    def _ref_blob(self, txn, kv_key: bytes, ref: KVRef | None, owner: str) -> None:
-        raw = txn.get(kv_key, db=self._env.db["kvblobs"])
-        if raw is not None:
-            blob = orjson.loads(raw)
-            blob["refs"] += 1
-        else:
-            blob = dict(segment=ref.segment, offset=ref.offset, length=ref.length, crc32=ref.crc32, refs=1)
-            self._tenants.add_usage(txn, owner, kv_bytes=ref.length)
-        txn.put(kv_key, dumps(blob), db=self._env.db["kvblobs"])
-
-    def _unref_blob(self, txn, kv_key: bytes, owner: str) -> None:
-        blob = orjson.loads(txn.get(kv_key, db=self._env.db["kvblobs"]))
-        blob["refs"] -= 1
-        if blob["refs"] > 0:
-            txn.put(kv_key, dumps(blob), db=self._env.db["kvblobs"])
-            return
-        txn.delete(kv_key, db=self._env.db["kvblobs"])
-        self._tenants.add_usage(txn, owner, kv_bytes=-blob["length"])
-
     def _remove_document(self, txn, doc_key: bytes) -> list[int]:
         """Delete a document: its record, its chunks, and their vectors, tokens, reader entries and blob references."""
         chunk_ids = orjson.loads(txn.get(doc_key, db=self._env.db["docs"]))["chunks"]
@@ -233,7 +205,7 @@ class Store:
                 if reader_record is not None:
                     txn.delete(U32.pack(reader_record["number"]) + key, db=self._env.db["readable"])
             if chunk["kv"]:
-                self._unref_blob(txn, bytes.fromhex(chunk["kv"]), owner)
+                self._blobs.unref(txn, bytes.fromhex(chunk["kv"]), owner)
             for db in ("chunks", "tokens", "vectors"):
                 txn.delete(key, db=self._env.db[db])
         if owner is not None:
@@ -342,11 +314,10 @@ class Store:
             kv = orjson.loads(raw)["kv"] if raw is not None else None
             if kv is None:
                 return None
-            blob = orjson.loads(txn.get(bytes.fromhex(kv), db=self._env.db["kvblobs"]))
-            return KVRef(blob["segment"], blob["offset"], blob["length"], blob["crc32"])
+            return self._blobs.locate(txn, bytes.fromhex(kv))
 
         ref = self._env.read(locate)
-        return None if ref is None else self._segments.read(ref)
+        return None if ref is None else self._blobs.read(ref)
 
     def iter_index_entries(self, batch: int = 4096) -> Iterator[IndexEntries]:
         """Every chunk's vector and reader tenant numbers (owner first), in chunk id order."""

@@ -10,6 +10,7 @@ import lmdb
 import numpy as np
 import orjson
 
+from store.chunks import Chunks
 from store.config import StoreConfig
 from store.env import U32, U64, Env, dumps
 from store.errors import InvalidArgument, NotFound
@@ -47,6 +48,7 @@ class Store:
         self._tenants = Tenants(self._env, self.dim)
         self._keys = Keys(self._env, self._tenants)
         self._blobs = KVBlobs(self._env, self._tenants, segments)
+        self._chunks = Chunks(self._env, self._tenants, self._blobs, self.dim)
 
     def close(self) -> None:
         self._blobs.close()
@@ -90,7 +92,7 @@ class Store:
             revoked = []
             for key in list(self._env.prefix_keys(txn, "readable", prefix)):
                 chunk_id = U64.unpack(key[4:])[0]
-                chunk = self._chunk_record(txn, chunk_id)
+                chunk = self._chunks.record(txn, chunk_id)
                 doc_key = self._doc_key(self._tenants.record(txn, chunk["owner"])["number"], chunk["external_id"])
                 self._set_grant(txn, doc_key, name, record["number"], grant=False)
                 revoked.append((chunk_id, name))
@@ -119,9 +121,6 @@ class Store:
     @staticmethod
     def _doc_key(owner_number: int, external_id: str) -> bytes:
         return U32.pack(owner_number) + external_id.encode()
-
-    def _chunk_record(self, txn: lmdb.Transaction, chunk_id: int) -> dict:
-        return orjson.loads(txn.get(U64.pack(chunk_id), db=self._env.db["chunks"]))
 
     def upsert(self, tenant: str, documents: list[DocumentInput], kv_fingerprint: str = "") -> UpsertResult:
         """Insert or replace documents in one transaction; their KV blobs are durable before it commits.
@@ -197,7 +196,7 @@ class Store:
         owner = None
         for chunk_id in chunk_ids:
             key = U64.pack(chunk_id)
-            chunk = self._chunk_record(txn, chunk_id)
+            chunk = self._chunks.record(txn, chunk_id)
             owner = chunk["owner"]
             text_bytes += len(chunk["text"].encode())
             for reader in chunk["readers"]:
@@ -253,7 +252,7 @@ class Store:
         txn.put(doc_key, dumps(doc), db=self._env.db["docs"])
         for chunk_id in doc["chunks"]:
             key = U64.pack(chunk_id)
-            chunk = self._chunk_record(txn, chunk_id)
+            chunk = self._chunks.record(txn, chunk_id)
             chunk["readers"] = [chunk["readers"][0], *doc["grantees"]]
             txn.put(key, dumps(chunk), db=self._env.db["chunks"])
             if grant:
@@ -283,61 +282,10 @@ class Store:
         return self._change_grants(owner, external_ids, grantee, grant=False)
 
     def readable_chunks(self, tenant: str, chunk_ids: Sequence[int], with_tokens: bool = True) -> list[Chunk]:
-        """The chunks among `chunk_ids` that `tenant` may read, in the order asked; without their
-        token ids (None) unless `with_tokens`, which a search result does not show."""
-
-        def read(txn: lmdb.Transaction) -> list[Chunk]:
-            prefix = U32.pack(self._tenants.record(txn, tenant)["number"])
-            chunks = []
-            for chunk_id in chunk_ids:
-                chunk_id = int(chunk_id)
-                if not 0 < chunk_id < 1 << 64 or txn.get(prefix + U64.pack(chunk_id), db=self._env.db["readable"]) is None:
-                    continue
-                record = self._chunk_record(txn, chunk_id)
-                tokens = np.frombuffer(txn.get(U64.pack(chunk_id), db=self._env.db["tokens"]), dtype=np.int32).copy() if with_tokens else None
-                chunks.append(
-                    Chunk(
-                        chunk_id=chunk_id, owner=record["owner"], external_id=record["external_id"], index=record["index"],
-                        text=record["text"], token_ids=tokens, metadata=record["metadata"],
-                        readers=frozenset(record["readers"]), has_kv=record["kv"] is not None,
-                    )
-                )
-            return chunks
-
-        return self._env.read(read)
+        return self._chunks.readable(tenant, chunk_ids, with_tokens)
 
     def read_kv(self, chunk_id: int) -> bytes | None:
-        """A chunk's KV blob, None if it has none; Corrupted if its bytes fail the checksum."""
-
-        def locate(txn: lmdb.Transaction) -> KVRef | None:
-            raw = txn.get(U64.pack(chunk_id), db=self._env.db["chunks"])
-            kv = orjson.loads(raw)["kv"] if raw is not None else None
-            if kv is None:
-                return None
-            return self._blobs.locate(txn, bytes.fromhex(kv))
-
-        ref = self._env.read(locate)
-        return None if ref is None else self._blobs.read(ref)
+        return self._chunks.read_kv(chunk_id)
 
     def iter_index_entries(self, batch: int = 4096) -> Iterator[IndexEntries]:
-        """Every chunk's vector and reader tenant numbers (owner first), in chunk id order."""
-        numbers = {t.name: t.number for t in self._tenants.list_all()}
-        after = 0
-        while rows := self._env.read(lambda txn: self._chunk_rows(txn, after, batch)):
-            after = rows[-1][0]
-            yield IndexEntries(
-                ids=np.array([r[0] for r in rows], dtype=np.int64),
-                vectors=np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim),
-                readers=[[numbers[name] for name in r[2] if name in numbers] for r in rows],
-            )
-
-    def _chunk_rows(self, txn: lmdb.Transaction, after: int, batch: int) -> list[tuple[int, bytes, list[str]]]:
-        """Up to `batch` (chunk id, vector bytes, readers) with ids above `after`."""
-        cursor = txn.cursor(db=self._env.db["chunks"])
-        rows: list[tuple[int, bytes, list[str]]] = []
-        if cursor.set_range(U64.pack(after + 1)):
-            for key, value in cursor:
-                rows.append((U64.unpack(key)[0], txn.get(key, db=self._env.db["vectors"]), orjson.loads(value)["readers"]))
-                if len(rows) == batch:
-                    break
-        return rows
+        return self._chunks.index_entries(batch)

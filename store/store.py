@@ -1,38 +1,48 @@
-"""The durable store's front: `Store`, the one object every layer above holds.
+"""The durable store's front: `Store`, the one object the layers above hold.
 
-LMDB (layout and transactions in `store.env`) for tenants, keys, documents, chunks and vectors;
-KV blobs in append-only segment files (`store.segments`).
+Each job lives in its own module, and `Store` composes them over one LMDB environment; it holds
+no logic of its own beyond a tenant's deletion, the one call that spans every kind of record:
+
+    env        the LMDB environment: named databases and their layout, transactions, map growth
+    schema     the schema version, checked at open, and migrations of older stores
+    validate   checks of what callers hand in, before any transaction
+    tenants    tenant records, settings (cached) and usage counts; quotas
+    keys       API keys: create, verify (cached), revoke
+    kvblobs    KV blob records and reference counts; the blobs' bytes in `segments`
+    documents  upsert, delete and grants of documents and their chunks
+    chunks     reading chunks back: for a tenant, their KV blobs, for an index rebuild
+    cache      the read cache behind verified keys and tenant settings
+
+A new kind of record gets a module of its own here, with its named database in `env.DB_NAMES`.
 """
 
 from typing import Iterator, Sequence
 
 import lmdb
 import numpy as np
-import orjson
 
 from store.chunks import Chunks
 from store.config import StoreConfig
-from store.env import U32, U64, Env, dumps
-from store.errors import InvalidArgument, NotFound
+from store.documents import Documents
+from store.env import Env
+from store.errors import InvalidArgument
+from store.keys import Keys
+from store.kvblobs import KVBlobs
 from store.records import (
     ApiKey,
     Chunk,
     DocumentInput,
     IndexEntries,
     KeyScope,
-    KVRef,
     Tenant,
     TenantDeletion,
     TenantSettings,
     TenantStats,
     UpsertResult,
 )
-from store.keys import Keys
-from store.kvblobs import KVBlobs, blob_key
 from store.schema import open_schema
 from store.segments import SegmentLog
 from store.tenants import Tenants
-from store.validate import check_documents, check_external_id
 
 
 class Store:
@@ -49,6 +59,7 @@ class Store:
         self._keys = Keys(self._env, self._tenants)
         self._blobs = KVBlobs(self._env, self._tenants, segments)
         self._chunks = Chunks(self._env, self._tenants, self._blobs, self.dim)
+        self._documents = Documents(self._env, self._tenants, self._blobs, self._chunks, self.dim)
 
     def close(self) -> None:
         self._blobs.close()
@@ -84,21 +95,12 @@ class Store:
         """Everything of the tenant, both directions of grants and its keys, in one durable transaction."""
 
         def delete(txn: lmdb.Transaction) -> TenantDeletion:
-            record = self._tenants.record(txn, name)
-            prefix = U32.pack(record["number"])
-            removed: list[int] = []
-            for key in list(self._env.prefix_keys(txn, "docs", prefix)):
-                removed.extend(self._remove_document(txn, key))
-            revoked = []
-            for key in list(self._env.prefix_keys(txn, "readable", prefix)):
-                chunk_id = U64.unpack(key[4:])[0]
-                chunk = self._chunks.record(txn, chunk_id)
-                doc_key = self._doc_key(self._tenants.record(txn, chunk["owner"])["number"], chunk["external_id"])
-                self._set_grant(txn, doc_key, name, record["number"], grant=False)
-                revoked.append((chunk_id, name))
+            number = self._tenants.record(txn, name)["number"]
+            removed = self._documents.remove_all_of(txn, number)
+            revoked = self._documents.revoke_all_granted_to(txn, name, number)
             self._keys.drop_tenant_keys(txn, name)
             self._tenants.drop(txn, name)
-            return TenantDeletion(np.array(removed, dtype=np.int64), sorted(set(revoked)))
+            return TenantDeletion(np.array(removed, dtype=np.int64), sorted({(chunk_id, name) for chunk_id in revoked}))
 
         deletion = self._env.write(delete)
         self._keys.forget_verified()
@@ -116,170 +118,24 @@ class Store:
     def revoke_api_key(self, key_id: str) -> None:
         self._keys.revoke(key_id)
 
-    # ---- documents and chunks
-
-    @staticmethod
-    def _doc_key(owner_number: int, external_id: str) -> bytes:
-        return U32.pack(owner_number) + external_id.encode()
+    # ---- documents
 
     def upsert(self, tenant: str, documents: list[DocumentInput], kv_fingerprint: str = "") -> UpsertResult:
-        """Insert or replace documents in one transaction; their KV blobs are durable before it commits.
-
-        A replaced document keeps its grants: its new chunks are readable by the same tenants.
-        """
-        vectors = check_documents(documents, self.dim)
-        kv_keys = [
-            [blob_key(kv_fingerprint, c.token_ids, tenant) if c.kv_blob is not None else None for c in d.chunks]
-            for d in documents
-        ]
-        blobs = {k: c.kv_blob for d, keys in zip(documents, kv_keys) for c, k in zip(d.chunks, keys) if k}
-        with self._env.write_lock:
-            refs = self._blobs.append_new(blobs)
-            return self._env.write_locked(lambda txn: self._upsert(txn, tenant, documents, vectors, kv_keys, refs))
-
-    def _upsert(self, txn, tenant: str, documents: list[DocumentInput], vectors: np.ndarray, kv_keys, refs: dict[bytes, KVRef]) -> UpsertResult:
-        number = self._tenants.record(txn, tenant)["number"]
-        next_chunk = int(txn.get(b"next_chunk", b"1", db=self._env.db["meta"]))
-        added, added_readers, replaced = [], [], []
-        usage = dict(documents=0, chunks=0, text_bytes=0)
-        for doc, keys in zip(documents, kv_keys):
-            doc_key = self._doc_key(number, doc.external_id)
-            old = txn.get(doc_key, db=self._env.db["docs"])
-            old_doc = orjson.loads(old) if old else dict(chunks=[], grantees=[])
-            grantees = old_doc["grantees"]
-            if old:
-                replaced.append(old_doc["chunks"])
-            readers = [tenant, *grantees]
-            reader_numbers = [number, *(self._tenants.record(txn, g)["number"] for g in grantees)]
-            ids = []
-            for index, (chunk, kv_key) in enumerate(zip(doc.chunks, keys)):
-                chunk_id = next_chunk
-                next_chunk += 1
-                ids.append(chunk_id)
-                if kv_key is not None:
-                    self._blobs.ref(txn, kv_key, refs.get(kv_key), tenant)
-                value = dict(
-                    owner=tenant, external_id=doc.external_id, index=index, text=chunk.text,
-                    metadata=doc.metadata, readers=readers, kv=kv_key.hex() if kv_key else None,
-                )
-                key = U64.pack(chunk_id)
-                txn.put(key, dumps(value), db=self._env.db["chunks"])
-                txn.put(key, np.asarray(chunk.token_ids, dtype=np.int32).tobytes(), db=self._env.db["tokens"])
-                txn.put(key, vectors[len(added) + index].tobytes(), db=self._env.db["vectors"])
-                for reader in reader_numbers:
-                    txn.put(U32.pack(reader) + key, b"", db=self._env.db["readable"])
-            txn.put(doc_key, dumps(dict(chunks=ids, grantees=grantees)), db=self._env.db["docs"])
-            added.extend(ids)
-            added_readers.extend([reader_numbers] * len(ids))
-            usage["documents"] += 1
-            usage["chunks"] += len(ids)
-            usage["text_bytes"] += sum(len(c.text.encode()) for c in doc.chunks)
-        self._tenants.add_usage(txn, tenant, **usage)
-        # Replaced chunks go last, so a blob they share with the new chunks keeps its record.
-        for chunk_ids in replaced:
-            self._drop_chunks(txn, chunk_ids)
-        txn.put(b"next_chunk", str(next_chunk).encode(), db=self._env.db["meta"])
-        self._tenants.check_quotas(txn, tenant)
-        removed = [chunk_id for chunk_ids in replaced for chunk_id in chunk_ids]
-        return UpsertResult(np.array(added, dtype=np.int64), np.array(removed, dtype=np.int64), len(documents), added_readers, vectors)
-
-    def _remove_document(self, txn, doc_key: bytes) -> list[int]:
-        """Delete a document: its record, its chunks, and their vectors, tokens, reader entries and blob references."""
-        chunk_ids = orjson.loads(txn.get(doc_key, db=self._env.db["docs"]))["chunks"]
-        txn.delete(doc_key, db=self._env.db["docs"])
-        self._drop_chunks(txn, chunk_ids)
-        return chunk_ids
-
-    def _drop_chunks(self, txn, chunk_ids: list[int]) -> None:
-        """Delete one document's chunks and count the document and its chunks out of its owner's totals."""
-        text_bytes = 0
-        owner = None
-        for chunk_id in chunk_ids:
-            key = U64.pack(chunk_id)
-            chunk = self._chunks.record(txn, chunk_id)
-            owner = chunk["owner"]
-            text_bytes += len(chunk["text"].encode())
-            for reader in chunk["readers"]:
-                reader_record = self._tenants.find(txn, reader)
-                if reader_record is not None:
-                    txn.delete(U32.pack(reader_record["number"]) + key, db=self._env.db["readable"])
-            if chunk["kv"]:
-                self._blobs.unref(txn, bytes.fromhex(chunk["kv"]), owner)
-            for db in ("chunks", "tokens", "vectors"):
-                txn.delete(key, db=self._env.db[db])
-        if owner is not None:
-            self._tenants.add_usage(txn, owner, documents=-1, chunks=-len(chunk_ids), text_bytes=-text_bytes)
+        return self._documents.upsert(tenant, documents, kv_fingerprint)
 
     def delete_documents(self, tenant: str, external_ids: list[str]) -> np.ndarray:
-        """Remove the tenant's documents; ids it does not own are ignored (deletion is idempotent)."""
-        for i, external_id in enumerate(external_ids):
-            check_external_id(external_id, f"external_ids[{i}]")
-
-        def delete(txn: lmdb.Transaction) -> np.ndarray:
-            number = self._tenants.record(txn, tenant)["number"]
-            removed = []
-            for external_id in external_ids:
-                doc_key = self._doc_key(number, external_id)
-                if txn.get(doc_key, db=self._env.db["docs"]) is not None:
-                    removed.extend(self._remove_document(txn, doc_key))
-            return np.array(removed, dtype=np.int64)
-
-        return self._env.write(delete)
-
-    def _owned_doc_keys(self, txn, tenant: str, external_ids: list[str]) -> list[bytes]:
-        number = self._tenants.record(txn, tenant, "owner_tenant_id")["number"]
-        keys = []
-        for i, external_id in enumerate(external_ids):
-            key = self._doc_key(number, check_external_id(external_id, f"external_ids[{i}]"))
-            if txn.get(key, db=self._env.db["docs"]) is None:
-                raise NotFound(f"external_ids: document {external_id!r} of tenant {tenant!r} not found")
-            keys.append(key)
-        return keys
+        return self._documents.delete(tenant, external_ids)
 
     def document_chunk_ids(self, tenant: str, external_ids: list[str]) -> np.ndarray:
-        def ids(txn: lmdb.Transaction) -> np.ndarray:
-            keys = self._owned_doc_keys(txn, tenant, external_ids)
-            return np.array([c for k in keys for c in orjson.loads(txn.get(k, db=self._env.db["docs"]))["chunks"]], dtype=np.int64)
-
-        return self._env.read(ids)
-
-    def _set_grant(self, txn, doc_key: bytes, grantee: str, grantee_number: int, grant: bool) -> list[int]:
-        """Add or drop `grantee` as a reader of every chunk of a document; returns the chunks changed."""
-        doc = orjson.loads(txn.get(doc_key, db=self._env.db["docs"]))
-        if (grantee in doc["grantees"]) == grant:
-            return []
-        doc["grantees"] = sorted(set(doc["grantees"]) | {grantee}) if grant else [g for g in doc["grantees"] if g != grantee]
-        txn.put(doc_key, dumps(doc), db=self._env.db["docs"])
-        for chunk_id in doc["chunks"]:
-            key = U64.pack(chunk_id)
-            chunk = self._chunks.record(txn, chunk_id)
-            chunk["readers"] = [chunk["readers"][0], *doc["grantees"]]
-            txn.put(key, dumps(chunk), db=self._env.db["chunks"])
-            if grant:
-                txn.put(U32.pack(grantee_number) + key, b"", db=self._env.db["readable"])
-            else:
-                txn.delete(U32.pack(grantee_number) + key, db=self._env.db["readable"])
-        return doc["chunks"]
-
-    def _change_grants(self, owner: str, external_ids: list[str], grantee: str, grant: bool) -> np.ndarray:
-        def change(txn: lmdb.Transaction) -> np.ndarray:
-            grantee_number = self._tenants.record(txn, grantee, "grantee_tenant_id")["number"]
-            if grantee == owner:
-                raise InvalidArgument("grantee_tenant_id: the owner reads its own documents already")
-            changed = []
-            for doc_key in self._owned_doc_keys(txn, owner, external_ids):
-                changed.extend(self._set_grant(txn, doc_key, grantee, grantee_number, grant))
-            return np.array(changed, dtype=np.int64)
-
-        return self._env.write(change)
+        return self._documents.chunk_ids(tenant, external_ids)
 
     def grant(self, owner: str, external_ids: list[str], grantee: str) -> np.ndarray:
-        """Let `grantee` read every chunk of the owner's documents; returns the chunk ids newly granted."""
-        return self._change_grants(owner, external_ids, grantee, grant=True)
+        return self._documents.grant(owner, external_ids, grantee)
 
     def revoke(self, owner: str, external_ids: list[str], grantee: str) -> np.ndarray:
-        """Undo `grant`; returns the chunk ids whose grant was dropped."""
-        return self._change_grants(owner, external_ids, grantee, grant=False)
+        return self._documents.revoke(owner, external_ids, grantee)
+
+    # ---- chunks
 
     def readable_chunks(self, tenant: str, chunk_ids: Sequence[int], with_tokens: bool = True) -> list[Chunk]:
         return self._chunks.readable(tenant, chunk_ids, with_tokens)

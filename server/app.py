@@ -1,8 +1,8 @@
 """The gRPC server: services, auth interceptor, health and reflection, and a clean stop.
 
-The server listens at once with health NOT_SERVING, loads the store, index and models, then
-turns SERVING; calls before that are UNAVAILABLE. `ServerThread` runs one in a background
-thread for the demo and the tests.
+The server listens at once with health NOT_SERVING, loads the store, index and models, warms up
+what compiles on first use (unless `warm_up` is off), then turns SERVING; calls before that are
+UNAVAILABLE. `ServerThread` runs one in a background thread for the demo and the tests.
 """
 
 import asyncio
@@ -34,6 +34,7 @@ from server.metrics import Metrics
 from server.offload import Offload
 from server.runtime import Models, Runtime
 from server.services import IngestServicer, KVCacheServicer, RetrievalServicer, TenantAdminServicer
+from server.warmup import warm_up
 from store.errors import Unavailable
 from store.records import ApiKey
 
@@ -96,6 +97,8 @@ class TenantKVServer:
     async def load(self) -> None:
         self.runtime = await asyncio.to_thread(Runtime.open, self.config, self._models)
         await asyncio.to_thread(self.runtime.ensure_admin_key)
+        if self.config.warm_up:
+            await asyncio.to_thread(warm_up, self.runtime)
         gc.freeze()  # the models, store and index live as long as the server: full collections need not scan them
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving")
@@ -108,6 +111,7 @@ class TenantKVServer:
         if self.runtime is not None:
             self.runtime.close()
             self.runtime = None
+        gc.unfreeze()  # frozen objects are never freed: at exit nanobind would report triton's (imported by torch) as leaked
 
     def _authenticate(self, token: str) -> ApiKey:
         """The key behind `token`; a tenant key's call also counts against its tenant's request rate."""

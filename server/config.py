@@ -39,6 +39,7 @@ class ServerConfig:
     kv_cache_bytes: int = 1 << 30  # decoded chunk KV kept in worker memory
     admin_key_file: Path | None = None  # defaults to <data_dir>/admin.key
     metrics_port: int = -1  # Prometheus /metrics on host:port; 0: any free port; -1: none
+    warm_up: bool = True  # run the index scan, embedder and both prefills once before SERVING (server/warmup.py)
 
     @property
     def admin_key_path(self) -> Path:

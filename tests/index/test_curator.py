@@ -1,108 +1,69 @@
 """CuratorIndex against FlatTenantIndex as the oracle: random adds, grants, revokes, removes, save/load."""
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import invariant, rule, run_state_machine_as_test
 
-from index.curator import CuratorConfig, CuratorIndex
+from index.curator import CuratorConfig, CuratorIndex, _Readers
 from index.flat import FlatTenantIndex
 from index.tree import TreeConfig
+from tests.index.oracle import DIM, POOL, QUERIES, OracleMachine, clustered
 
-DIM = 16
 SMALL = CuratorConfig(tree=TreeConfig(fanout=4, leaf_size=16, max_depth=3), split_threshold=8, exact_threshold=8, ef=32)
 
 
-def clustered(n: int, seed: int, clusters: int = 12) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((clusters, DIM))
-    x = centers[rng.integers(0, clusters, n)] + 0.3 * rng.standard_normal((n, DIM))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+class CuratorMachine(OracleMachine):
+    """The shared oracle machine plus compaction, retraining and saving, and a check of the reader table."""
 
+    def new_index(self) -> CuratorIndex:
+        return CuratorIndex(DIM, SMALL)
 
-POOL = clustered(400, seed=0)
-
-
-class CuratorMachine(RuleBasedStateMachine):
-    @initialize()
-    def start(self) -> None:
-        self.curator = CuratorIndex(DIM, SMALL)
-        self.curator.train(POOL[:300])
-        self.flat = FlatTenantIndex(DIM)
-        self.present: set[int] = set()
-        self.readers: dict[int, set[int]] = {}
-
-    @rule(start=st.integers(0, 390), count=st.integers(1, 40), tenant=st.integers(0, 3))
-    def add(self, start: int, count: int, tenant: int) -> None:
-        ids = np.array([i for i in range(start, min(start + count, 400)) if i not in self.present], dtype=np.int64)
-        if len(ids) == 0:
-            return
-        self.curator.add(ids, POOL[ids], tenant)
-        self.flat.add(ids, POOL[ids], tenant)
-        self.present.update(ids.tolist())
-
-    @rule(data=st.data(), tenant=st.integers(0, 3), grant=st.booleans())
-    def grant_or_revoke(self, data, tenant: int, grant: bool) -> None:
-        if not self.present:
-            return
-        ids = np.array(data.draw(st.lists(st.sampled_from(sorted(self.present)), min_size=1, max_size=30, unique=True)), dtype=np.int64)
-        for index in (self.curator, self.flat):
-            (index.grant if grant else index.revoke)(ids, tenant)
-
-    @rule(data=st.data())
-    def remove(self, data) -> None:
-        if not self.present:
-            return
-        ids = np.array(data.draw(st.lists(st.sampled_from(sorted(self.present)), min_size=1, max_size=30, unique=True)), dtype=np.int64)
-        self.curator.remove(ids)
-        self.flat.remove(ids)
-        self.present.difference_update(ids.tolist())
+    def search(self, tenant: int, k: int, exhaustive: bool) -> np.ndarray:
+        return self.index.search(QUERIES, tenant, k, ef=len(POOL) if exhaustive else None)[1]
 
     @rule()
     def build(self) -> None:
         """Compaction renumbers every row: searches, grants and removals must not notice."""
-        self.curator.build()
+        self.index.build()
 
     @rule(sample_size=st.integers(20, 400))
     def retrain(self, sample_size: int) -> None:
         """A new tree under the same vectors: every tenant must read exactly what it read before."""
-        if self.present:
-            self.curator.retrain(sample_size)
+        if self.readers:
+            self.index.retrain(sample_size)
 
     @rule()
     def save_and_load(self) -> None:
-        path = Path(self._tmp()) / "curator.idx"
-        self.curator.save(path)
-        self.curator = CuratorIndex.load(path)
-
-    def _tmp(self) -> str:
-        import tempfile
-
         if not hasattr(self, "_dir"):
-            self._dir = tempfile.mkdtemp(prefix="curator-")
-        return self._dir
+            self._dir = Path(tempfile.mkdtemp(prefix="curator-"))
+        self.index.save(self._dir / "curator.idx")
+        self.index = CuratorIndex.load(self._dir / "curator.idx")
+
+    def teardown(self) -> None:
+        if hasattr(self, "_dir"):
+            shutil.rmtree(self._dir)
 
     @invariant()
-    def never_returns_unreadable_and_exact_when_exhaustive(self) -> None:
-        if not hasattr(self, "curator"):
-            return
-        queries = POOL[[5, 150, 333]]
-        for tenant in range(4):
-            truth_d, truth = self.flat.search(queries, tenant, 10)
-            readable = set(self.flat.search(queries[:1], tenant, 400)[1][0].tolist()) - {-1}
-            _, found = self.curator.search(queries, tenant, 10)
-            assert set(found.ravel().tolist()) - {-1} <= readable
-            _, everything = self.curator.search(queries, tenant, 10, ef=400)
-            np.testing.assert_array_equal(np.sort(everything, 1), np.sort(truth, 1))
+    def reader_table_matches_the_model(self) -> None:
+        """Inline slots and the overflow table together list each row's readers, through renumbering and reloads."""
+        ids = np.fromiter(self.readers, dtype=np.int64, count=len(self.readers))
+        for i, row in zip(ids.tolist(), self.index._table.rows(ids).tolist()):
+            assert sorted(self.index._readers.tenants(row)) == sorted(self.readers[i]), i
 
 
 def test_curator_matches_the_exact_oracle() -> None:
+    """Rows reach more readers than the inline slots hold, so the overflow table is exercised too."""
+    OracleMachine.most_readers = 0
     run_state_machine_as_test(
         CuratorMachine, settings=settings(max_examples=30, stateful_step_count=25, deadline=None, suppress_health_check=list(HealthCheck))
     )
+    assert OracleMachine.most_readers > _Readers.SLOTS
 
 
 def test_recall_on_clustered_data_with_default_settings() -> None:

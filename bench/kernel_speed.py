@@ -35,7 +35,7 @@ from kernels.deviation import token_deviation_reference, top_deviations  # noqa:
 from kernels.rope_dequant import dequant_rope, dequant_rope_reference  # noqa: E402
 from worker.blend import Blender, ChunkKV, PrefillMode  # noqa: E402
 from worker.llama import LlamaForward  # noqa: E402
-from worker.rope import RopeConfig, inverse_frequencies  # noqa: E402
+from kernels.rope import RopeConfig, inverse_frequencies  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ def models(model_cache_dir: Path) -> Models:
 
 @pytest.fixture
 def server_config(tmp_path: Path, model_cache_dir: Path) -> ServerConfig:
-    return ServerConfig(data_dir=tmp_path / "data", port=0, cache_dir=model_cache_dir)
+    return ServerConfig(data_dir=tmp_path / "data", port=0, cache_dir=model_cache_dir, warm_up=False)
 
 
 @pytest.fixture

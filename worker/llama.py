@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.rope import cos_sin, rotate
-from worker.rope import RopeConfig, inverse_frequencies
+from kernels.rope import RopeConfig, cos_sin, inverse_frequencies, rotate
 
 
 @dataclass(frozen=True, slots=True)

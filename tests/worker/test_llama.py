@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from worker.blend import Blender
-from kernels.rope import rotate
-from worker.rope import RopeConfig, inverse_frequencies
+from kernels.rope import RopeConfig, inverse_frequencies, rotate
 
 # float32 on the CPU: logits of magnitude ~30 agree to ~1e-4; allow 1e-3.
 LOGIT_TOLERANCE = 1e-3

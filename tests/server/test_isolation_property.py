@@ -3,8 +3,9 @@
 After every step: no Search returns a chunk the caller may not read, every readable chunk is
 found (the index is exact), KVCache.Fetch serves readable chunks' KV, other tenants' chunks are
 NOT_FOUND for it, and the admin API counts each tenant's own and granted chunks. Rules also ask
-RetrieveAndGenerate questions (the chunks it uses must be readable by the caller) and rotate keys
-(a revoked key is refused at once).
+RetrieveAndGenerate questions with a random k (the chunks it uses must be the exact top k of what
+the caller may read, whatever the number of readable chunks) and rotate keys (a revoked key is
+refused at once).
 The model of what each tenant may read is plain Python sets.
 """
 
@@ -27,11 +28,13 @@ TENANTS = ["t0", "t1", "t2"]
 DOC_IDS = [f"d{i}" for i in range(6)]
 tenants = st.sampled_from(TENANTS)
 doc_ids = st.sampled_from(DOC_IDS)
+QUESTION = "Which passage is this?"
 
 
 class IsolationMachine(RuleBasedStateMachine):
     models = None  # set by the test: the session's loaded models
     cache_dir: Path | None = None
+    question_vector = None  # set by the test: QUESTION embedded as the server embeds it
 
     @initialize()
     def start(self) -> None:
@@ -105,14 +108,23 @@ class IsolationMachine(RuleBasedStateMachine):
         self.docs = {k: v for k, v in self.docs.items() if k[0] != tenant}
         self.grants = {g for g in self.grants if tenant not in (g[0], g[2])}
 
-    @rule(tenant=tenants)
-    def ask(self, tenant: str) -> None:
+    @rule(tenant=tenants, k=st.integers(1, ServerConfig().rag_max_k))
+    def ask(self, tenant: str, k: int) -> None:
+        """The chunks used are the exact top k of what the tenant may read, by inner product with the
+        question's embedding, computed here from the model's vectors; all of them when fewer exist."""
         if tenant not in self.alive:
             return
         with self._client(tenant) as client:
-            events = list(client.ask("Which passage is this?", k=16, max_new_tokens=1))
-        used = {(h.owner_tenant_id, h.external_id) for h in events[0].chunks.hits}
-        assert used == self.readable(tenant), (tenant, used)  # k=16 covers every readable chunk
+            events = list(client.ask(QUESTION, k=k, max_new_tokens=1))
+        used = [(h.owner_tenant_id, h.external_id) for h in events[0].chunks.hits]
+        readable = self.readable(tenant)
+        assert len(used) == len(set(used)) == min(k, len(readable)) and set(used) <= readable, (tenant, k, used)
+        scores = {key: float(self.question_vector @ unit_vectors(1, seed=self.docs[key])[0]) for key in readable}
+        for hit in events[0].chunks.hits:
+            assert hit.score == pytest.approx(scores[(hit.owner_tenant_id, hit.external_id)], abs=1e-5)
+        assert [h.score for h in events[0].chunks.hits] == sorted((h.score for h in events[0].chunks.hits), reverse=True)
+        passed_over = [scores[key] for key in readable - set(used)]
+        assert not passed_over or min(scores[key] for key in used) >= max(passed_over) - 1e-5, (tenant, k, used)
         assert events[-1].WhichOneof("event") == "stats"
 
     @rule(tenant=tenants)
@@ -166,10 +178,36 @@ class IsolationMachine(RuleBasedStateMachine):
                         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_tenant_isolation_state_machine(models, model_cache_dir) -> None:
+def use_models(models, model_cache_dir) -> None:
     IsolationMachine.models = models
     IsolationMachine.cache_dir = model_cache_dir
+    IsolationMachine.question_vector = models.embedder.embed([QUESTION])[0]
+
+
+def test_tenant_isolation_state_machine(models, model_cache_dir) -> None:
+    use_models(models, model_cache_dir)
     run_state_machine_as_test(
         IsolationMachine,
         settings=settings(max_examples=25, stateful_step_count=15, deadline=None, suppress_health_check=list(HealthCheck)),
     )
+
+
+def test_ask_takes_the_top_k_of_more_chunks_than_k(models, model_cache_dir) -> None:
+    """The machine's steps seldom make more chunks readable than k: here one tenant reads all 18,
+    more than the largest k a question may ask for, and asks for a few of them and for the most."""
+    use_models(models, model_cache_dir)
+    machine = IsolationMachine()
+    machine.start()
+    try:
+        for tenant in TENANTS:
+            for doc in DOC_IDS:
+                machine.upsert(tenant, doc)
+        for owner in TENANTS[1:]:
+            for doc in DOC_IDS:
+                machine.grant(owner, doc, TENANTS[0])
+        assert len(machine.readable(TENANTS[0])) > ServerConfig().rag_max_k
+        for k in (1, 3, ServerConfig().rag_max_k):
+            machine.ask(TENANTS[0], k)
+        machine.each_tenant_reads_exactly_what_it_may()
+    finally:
+        machine.teardown()

@@ -104,6 +104,10 @@ class TenantKVServer:
         log.info("serving")
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        """Refuse new calls; in-flight model work ends with UNAVAILABLE at its next chunk or token,
+        other calls get `grace_s` to finish."""
+        if self.runtime is not None:
+            self.runtime.stopping.set()
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace_s)
         self.metrics.close()

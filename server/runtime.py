@@ -5,6 +5,7 @@ The store is the source of truth; the index is derived from it at start and upda
 each commit, so a crash between the two leaves nothing the next start does not rebuild.
 """
 
+import contextlib
 import functools
 import logging
 import os
@@ -21,7 +22,7 @@ from index.tree import sample_rows
 from kvcodec import CODECS, codec_of
 from server.config import ServerConfig
 from server.ratelimit import RateLimiter
-from store.errors import Corrupted, InvalidArgument, NotFound
+from store.errors import Corrupted, InvalidArgument, NotFound, Unavailable
 from store.records import Chunk, ChunkInput, DocumentInput, KeyScope, Tenant, TenantSettings, UpsertResult
 from store.store import Store
 from store.vectors import safe_rows, unit_rows
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 MIN_TRAIN_VECTORS = 2048  # below this every tenant is scanned exactly: no tree needed
 TRAIN_SAMPLE = 50_000
 RETRAIN_GROWTH = 4
+CANCEL_CHECK_TEXTS = 16  # texts embedded between two checks for cancellation or shutdown
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,7 @@ class Runtime:
         self._index_lock = threading.RLock()
         self._numbers: dict[str, int] = {}
         self.rate_limiter = RateLimiter()
+        self.stopping = threading.Event()  # set at shutdown: model work ends at its next chunk or token
 
     @classmethod
     def open(cls, config: ServerConfig, models: Models | None = None) -> "Runtime":
@@ -213,20 +216,42 @@ class Runtime:
 
     # ---- ingestion
 
-    def prepare(self, tenant: str, documents: list[DocumentSpec]) -> list[DocumentInput]:
-        """Chunk, embed and precompute KV (in the tenant's codec) for a batch (model work); nothing is written."""
+    def prepare(self, tenant: str, documents: list[DocumentSpec], cancelled: threading.Event | None = None) -> list[DocumentInput]:
+        """Chunk, embed and precompute KV (in the tenant's codec) for a batch (model work); nothing is written.
+
+        Between embedding batches and between chunks' KV it stops with Unavailable once `cancelled`
+        is set (the caller went away) or the server is stopping, so abandoned work does not run on.
+        """
+        def go_on() -> None:
+            if self.stopping.is_set():
+                raise Unavailable("the server is shutting down; retry the batch")
+            if cancelled is not None and cancelled.is_set():
+                raise Unavailable("the call was cancelled")
+
         codec = self.store.get_tenant(tenant).settings.kv_codec
         tokenizer = self.models.llm.tokenizer
         given = iter(token_ids(tokenizer, [c.text for doc in documents if not doc.text for c in doc.chunks]))
         pieces: list[list[tuple[str, np.ndarray, np.ndarray | None]]] = []
         for doc in documents:
             if doc.text:
+                go_on()
                 cut = chunk_text(doc.text, tokenizer, self.config.chunk_tokens)
                 pieces.append([(c.text, c.token_ids, None) for c in cut])
             else:
                 pieces.append([(c.text, next(given), c.vector) for c in doc.chunks])
         to_embed = [text for doc in pieces for text, _, vector in doc if vector is None]
-        embedded = iter(self.models.embedder.embed(to_embed) if to_embed else ())
+        embedded_batches = []
+        for start in range(0, len(to_embed), CANCEL_CHECK_TEXTS):
+            go_on()
+            embedded_batches.append(self.models.embedder.embed(to_embed[start : start + CANCEL_CHECK_TEXTS]))
+        embedded = (vector for batch in embedded_batches for vector in batch)
+
+        def kv_blob(ids: np.ndarray) -> bytes | None:
+            if not self.config.precompute_kv:
+                return None
+            go_on()
+            return self.engine.encode_chunk_kv(ids, codec)
+
         return [
             DocumentInput(
                 external_id=doc.external_id,
@@ -236,7 +261,7 @@ class Runtime:
                         text=text,
                         token_ids=ids,
                         vector=vector if vector is not None else next(embedded),
-                        kv_blob=self.engine.encode_chunk_kv(ids, codec) if self.config.precompute_kv else None,
+                        kv_blob=kv_blob(ids),
                     )
                     for text, ids, vector in chunks
                 ],
@@ -292,9 +317,20 @@ class Runtime:
         return [Hit(chunk=c, score=score_of[c.chunk_id]) for c in chunks]
 
     def answer(self, hits: list[Hit], question: str, mode: PrefillMode, max_new_tokens: int) -> Iterator[GeneratedToken]:
-        """Generate from the hits' chunks: their KV comes from the worker's cache, else the store."""
+        """Generate from the hits' chunks: their KV comes from the worker's cache, else the store.
+
+        The request is checked at this call; the stream ends with Unavailable at the next token
+        once the server is stopping.
+        """
         chunks = [RetrievedChunk(h.chunk.chunk_id, h.chunk.token_ids, functools.partial(self._stored_kv, h.chunk.chunk_id)) for h in hits]
-        return self.engine.answer(chunks, question, mode, max_new_tokens)
+        return self._until_stopping(self.engine.answer(chunks, question, mode, max_new_tokens))
+
+    def _until_stopping(self, tokens: Iterator[GeneratedToken]) -> Iterator[GeneratedToken]:
+        with contextlib.closing(tokens):
+            for token in tokens:
+                yield token
+                if self.stopping.is_set():
+                    raise Unavailable("the server is shutting down; ask again")
 
     def _stored_kv(self, chunk_id: int) -> bytes | None:
         """A chunk's stored KV for generation; one failing its checksum is a cache miss (the worker recomputes)."""

@@ -4,7 +4,9 @@ Authentication, authorisation and error-to-status mapping happen in `server.inte
 a servicer only reads the caller's tenant from `current_caller()`.
 """
 
+import asyncio
 import functools
+import threading
 import time
 from typing import AsyncIterator, Callable
 
@@ -135,7 +137,8 @@ class IngestServicer(_Servicer, ingest_pb2_grpc.IngestServicer):
         """Each request is one batch: chunked and embedded, then committed in one transaction.
 
         The caller's key is checked again at each batch (a cached lookup), so a key revoked while its
-        stream is open stores nothing after the revocation.
+        stream is open stores nothing after the revocation. A cancelled or expired call stops its
+        model work at the next chunk and commits nothing more.
         """
         caller = current_caller()
         tenant = caller.tenant
@@ -144,7 +147,12 @@ class IngestServicer(_Servicer, ingest_pb2_grpc.IngestServicer):
         async for request in request_iterator:
             self.runtime.store.authenticate(caller.token)
             specs = documents_from(request, self.runtime.store.dim, config.max_documents_per_batch, config.max_text_bytes)
-            prepared = await self.offload.model(self.runtime.prepare, tenant, specs)
+            cancelled = threading.Event()  # the model thread checks it between chunks
+            try:
+                prepared = await self.offload.model(self.runtime.prepare, tenant, specs, cancelled)
+            except asyncio.CancelledError:  # the caller went away or its deadline passed
+                cancelled.set()
+                raise
             result = await self.offload.io(self.runtime.commit, tenant, prepared)
             documents += result.documents
             chunks += len(result.added)

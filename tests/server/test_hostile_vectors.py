@@ -9,10 +9,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-import store.store as store_module
 from server.app import ServerThread
 from server.client import Client
 from server.runtime import MIN_TRAIN_VECTORS
+from store.env import U64
 from tests.server.conftest import DIM, unit_vectors, vector_documents
 
 
@@ -71,9 +71,9 @@ def test_a_store_holding_hostile_vectors_still_starts_and_serves(vector_only_con
             evil.upsert([vector_documents("evil", unit_vectors(40, seed=4))])
         store = server.server.runtime.store
         hostile = np.concatenate([poisoned(10, seed=5), np.full((10, DIM), np.nan), np.full((10, DIM), np.inf), np.zeros((10, DIM))])
-        with store._env.begin(write=True) as txn:
+        with store._env.lmdb.begin(write=True) as txn:
             for chunk_id, row in zip(range(3001, 3041), hostile.astype(np.float32)):
-                txn.put(store_module.U64.pack(chunk_id), row.tobytes(), db=store._db["vectors"])
+                txn.put(U64.pack(chunk_id), row.tobytes(), db=store._env.db["vectors"])
     with ServerThread(vector_only_config, models) as server:
         runtime = server.server.runtime
         assert runtime.zeroed_vectors == 30 and runtime.training_failures == 0

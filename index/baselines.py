@@ -65,11 +65,20 @@ class PerTenantIndex:
         self._put(ids, vectors, check_tenant(tenant))
 
     def _put(self, ids: np.ndarray, vectors: np.ndarray, tenant: int) -> None:
-        self._owned.setdefault(tenant, {}).update(zip(ids.tolist(), vectors))
+        """Make `ids` readable by `tenant`; ids it reads already are left as they are."""
+        owned = self._owned.setdefault(tenant, {})
+        fresh = np.array([i not in owned for i in ids.tolist()], dtype=bool)
+        ids, vectors = ids[fresh], vectors[fresh]
+        owned.update(zip(ids.tolist(), vectors))
         index = self._indexes.get(tenant)
-        if index is not None:
-            index.add_with_ids(vectors, ids)
-            self._hidden.get(tenant, set()).difference_update(ids.tolist())
+        if index is None or len(ids) == 0:
+            return
+        if not self._hidden.get(tenant, set()).isdisjoint(ids.tolist()):
+            # HNSW cannot take a removed id back (its old vector stays): rebuilt at the next search
+            del self._indexes[tenant]
+            self._hidden.pop(tenant, None)
+            return
+        index.add_with_ids(vectors, ids)
 
     def grant(self, ids: np.ndarray, tenant: int) -> None:
         ids = check_ids(ids)
@@ -127,26 +136,39 @@ class PerTenantIndex:
 
 
 class FilteredSharedIndex:
-    """One FAISS index over every vector; a search passes the tenant's ids as an IDSelector."""
+    """One FAISS index over every vector; a search passes the tenant's ids as an IDSelector.
+
+    FAISS holds each vector under a slot number of its own, never reused: FAISS HNSW cannot remove
+    a vector, so an id removed and added back gets a new slot and its old vector is never selected.
+    """
 
     def __init__(self, dim: int, kind: Kind = "ivf", effort: int = 16) -> None:
         self.dim, self.kind, self.effort = dim, kind, effort
         self._index: faiss.Index | None = None
-        self._readable: dict[int, set[int]] = {}
+        self._slot_of: dict[int, int] = {}  # id -> its current slot
+        self._id_of_slot = np.empty(0, dtype=np.int64)  # slot -> id, -1 once removed
+        self._readable: dict[int, set[int]] = {}  # tenant -> ids
         self._selectors: dict[int, tuple[faiss.IDSelector, np.ndarray]] = {}
-        self._deleted: set[int] = set()
 
     def train(self, sample: np.ndarray) -> None:
         sample = check_vectors(sample, self.dim, "sample")
         self._index = _new_index(self.kind, self.dim, sample)
 
+    def _trained(self) -> faiss.Index:
+        if self._index is None:
+            raise ValueError("train: call train(sample) first")
+        return self._index
+
     def add(self, ids: np.ndarray, vectors: np.ndarray, tenant: int) -> None:
         vectors = check_vectors(vectors, self.dim)
         ids = check_ids(ids, len(vectors))
-        if self._index is None:
-            raise ValueError("train: call train(sample) before add")
-        self._index.add_with_ids(vectors, ids)
-        self._deleted.difference_update(ids.tolist())
+        index = self._trained()
+        if any(i in self._slot_of for i in ids.tolist()):
+            raise ValueError("ids: already present; remove them first")
+        slots = np.arange(len(self._id_of_slot), len(self._id_of_slot) + len(ids), dtype=np.int64)
+        index.add_with_ids(vectors, slots)
+        self._id_of_slot = np.concatenate((self._id_of_slot, ids))
+        self._slot_of.update(zip(ids.tolist(), slots.tolist()))
         self._grant(ids, check_tenant(tenant))
 
     def _grant(self, ids: np.ndarray, tenant: int) -> None:
@@ -154,7 +176,11 @@ class FilteredSharedIndex:
         self._selectors.pop(tenant, None)
 
     def grant(self, ids: np.ndarray, tenant: int) -> None:
-        self._grant(check_ids(ids), check_tenant(tenant))
+        ids = check_ids(ids)
+        missing = [i for i in ids.tolist() if i not in self._slot_of]
+        if missing:
+            raise KeyError(f"ids: not in the index: {missing[:5]}")
+        self._grant(ids, check_tenant(tenant))
 
     def revoke(self, ids: np.ndarray, tenant: int) -> None:
         self._readable.get(check_tenant(tenant), set()).difference_update(check_ids(ids).tolist())
@@ -162,10 +188,11 @@ class FilteredSharedIndex:
 
     def remove(self, ids: np.ndarray) -> None:
         ids = check_ids(ids)
+        index = self._trained()
+        slots = np.array([self._slot_of.pop(i) for i in ids.tolist() if i in self._slot_of], dtype=np.int64)
+        self._id_of_slot[slots] = -1
         if self.kind == "ivf":
-            self._index.remove_ids(faiss.IDSelectorBatch(ids))
-        else:
-            self._deleted.update(ids.tolist())  # FAISS HNSW cannot remove: never selected again
+            index.remove_ids(faiss.IDSelectorBatch(slots))  # HNSW cannot: the slot is never selected again
         for tenant, readable in self._readable.items():
             if not readable.isdisjoint(ids.tolist()):
                 readable.difference_update(ids.tolist())
@@ -174,16 +201,18 @@ class FilteredSharedIndex:
     def search(self, queries: np.ndarray, tenant: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = check_vectors(queries, self.dim, "queries")
         k, tenant = check_k(k), check_tenant(tenant)
+        index = self._trained()
         if tenant not in self._selectors:
-            ids = np.fromiter(self._readable.get(tenant, ()), dtype=np.int64)
-            self._selectors[tenant] = (faiss.IDSelectorBatch(ids), ids)  # keep ids alive with the selector
+            slots = np.fromiter((self._slot_of[i] for i in self._readable.get(tenant, ())), dtype=np.int64)
+            self._selectors[tenant] = (faiss.IDSelectorBatch(slots), slots)  # keep the slots alive with the selector
         selector = self._selectors[tenant][0]
-        distances, found = self._index.search(queries, k, params=_params(self._index, self.effort, selector))
-        return np.where(found < 0, -np.inf, distances).astype(np.float32), found
+        distances, found = index.search(queries, k, params=_params(index, self.effort, selector))
+        ids = np.where(found < 0, -1, self._id_of_slot[np.maximum(found, 0)])
+        return np.where(found < 0, -np.inf, distances).astype(np.float32), ids
 
     def build(self) -> None:
         """Nothing deferred: vectors are indexed as they are added."""
 
     def memory_bytes(self) -> int:
         selectors = sum(8 * len(r) for r in self._readable.values())
-        return _memory(self._index) + selectors
+        return _memory(self._trained()) + selectors + self._id_of_slot.nbytes

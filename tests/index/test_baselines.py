@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from index.baselines import FilteredSharedIndex, PerTenantIndex
@@ -15,21 +15,6 @@ BASELINES = [
     pytest.param(FilteredSharedIndex, "ivf", id="filtered_ivf"),
     pytest.param(FilteredSharedIndex, "hnsw", id="filtered_hnsw"),
 ]
-# Bugs in index/baselines.py these tests found, reported to the index's owner; each case they break is a strict xfail.
-DUPLICATES = "a per-tenant index adds an id again when its tenant is granted an id it reads already, or one revoked since"
-STALE = "FAISS HNSW keeps a removed id's vector and serves it again when the id is added back"
-LEAK = "the filtered index accepts a grant of an id not yet added, and the grantee reads it once another tenant adds it"
-UNTRAINED = "the untrained filtered index fails search and remove with AttributeError"
-
-
-def expect_bug(request, bugs: dict[str, str]) -> bool:
-    """A strict xfail where `bugs` names this case's baseline: once fixed, the case fails until the mark goes."""
-    reason = bugs.get(request.node.callspec.id)
-    if reason:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"index/baselines.py: {reason}"))
-    return reason is not None
-
-
 EXHAUSTIVE = len(POOL)  # nprobe past nlist probes every list; efSearch past the vector count visits them all
 
 
@@ -50,14 +35,12 @@ class BaselineMachine(OracleMachine):
 
 
 @pytest.mark.parametrize("index_class, kind", BASELINES)
-def test_baseline_matches_the_exact_oracle(index_class, kind, request) -> None:
-    known = expect_bug(request, {"per_tenant_ivf": DUPLICATES, "per_tenant_hnsw": DUPLICATES, "filtered_hnsw": STALE})
+def test_baseline_matches_the_exact_oracle(index_class, kind) -> None:
     machine = type(f"{index_class.__name__}_{kind}", (BaselineMachine,), {"index_class": index_class, "kind": kind})
-    phases = [Phase.generate] if known else list(Phase)  # shrinking a known bug took minutes; the tests below show it small
     run_state_machine_as_test(
         machine,
         settings=settings(
-            max_examples=15, stateful_step_count=20, deadline=None, phases=phases, suppress_health_check=list(HealthCheck)
+            max_examples=15, stateful_step_count=20, deadline=None, suppress_health_check=list(HealthCheck)
         ),
     )
 
@@ -107,9 +90,8 @@ def small_index(index_class: type, kind: str):
 
 
 @pytest.mark.parametrize("index_class, kind", BASELINES)
-def test_granting_again_adds_nothing(index_class, kind, request) -> None:
+def test_granting_again_adds_nothing(index_class, kind) -> None:
     """Granting what a tenant reads already, or what was revoked from it, leaves each id found once."""
-    expect_bug(request, {"per_tenant_ivf": DUPLICATES, "per_tenant_hnsw": DUPLICATES})
     index = small_index(index_class, kind)
     index.grant(np.arange(3), 1)
     for tenant in (0, 1):
@@ -122,8 +104,7 @@ def test_granting_again_adds_nothing(index_class, kind, request) -> None:
 
 
 @pytest.mark.parametrize("index_class, kind", BASELINES)
-def test_an_id_added_back_is_found_by_its_new_vector(index_class, kind, request) -> None:
-    expect_bug(request, {"per_tenant_hnsw": STALE, "filtered_hnsw": STALE})
+def test_an_id_added_back_is_found_by_its_new_vector(index_class, kind) -> None:
     index = small_index(index_class, kind)
     index.search(POOL[:1], 0, 1)
     index.remove(np.array([0]))
@@ -134,9 +115,8 @@ def test_an_id_added_back_is_found_by_its_new_vector(index_class, kind, request)
 
 
 @pytest.mark.parametrize("index_class, kind", BASELINES)
-def test_a_grant_of_an_absent_id_is_refused(index_class, kind, request) -> None:
+def test_a_grant_of_an_absent_id_is_refused(index_class, kind) -> None:
     """As FlatTenantIndex does: KeyError naming the id, and nothing readable when the id is added later."""
-    expect_bug(request, {"filtered_ivf": LEAK, "filtered_hnsw": LEAK})
     index = small_index(index_class, kind)
     with pytest.raises(KeyError, match="99"):
         index.grant(np.array([99]), 5)
@@ -152,7 +132,6 @@ def test_filtered_index_is_trained_before_add() -> None:
         index.train(POOL[:, :5])
 
 
-@pytest.mark.xfail(strict=True, reason=f"index/baselines.py: {UNTRAINED}")
 @pytest.mark.parametrize("call", [lambda ix: ix.search(POOL[:1], 0, 1), lambda ix: ix.remove(np.array([1]))], ids=["search", "remove"])
 def test_untrained_filtered_index_says_train_first(call) -> None:
     with pytest.raises(ValueError, match="train"):

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%protos/tenantkv/v1/tenant_admin.proto\x12\x0btenantkv.v1\"\x96\x01\n\x0bTenantStats\x12\x11\n\tdocuments\x18\x01 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x04\x12\x16\n\x0egranted_chunks\x18\x03 \x01(\x04\x12\x12\n\ntext_bytes\x18\x04 \x01(\x04\x12\x14\n\x0cvector_bytes\x18\x05 \x01(\x04\x12\x10\n\x08kv_bytes\x18\x06 \x01(\x04\x12\x10\n\x08\x61pi_keys\x18\x07 \x01(\x04\"i\n\x0eTenantSettings\x12\x12\n\nmax_chunks\x18\x01 \x01(\x04\x12\x14\n\x0cmax_kv_bytes\x18\x02 \x01(\x04\x12\x1b\n\x13requests_per_second\x18\x03 \x01(\x01\x12\x10\n\x08kv_codec\x18\x04 \x01(\t\"\xb5\x01\n\x06Tenant\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.tenantkv.v1.TenantState\x12\x17\n\x0f\x63reated_unix_ms\x18\x03 \x01(\x03\x12\'\n\x05stats\x18\x04 \x01(\x0b\x32\x18.tenantkv.v1.TenantStats\x12-\n\x08settings\x18\x05 \x01(\x0b\x32\x1b.tenantkv.v1.TenantSettings\"W\n\x13\x43reateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12-\n\x08settings\x18\x02 \x01(\x0b\x32\x1b.tenantkv.v1.TenantSettings\";\n\x14\x43reateTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantkv.v1.Tenant\"%\n\x10GetTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"8\n\x11GetTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantkv.v1.Tenant\"W\n\x13UpdateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12-\n\x08settings\x18\x02 \x01(\x0b\x32\x1b.tenantkv.v1.TenantSettings\";\n\x14UpdateTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantkv.v1.Tenant\"\x14\n\x12ListTenantsRequest\";\n\x13ListTenantsResponse\x12$\n\x07tenants\x18\x01 \x03(\x0b\x32\x13.tenantkv.v1.Tenant\"(\n\x13\x44\x65leteTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\".\n\x14\x44\x65leteTenantResponse\x12\x16\n\x0e\x64\x65leted_chunks\x18\x01 \x01(\x04\"\x8a\x01\n\x13\x43reateApiKeyRequest\x12$\n\x05scope\x18\x01 \x01(\x0e\x32\x15.tenantkv.v1.KeyScope\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12%\n\x06rights\x18\x03 \x03(\x0e\x32\x15.tenantkv.v1.KeyRight\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x03\"P\n\x14\x43reateApiKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x17\n\x0f\x65xpires_unix_ms\x18\x03 \x01(\x03\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\x16\n\x14RevokeApiKeyResponse\"^\n\x12GrantChunksRequest\x12\x17\n\x0fowner_tenant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xternal_ids\x18\x02 \x03(\t\x12\x19\n\x11grantee_tenant_id\x18\x03 \x01(\t\"(\n\x13GrantChunksResponse\x12\x11\n\tchunk_ids\x18\x01 \x03(\x04\"_\n\x13RevokeChunksRequest\x12\x17\n\x0fowner_tenant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xternal_ids\x18\x02 \x03(\t\x12\x19\n\x11grantee_tenant_id\x18\x03 \x01(\t\")\n\x14RevokeChunksResponse\x12\x11\n\tchunk_ids\x18\x01 \x03(\x04*{\n\x0bTenantState\x12\x1c\n\x18TENANT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13TENANT_STATE_ACTIVE\x10\x01\x12\x1a\n\x16TENANT_STATE_SUSPENDED\x10\x02\x12\x19\n\x15TENANT_STATE_DELETING\x10\x03*P\n\x08KeyScope\x12\x19\n\x15KEY_SCOPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fKEY_SCOPE_ADMIN\x10\x01\x12\x14\n\x10KEY_SCOPE_TENANT\x10\x02*N\n\x08KeyRight\x12\x19\n\x15KEY_RIGHT_UNSPECIFIED\x10\x00\x12\x12\n\x0eKEY_RIGHT_READ\x10\x01\x12\x13\n\x0fKEY_RIGHT_WRITE\x10\x02\x32\xfb\x05\n\x0bTenantAdmin\x12S\n\x0c\x43reateTenant\x12 .tenantkv.v1.CreateTenantRequest\x1a!.tenantkv.v1.CreateTenantResponse\x12J\n\tGetTenant\x12\x1d.tenantkv.v1.GetTenantRequest\x1a\x1e.tenantkv.v1.GetTenantResponse\x12S\n\x0cUpdateTenant\x12 .tenantkv.v1.UpdateTenantRequest\x1a!.tenantkv.v1.UpdateTenantResponse\x12P\n\x0bListTenants\x12\x1f.tenantkv.v1.ListTenantsRequest\x1a .tenantkv.v1.ListTenantsResponse\x12S\n\x0c\x44\x65leteTenant\x12 .tenantkv.v1.DeleteTenantRequest\x1a!.tenantkv.v1.DeleteTenantResponse\x12S\n\x0c\x43reateApiKey\x12 .tenantkv.v1.CreateApiKeyRequest\x1a!.tenantkv.v1.CreateApiKeyResponse\x12S\n\x0cRevokeApiKey\x12 .tenantkv.v1.RevokeApiKeyRequest\x1a!.tenantkv.v1.RevokeApiKeyResponse\x12P\n\x0bGrantChunks\x12\x1f.tenantkv.v1.GrantChunksRequest\x1a .tenantkv.v1.GrantChunksResponse\x12S\n\x0cRevokeChunks\x12 .tenantkv.v1.RevokeChunksRequest\x1a!.tenantkv.v1.RevokeChunksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%protos/tenantkv/v1/tenant_admin.proto\x12\x0btenantkv.v1\"\x96\x01\n\x0bTenantStats\x12\x11\n\tdocuments\x18\x01 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x04\x12\x16\n\x0egranted_chunks\x18\x03 \x01(\x04\x12\x12\n\ntext_bytes\x18\x04 \x01(\x04\x12\x14\n\x0cvector_bytes\x18\x05 \x01(\x04\x12\x10\n\x08kv_bytes\x18\x06 \x01(\x04\x12\x10\n\x08\x61pi_keys\x18\x07 \x01(\x04\"i\n\x0eTenantSettings\x12\x12\n\nmax_chunks\x18\x01 \x01(\x04\x12\x14\n\x0cmax_kv_bytes\x18\x02 \x01(\x04\x12\x1b\n\x13requests_per_second\x18\x03 \x01(\x01\x12\x10\n\x08kv_codec\x18\x04 \x01(\t\"\xb5\x01\n\x06Tenant\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.tenantkv.v1.TenantState\x12\x17\n\x0f\x63reated_unix_ms\x18\x03 \x01(\x03\x12\'\n\x05stats\x18\x04 \x01(\x0b\x32\x18.tenantkv.v1.TenantStats\x12-\n\x08settings\x18\x05 \x01(\x0b\x32\x1b.tenantkv.v1.TenantSettings\"W\n\x13\x43reateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12-\n\x08settings\x18\x02 \x01(\x0b\x32\x1b.tenantkv.v1.TenantSettings\";\n\x14\x43reateTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantkv.v1.Tenant\"%\n\x10GetTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"8\n\x11GetTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantkv.v1.Tenant\"W\n\x13UpdateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12-\n\x08settings\x18\x02 \x01(\x0b\x32\x1b.tenantkv.v1.TenantSettings\";\n\x14UpdateTenantResponse\x12#\n\x06tenant\x18\x01 \x01(\x0b\x32\x13.tenantkv.v1.Tenant\"O\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\nwith_usage\x18\x03 \x01(\x08\"T\n\x13ListTenantsResponse\x12$\n\x07tenants\x18\x01 \x03(\x0b\x32\x13.tenantkv.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x13\x44\x65leteTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\".\n\x14\x44\x65leteTenantResponse\x12\x16\n\x0e\x64\x65leted_chunks\x18\x01 \x01(\x04\"\x8a\x01\n\x13\x43reateApiKeyRequest\x12$\n\x05scope\x18\x01 \x01(\x0e\x32\x15.tenantkv.v1.KeyScope\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12%\n\x06rights\x18\x03 \x03(\x0e\x32\x15.tenantkv.v1.KeyRight\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x03\"P\n\x14\x43reateApiKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x17\n\x0f\x65xpires_unix_ms\x18\x03 \x01(\x03\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\x16\n\x14RevokeApiKeyResponse\"^\n\x12GrantChunksRequest\x12\x17\n\x0fowner_tenant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xternal_ids\x18\x02 \x03(\t\x12\x19\n\x11grantee_tenant_id\x18\x03 \x01(\t\"(\n\x13GrantChunksResponse\x12\x11\n\tchunk_ids\x18\x01 \x03(\x04\"_\n\x13RevokeChunksRequest\x12\x17\n\x0fowner_tenant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xternal_ids\x18\x02 \x03(\t\x12\x19\n\x11grantee_tenant_id\x18\x03 \x01(\t\")\n\x14RevokeChunksResponse\x12\x11\n\tchunk_ids\x18\x01 \x03(\x04*{\n\x0bTenantState\x12\x1c\n\x18TENANT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13TENANT_STATE_ACTIVE\x10\x01\x12\x1a\n\x16TENANT_STATE_SUSPENDED\x10\x02\x12\x19\n\x15TENANT_STATE_DELETING\x10\x03*P\n\x08KeyScope\x12\x19\n\x15KEY_SCOPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fKEY_SCOPE_ADMIN\x10\x01\x12\x14\n\x10KEY_SCOPE_TENANT\x10\x02*N\n\x08KeyRight\x12\x19\n\x15KEY_RIGHT_UNSPECIFIED\x10\x00\x12\x12\n\x0eKEY_RIGHT_READ\x10\x01\x12\x13\n\x0fKEY_RIGHT_WRITE\x10\x02\x32\xfb\x05\n\x0bTenantAdmin\x12S\n\x0c\x43reateTenant\x12 .tenantkv.v1.CreateTenantRequest\x1a!.tenantkv.v1.CreateTenantResponse\x12J\n\tGetTenant\x12\x1d.tenantkv.v1.GetTenantRequest\x1a\x1e.tenantkv.v1.GetTenantResponse\x12S\n\x0cUpdateTenant\x12 .tenantkv.v1.UpdateTenantRequest\x1a!.tenantkv.v1.UpdateTenantResponse\x12P\n\x0bListTenants\x12\x1f.tenantkv.v1.ListTenantsRequest\x1a .tenantkv.v1.ListTenantsResponse\x12S\n\x0c\x44\x65leteTenant\x12 .tenantkv.v1.DeleteTenantRequest\x1a!.tenantkv.v1.DeleteTenantResponse\x12S\n\x0c\x43reateApiKey\x12 .tenantkv.v1.CreateApiKeyRequest\x1a!.tenantkv.v1.CreateApiKeyResponse\x12S\n\x0cRevokeApiKey\x12 .tenantkv.v1.RevokeApiKeyRequest\x1a!.tenantkv.v1.RevokeApiKeyResponse\x12P\n\x0bGrantChunks\x12\x1f.tenantkv.v1.GrantChunksRequest\x1a .tenantkv.v1.GrantChunksResponse\x12S\n\x0cRevokeChunks\x12 .tenantkv.v1.RevokeChunksRequest\x1a!.tenantkv.v1.RevokeChunksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.tenantkv.v1.tenant_admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TENANTSTATE']._serialized_start=1632
-  _globals['_TENANTSTATE']._serialized_end=1755
-  _globals['_KEYSCOPE']._serialized_start=1757
-  _globals['_KEYSCOPE']._serialized_end=1837
-  _globals['_KEYRIGHT']._serialized_start=1839
-  _globals['_KEYRIGHT']._serialized_end=1917
+  _globals['_TENANTSTATE']._serialized_start=1716
+  _globals['_TENANTSTATE']._serialized_end=1839
+  _globals['_KEYSCOPE']._serialized_start=1841
+  _globals['_KEYSCOPE']._serialized_end=1921
+  _globals['_KEYRIGHT']._serialized_start=1923
+  _globals['_KEYRIGHT']._serialized_end=2001
   _globals['_TENANTSTATS']._serialized_start=55
   _globals['_TENANTSTATS']._serialized_end=205
   _globals['_TENANTSETTINGS']._serialized_start=207
@@ -56,29 +56,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATETENANTRESPONSE']._serialized_start=834
   _globals['_UPDATETENANTRESPONSE']._serialized_end=893
   _globals['_LISTTENANTSREQUEST']._serialized_start=895
-  _globals['_LISTTENANTSREQUEST']._serialized_end=915
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=917
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=976
-  _globals['_DELETETENANTREQUEST']._serialized_start=978
-  _globals['_DELETETENANTREQUEST']._serialized_end=1018
-  _globals['_DELETETENANTRESPONSE']._serialized_start=1020
-  _globals['_DELETETENANTRESPONSE']._serialized_end=1066
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1069
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1207
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1209
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1289
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1291
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1328
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1330
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1352
-  _globals['_GRANTCHUNKSREQUEST']._serialized_start=1354
-  _globals['_GRANTCHUNKSREQUEST']._serialized_end=1448
-  _globals['_GRANTCHUNKSRESPONSE']._serialized_start=1450
-  _globals['_GRANTCHUNKSRESPONSE']._serialized_end=1490
-  _globals['_REVOKECHUNKSREQUEST']._serialized_start=1492
-  _globals['_REVOKECHUNKSREQUEST']._serialized_end=1587
-  _globals['_REVOKECHUNKSRESPONSE']._serialized_start=1589
-  _globals['_REVOKECHUNKSRESPONSE']._serialized_end=1630
-  _globals['_TENANTADMIN']._serialized_start=1920
-  _globals['_TENANTADMIN']._serialized_end=2683
+  _globals['_LISTTENANTSREQUEST']._serialized_end=974
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=976
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=1060
+  _globals['_DELETETENANTREQUEST']._serialized_start=1062
+  _globals['_DELETETENANTREQUEST']._serialized_end=1102
+  _globals['_DELETETENANTRESPONSE']._serialized_start=1104
+  _globals['_DELETETENANTRESPONSE']._serialized_end=1150
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1153
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1291
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1293
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1373
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1375
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1412
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1414
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1436
+  _globals['_GRANTCHUNKSREQUEST']._serialized_start=1438
+  _globals['_GRANTCHUNKSREQUEST']._serialized_end=1532
+  _globals['_GRANTCHUNKSRESPONSE']._serialized_start=1534
+  _globals['_GRANTCHUNKSRESPONSE']._serialized_end=1574
+  _globals['_REVOKECHUNKSREQUEST']._serialized_start=1576
+  _globals['_REVOKECHUNKSREQUEST']._serialized_end=1671
+  _globals['_REVOKECHUNKSRESPONSE']._serialized_start=1673
+  _globals['_REVOKECHUNKSRESPONSE']._serialized_end=1714
+  _globals['_TENANTADMIN']._serialized_start=2004
+  _globals['_TENANTADMIN']._serialized_end=2767
 # @@protoc_insertion_point(module_scope)

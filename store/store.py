@@ -12,6 +12,7 @@ no logic of its own beyond a tenant's deletion, the one call that spans every ki
     documents  upsert, delete and grants of documents and their chunks
     chunks     reading chunks back: for a tenant, their KV blobs, for an index rebuild
     cache      the read cache behind verified keys and tenant settings
+    compaction rewriting the files with live data only, so deletions are final on disk
 
 A new kind of record gets a module of its own here, with its named database in `env.DB_NAMES`.
 """
@@ -22,6 +23,7 @@ import lmdb
 import numpy as np
 
 from store.chunks import Chunks
+from store.compaction import Compaction, compact
 from store.config import StoreConfig
 from store.documents import Documents
 from store.env import Env
@@ -85,8 +87,13 @@ class Store:
     def tenant_settings(self, name: str) -> TenantSettings:
         return self._tenants.settings(name)
 
-    def list_tenants(self) -> list[Tenant]:
-        return self._tenants.list_all()
+    def list_tenants(self, after: str = "", limit: int | None = None) -> list[Tenant]:
+        """Tenants in name order: all of them, or the page of at most `limit` named after `after`."""
+        return self._tenants.list_all(after, limit)
+
+    def list_tenants_with_stats(self, after: str = "", limit: int | None = None) -> list[tuple[Tenant, TenantStats]]:
+        """`list_tenants` with each tenant's usage, from one read transaction."""
+        return self._tenants.list_with_stats(after, limit)
 
     def tenant_stats(self, name: str) -> TenantStats:
         return self._tenants.stats(name)
@@ -145,3 +152,9 @@ class Store:
 
     def iter_index_entries(self, batch: int = 4096) -> Iterator[IndexEntries]:
         return self._chunks.index_entries(batch)
+
+    # ---- compaction
+
+    def compact(self) -> Compaction:
+        """Rewrite the LMDB file and the KV segments with live data only (writes wait meanwhile)."""
+        return compact(self._env, self._blobs)

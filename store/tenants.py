@@ -2,13 +2,15 @@
 other record modules keep in step inside their own transactions."""
 
 from dataclasses import asdict
+from itertools import islice
+from typing import Iterator
 
 import lmdb
 import orjson
 
 from store.cache import ReadCache
 from store.env import U32, Env, dumps, now_ms
-from store.errors import AlreadyExists, NotFound, QuotaExceeded
+from store.errors import AlreadyExists, InvalidArgument, NotFound, QuotaExceeded
 from store.records import Tenant, TenantSettings, TenantState, TenantStats
 from store.validate import check_settings, check_tenant_name
 
@@ -101,27 +103,44 @@ class Tenants:
         call reads its request rate, and the read and parse were ~5% of a Search's server time."""
         return self._settings.get(name, lambda: self.get(name).settings)
 
-    def list_all(self) -> list[Tenant]:
-        def scan(txn: lmdb.Transaction) -> list[Tenant]:
-            return [_tenant(k.decode(), orjson.loads(v)) for k, v in txn.cursor(db=self._env.db["tenants"])]
+    def list_all(self, after: str = "", limit: int | None = None) -> list[Tenant]:
+        """Tenants in name order (LMDB's key order): all of them, or at most `limit` of those named after `after`."""
+        return self._env.read(lambda txn: [_tenant(name, record) for name, record in self._scan(txn, after, limit)])
+
+    def list_with_stats(self, after: str = "", limit: int | None = None) -> list[tuple[Tenant, TenantStats]]:
+        """`list_all` with each tenant's usage, read in the same transaction."""
+
+        def scan(txn: lmdb.Transaction) -> list[tuple[Tenant, TenantStats]]:
+            return [(_tenant(name, record), self._stats(txn, record)) for name, record in self._scan(txn, after, limit)]
 
         return self._env.read(scan)
 
     def stats(self, name: str) -> TenantStats:
-        def stats(txn: lmdb.Transaction) -> TenantStats:
-            record = self.record(txn, name)
-            readable = sum(1 for _ in self._env.prefix_keys(txn, "readable", U32.pack(record["number"])))
-            return TenantStats(
-                documents=record["documents"],
-                chunks=record["chunks"],
-                granted_chunks=readable - record["chunks"],
-                text_bytes=record["text_bytes"],
-                vector_bytes=record["chunks"] * self._dim * 4,
-                kv_bytes=record["kv_bytes"],
-                api_keys=record["api_keys"],
-            )
+        return self._env.read(lambda txn: self._stats(txn, self.record(txn, name)))
 
-        return self._env.read(stats)
+    def _scan(self, txn: lmdb.Transaction, after: str, limit: int | None) -> Iterator[tuple[str, dict]]:
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise InvalidArgument(f"limit: must be a positive integer or None, got {limit!r}")
+        cursor = txn.cursor(db=self._env.db["tenants"])
+        # A tenant name never holds NUL, so the first key at or past `after` + NUL is the first one after it.
+        found = cursor.set_range(after.encode() + b"\0") if after else cursor.first()
+        if not found:
+            return
+        for key, value in islice(cursor.iternext(), limit):
+            yield key.decode(), orjson.loads(value)
+
+    def _stats(self, txn: lmdb.Transaction, record: dict) -> TenantStats:
+        """Usage from the tenant's record, and its readable chunks counted (the cost: one key per chunk)."""
+        readable = sum(1 for _ in self._env.prefix_keys(txn, "readable", U32.pack(record["number"])))
+        return TenantStats(
+            documents=record["documents"],
+            chunks=record["chunks"],
+            granted_chunks=readable - record["chunks"],
+            text_bytes=record["text_bytes"],
+            vector_bytes=record["chunks"] * self._dim * 4,
+            kv_bytes=record["kv_bytes"],
+            api_keys=record["api_keys"],
+        )
 
 
 def _tenant(name: str, record: dict) -> Tenant:

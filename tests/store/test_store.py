@@ -65,6 +65,34 @@ def test_tenants(store: Store) -> None:
             store.create_tenant(bad)
 
 
+def test_tenant_pages_follow_name_order(store: Store) -> None:
+    for name in ["carol", "a-1", "dave", "a_2", "b0"]:
+        store.create_tenant(name)
+    names = [t.name for t in store.list_tenants()]
+    assert names == sorted(names) == ["a-1", "a_2", "alice", "b0", "bob", "carol", "dave"]
+    pages, after = [], ""
+    while page := store.list_tenants(after, limit=3):
+        pages.append([t.name for t in page])
+        after = page[-1].name
+    assert pages == [names[:3], names[3:6], names[6:]]
+    store.delete_tenant("b0")  # a page may start after a name that is gone
+    assert [t.name for t in store.list_tenants("b0", limit=2)] == ["bob", "carol"]
+    assert store.list_tenants("zzz") == []
+    for bad in [0, -1, 1.5]:
+        with pytest.raises(InvalidArgument, match="limit"):
+            store.list_tenants(limit=bad)
+
+
+def test_tenant_pages_with_stats(store: Store) -> None:
+    store.upsert("alice", [doc("a", n_chunks=3)])
+    store.upsert("bob", [doc("b", n_chunks=2, seed=1)])
+    store.grant("bob", ["b"], "alice")
+    listed = store.list_tenants_with_stats(limit=1)
+    assert [(t.name, s) for t, s in listed] == [("alice", store.tenant_stats("alice"))]
+    assert (listed[0][1].chunks, listed[0][1].granted_chunks) == (3, 2)
+    assert [(t.name, s.chunks) for t, s in store.list_tenants_with_stats("alice")] == [("bob", 2)]
+
+
 def test_tenant_numbers_are_never_reused(store: Store) -> None:
     store.delete_tenant("bob")
     assert store.create_tenant("bob").number == 3

@@ -34,13 +34,13 @@ QUESTION = "Which passage is this?"
 class IsolationMachine(RuleBasedStateMachine):
     models = None  # set by the test: the session's loaded models
     cache_dir: Path | None = None
-    question_vector = None  # set by the test: QUESTION embedded as the server embeds it
 
     @initialize()
     def start(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="tenantkv-prop-"))
         self.config = ServerConfig(data_dir=self.tmp / "data", port=0, cache_dir=self.cache_dir)
         self.server = ServerThread(self.config, self.models).start()
+        self.question_vector = self.models.embedder.embed([QUESTION])[0]  # as the server embeds it
         self.keys: dict[str, str] = {}
         self.docs: dict[tuple[str, str], int] = {}  # (owner, doc) -> vector seed
         self.grants: set[tuple[str, str, str]] = set()  # (owner, doc, grantee)
@@ -181,7 +181,6 @@ class IsolationMachine(RuleBasedStateMachine):
 def use_models(models, model_cache_dir) -> None:
     IsolationMachine.models = models
     IsolationMachine.cache_dir = model_cache_dir
-    IsolationMachine.question_vector = models.embedder.embed([QUESTION])[0]
 
 
 def test_tenant_isolation_state_machine(models, model_cache_dir) -> None:

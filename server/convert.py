@@ -7,15 +7,14 @@ from google.protobuf import struct_pb2
 
 from protos.tenantkv.v1 import common_pb2, ingest_pb2, tenant_admin_pb2
 from server.runtime import ChunkSpec, DocumentSpec, Hit
-from store.errors import InvalidArgument, require_finite
+from store.errors import InvalidArgument
 from store.records import TenantSettings
+from store.vectors import unit_rows
 
 
 def vector_from(values, dim: int, field: str) -> np.ndarray:
-    """A float32 [dim] vector with finite values."""
-    vector = _shaped(values, dim, field)
-    require_finite([vector], [field])
-    return vector
+    """A float32 [dim] vector scaled to unit norm; InvalidArgument if it cannot be (zero, NaN, infinity)."""
+    return unit_rows(_shaped(values, dim, field)[None, :], [field])[0]
 
 
 def _shaped(values, dim: int, field: str) -> np.ndarray:
@@ -98,7 +97,8 @@ def documents_from(request: ingest_pb2.UpsertRequest, dim: int, max_documents: i
         if size > max_text_bytes:
             raise InvalidArgument(f"{field}: text of {size} bytes exceeds the limit of {max_text_bytes}")
         specs.append(DocumentSpec(external_id=doc.external_id, metadata=dict_from_struct(doc.metadata, f"{field}.metadata"), text=doc.text, chunks=chunks))
-    require_finite(vectors, fields)
+    if vectors:
+        unit_rows(np.stack(vectors), fields)  # refused before any model work; the store keeps them scaled
     return specs
 
 

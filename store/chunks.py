@@ -9,7 +9,7 @@ import orjson
 
 from store.env import U32, U64, Env
 from store.kvblobs import KVBlobs
-from store.records import Chunk, IndexEntries, KVRef
+from store.records import Chunk, IndexEntries
 from store.tenants import Tenants
 
 
@@ -49,17 +49,20 @@ class Chunks:
         return self._env.read(read)
 
     def read_kv(self, chunk_id: int) -> bytes | None:
-        """A chunk's KV blob, None if it has none; Corrupted if its bytes fail the checksum."""
+        """A chunk's KV blob, None if it has none; Corrupted if its bytes fail the checksum.
 
-        def locate(txn: lmdb.Transaction) -> KVRef | None:
+        Its bytes are read inside the transaction that located them, so a compaction cannot
+        remove their segment in between.
+        """
+
+        def read(txn: lmdb.Transaction) -> bytes | None:
             raw = txn.get(U64.pack(chunk_id), db=self._env.db["chunks"])
             kv = orjson.loads(raw)["kv"] if raw is not None else None
             if kv is None:
                 return None
-            return self._blobs.locate(txn, bytes.fromhex(kv))
+            return self._blobs.read(self._blobs.locate(txn, bytes.fromhex(kv)))
 
-        ref = self._env.read(locate)
-        return None if ref is None else self._blobs.read(ref)
+        return self._env.read(read)
 
     def index_entries(self, batch: int) -> Iterator[IndexEntries]:
         """Every chunk's vector and reader tenant numbers (owner first), in chunk id order."""

@@ -1,5 +1,6 @@
-"""The LMDB environment: its named databases, transactions, map growth, and the conventions every
-record shares (big-endian integer keys, compact JSON values, millisecond timestamps).
+"""The LMDB environment: its named databases, transactions, map growth, its compacting copy, and
+the conventions every record shares (big-endian integer keys, compact JSON values, millisecond
+timestamps).
 
 Writes follow one rule: payload first, then the record that points to it, in one LMDB
 transaction, and the caller is told only after the commit. The named databases:
@@ -18,6 +19,8 @@ The KV salt is the owner tenant, so identical chunks of one tenant share a blob 
 shared across tenants (no cross-tenant timing signal).
 """
 
+import os
+import shutil
 import struct
 import threading
 import time
@@ -44,8 +47,9 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class _ResizeGuard:
-    """Many transactions at once, or one map resize alone (LMDB forbids resizing under open transactions)."""
+class _RemapGuard:
+    """Many transactions at once, or one change of the environment alone: a map resize (LMDB
+    forbids it under open transactions) or the swap of a compacted copy for the file."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -83,14 +87,22 @@ class _ResizeGuard:
 
 class Env:
     """One LMDB environment (`lmdb`) and its named databases (`db`); one writer at a time
-    (`write_lock`), readers alongside, and a map that doubles whenever a write fills it."""
+    (`write_lock`), readers alongside, a map that doubles whenever a write fills it, and a
+    compacting copy swapped in on demand."""
 
     def __init__(self, path: Path, map_size: int, sync: bool) -> None:
-        self.lmdb = lmdb.open(str(path), map_size=map_size, max_dbs=len(DB_NAMES) + 2, sync=sync, subdir=True, max_readers=512)
+        self._path = path
+        self._sync = sync
+        self._copy_dir = path.with_name(path.name + ".compact")
+        shutil.rmtree(self._copy_dir, ignore_errors=True)  # a compaction that a crash cut short
+        self._open(map_size)
+        self.write_lock = threading.Lock()
+        self._guard = _RemapGuard()
+
+    def _open(self, map_size: int) -> None:
+        self.lmdb = lmdb.open(str(self._path), map_size=map_size, max_dbs=len(DB_NAMES) + 2, sync=self._sync, subdir=True, max_readers=512)
         self.lmdb.reader_check()
         self.db = {name: self.lmdb.open_db(name.encode()) for name in DB_NAMES}
-        self.write_lock = threading.Lock()
-        self._guard = _ResizeGuard()
 
     def read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         with self._guard.shared(), self.lmdb.begin() as txn:
@@ -108,8 +120,41 @@ class Env:
                 with self._guard.shared(), self.lmdb.begin(write=True) as txn:
                     return fn(txn)
             except lmdb.MapFullError:
-                with self._guard.exclusive():
+                with self.exclusive():
                     self.lmdb.set_mapsize(self.lmdb.info()["map_size"] * 2)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """No transaction runs inside: new ones wait, and it waits for the running ones to end."""
+        with self._guard.exclusive():
+            yield
+
+    def file_bytes(self) -> int:
+        return (self._path / "data.mdb").stat().st_size
+
+    def compact_locked(self) -> None:
+        """Replace the file by a compacting copy of it, for a caller that holds `write_lock`.
+
+        LMDB reuses freed pages but never clears them, so deleted records stay readable in the
+        file; the copy holds the live pages only. Readers go on during the copy and wait during
+        the swap. Crash-safe: the copy is durable before one rename puts it in place; a copy
+        left by a crash before the rename is removed at the next open.
+        """
+        self._copy_dir.mkdir()
+        try:
+            copy = self._copy_dir / "data.mdb"
+            self.lmdb.copy(str(self._copy_dir), compact=True)
+            if self._sync:
+                fsync_path(copy)
+            with self.exclusive():
+                map_size = self.lmdb.info()["map_size"]
+                self.lmdb.close()
+                os.replace(copy, self._path / "data.mdb")
+                if self._sync:
+                    fsync_path(self._path)
+                self._open(map_size)
+        finally:
+            shutil.rmtree(self._copy_dir, ignore_errors=True)
 
     def prefix_keys(self, txn: lmdb.Transaction, db: str, prefix: bytes) -> Iterator[bytes]:
         """The keys of `db` that start with `prefix`, in order."""
@@ -123,3 +168,12 @@ class Env:
 
     def close(self) -> None:
         self.lmdb.close()
+
+
+def fsync_path(path: Path) -> None:
+    """Make a file's bytes, or a directory's entries, durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -2,15 +2,19 @@
 
 A frame is `magic (4 bytes) | payload length (u32) | crc32 of payload (u32) | payload`. LMDB keeps
 (segment, offset of the payload, length, crc32). A blob whose last reference goes away stays in
-its segment until a compaction rewrites it (not implemented yet); only its LMDB record is dropped.
+its segment until a compaction (`KVBlobs.compact_locked`) copies the segment's live blobs into
+the newest segment and removes the file.
 """
 
 import os
 import struct
 import threading
 import zlib
+from collections import Counter
 from pathlib import Path
+from typing import Iterable
 
+from store.env import fsync_path
 from store.errors import Corrupted
 from store.records import KVRef
 
@@ -77,13 +81,47 @@ class SegmentLog:
                     os.fsync(f.fileno())
             return refs
 
-    def read(self, ref: KVRef) -> bytes:
-        """The blob at `ref`; Corrupted if its bytes are missing or fail the checksum."""
+    def read(self, ref: KVRef, check: bool = True) -> bytes:
+        """The blob at `ref`; Corrupted if its bytes are missing or (when `check`) fail the checksum."""
         fd = self._reader(ref.segment)
         data = os.pread(fd, ref.length, ref.offset)
-        if len(data) != ref.length or zlib.crc32(data) != ref.crc32:
+        if len(data) != ref.length or (check and zlib.crc32(data) != ref.crc32):
             raise Corrupted(f"KV blob in segment {ref.segment} at offset {ref.offset} fails its checksum")
         return data
+
+    @property
+    def current(self) -> int:
+        """The segment appends go to."""
+        return self._current
+
+    def total_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self._dir.glob("*.seg"))
+
+    def stale(self, live: Iterable[KVRef]) -> list[int]:
+        """The segments holding bytes that none of the `live` blobs occupies: dropped blobs, or
+        copies a crashed compaction wrote before any record pointed to them."""
+        used: Counter[int] = Counter()
+        for ref in live:
+            used[ref.segment] += FRAME.size + ref.length
+        return sorted(int(p.stem) for p in self._dir.glob("*.seg") if used[int(p.stem)] < p.stat().st_size)
+
+    def seal(self) -> None:
+        """Send the next append to a new segment, so the current one can be removed."""
+        with self._lock:
+            self._current += 1
+            self._size = 0
+
+    def remove(self, numbers: list[int]) -> None:
+        """Delete segments no record points into any more. The caller makes sure no read is
+        under way (`Env.exclusive`): their open descriptors are closed here."""
+        with self._lock:
+            for number in numbers:
+                fd = self._readers.pop(number, None)
+                if fd is not None:
+                    os.close(fd)
+                self._path(number).unlink(missing_ok=True)
+        if self._sync:
+            fsync_path(self._dir)
 
     def _reader(self, segment: int) -> int:
         fd = self._readers.get(segment)

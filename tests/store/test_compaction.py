@@ -1,0 +1,176 @@
+"""Compaction against a real store in tmp_path: a deleted chunk's bytes are on disk until it runs
+and nowhere after; live data, KV included, survives it, concurrent work, reopening and a crash."""
+
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from store.config import StoreConfig
+from store.records import ChunkInput, DocumentInput
+from store.store import Store
+from tests.store.canary import files_holding, stored_bytes
+
+DIM = 8
+
+
+def canary(external_id: str, seed: int) -> DocumentInput:
+    """One chunk whose text, vector, token ids and KV blob are each found nowhere else."""
+    rng = np.random.default_rng(seed)
+    vector = rng.standard_normal(DIM).astype(np.float32)
+    return DocumentInput(
+        external_id=external_id,
+        metadata={},
+        chunks=[
+            ChunkInput(
+                text=f"Kanarienvogel {rng.integers(1 << 62):x} — sings in the mine until it does not.",
+                token_ids=rng.integers(1 << 20, 1 << 30, 12).astype(np.int32),
+                vector=vector / np.linalg.norm(vector),
+                kv_blob=rng.bytes(3000),
+            )
+        ],
+    )
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> StoreConfig:
+    return StoreConfig(path=tmp_path / "store", dim=DIM)
+
+
+def _assert_reads_back(store: Store, tenant: str, chunk_id: int, expected: DocumentInput) -> None:
+    [chunk] = store.readable_chunks(tenant, [chunk_id])
+    assert chunk.text == expected.chunks[0].text
+    np.testing.assert_array_equal(chunk.token_ids, expected.chunks[0].token_ids)
+    assert store.read_kv(chunk_id) == expected.chunks[0].kv_blob
+
+
+@pytest.mark.parametrize("deletion", ["document", "tenant"])
+def test_nothing_of_a_deleted_chunk_is_left_after_compaction(config: StoreConfig, deletion: str) -> None:
+    with Store(config) as store:
+        store.create_tenant("alice")
+        store.create_tenant("bob")
+        kept, bird = canary("kept", 1), canary("bird", 2)
+        kept_id = int(store.upsert("bob" if deletion == "tenant" else "alice", [kept]).added[0])
+        bird_id = int(store.upsert("alice", [bird]).added[0])
+        stored = stored_bytes(store, bird_id)
+        assert stored.kv == bird.chunks[0].kv_blob and stored.token_ids == bird.chunks[0].token_ids.tobytes()
+        if deletion == "document":
+            store.delete_documents("alice", ["bird"])
+        else:
+            store.delete_tenant("alice")
+        assert sorted(files_holding(config.path, stored)) == ["kv", "text", "token_ids", "vector"]  # deleted is not gone yet
+        report = store.compact()
+        assert files_holding(config.path, stored) == {}
+        assert report.bytes_after < report.bytes_before and report.segment_bytes_after > 0
+        _assert_reads_back(store, "bob" if deletion == "tenant" else "alice", kept_id, kept)
+    with Store(config) as store:
+        _assert_reads_back(store, "bob" if deletion == "tenant" else "alice", kept_id, kept)
+        assert store.readable_chunks("bob", [bird_id]) == []
+
+
+def test_segments_with_only_live_blobs_are_kept_and_numbers_go_on(config: StoreConfig) -> None:
+    small = StoreConfig(path=config.path, dim=DIM, max_segment_bytes=4096)  # one blob a segment
+    with Store(small) as store:
+        store.create_tenant("alice")
+        ids = [int(store.upsert("alice", [canary(f"d{i}", 10 + i)]).added[0]) for i in range(4)]
+        segments = small.path / "segments"
+        before = sorted(p.name for p in segments.glob("*.seg"))
+        store.delete_documents("alice", ["d1", "d3"])  # d3's blob lies in the segment appends go to
+        store.compact()
+        after = sorted(p.name for p in segments.glob("*.seg"))
+        assert [before[0], before[2]] == after[:2] and before[3] not in after and before[1] not in after
+        store.delete_documents("alice", ["d0", "d2"])
+        store.compact()
+        assert list(segments.glob("*.seg")) == []
+    with Store(small) as store:  # a store whose segments all went starts a new one
+        new = canary("new", 20)
+        [new_id] = store.upsert("alice", [new]).added
+        _assert_reads_back(store, "alice", int(new_id), new)
+        assert store.readable_chunks("alice", ids) == []
+
+
+def test_compaction_under_reads_and_writes_loses_nothing_acknowledged(config: StoreConfig) -> None:
+    with Store(config) as store:
+        store.create_tenant("alice")
+        acknowledged: dict[int, DocumentInput] = {}
+        deleted: set[int] = set()
+
+        def write() -> None:
+            for i in range(60):
+                doc = canary(f"w{i}", 100 + i)
+                chunk_id = int(store.upsert("alice", [doc]).added[0])
+                acknowledged[chunk_id] = doc
+                if i % 3 == 0:
+                    store.delete_documents("alice", [f"w{i}"])
+                    deleted.add(chunk_id)
+
+        def read(writer: Future) -> None:
+            while not writer.done():
+                for chunk_id, doc in list(acknowledged.items()):
+                    if chunk_id not in deleted and (kv := store.read_kv(chunk_id)) is not None:
+                        assert kv == doc.chunks[0].kv_blob
+
+        with ThreadPoolExecutor(2) as pool:
+            writer = pool.submit(write)
+            reader = pool.submit(read, writer)
+            compactions = 0
+            while not writer.done():
+                store.compact()
+                compactions += 1
+            writer.result()
+            reader.result()
+        assert compactions >= 2
+        store.compact()
+        live = {i: d for i, d in acknowledged.items() if i not in deleted}
+        for chunk_id, doc in live.items():
+            _assert_reads_back(store, "alice", chunk_id, doc)
+        assert store.readable_chunks("alice", sorted(deleted)) == []
+    with Store(config) as store:
+        assert {c.chunk_id for c in store.readable_chunks("alice", sorted(acknowledged))} == set(live)
+
+
+def test_a_compaction_killed_at_any_moment_loses_nothing(config: StoreConfig) -> None:
+    """A child upserts, deletes and compacts in a loop and is SIGKILLed; every write it acknowledged
+    reads back, and the next compaction leaves no deleted byte and no half-made copy behind."""
+    child = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from store.config import StoreConfig
+        from store.store import Store
+        from tests.store.test_compaction import canary
+        with Store(StoreConfig(path=Path({str(config.path)!r}), dim={DIM}, max_segment_bytes=16384)) as store:
+            store.create_tenant("alice")
+            for i in range(10_000):
+                store.upsert("alice", [canary(f"k{{i}}", i)])
+                print("ack", i, flush=True)
+                if i % 2:
+                    store.delete_documents("alice", [f"k{{i}}"])
+                    print("del", i, flush=True)
+                store.compact()
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    acked, dropped = set(), set()
+    for line in process.stdout:
+        verb, i = line.split()
+        (acked if verb == "ack" else dropped).add(int(i))
+        if len(acked) == 40:
+            break
+    process.kill()
+    process.wait()
+    with Store(StoreConfig(path=config.path, dim=DIM, max_segment_bytes=16384)) as store:
+        assert not (config.path / "lmdb.compact").exists()
+        kept = [i for i in acked if i not in dropped]
+        ids = store.document_chunk_ids("alice", [f"k{i}" for i in kept])
+        for chunk_id, i in zip(ids.tolist(), kept):
+            _assert_reads_back(store, "alice", chunk_id, canary(f"k{i}", i))
+        store.compact()
+        for i in dropped:
+            doc = canary(f"k{i}", i)
+            for data in (p.read_bytes() for p in config.path.rglob("*") if p.is_file()):
+                assert doc.chunks[0].kv_blob not in data and doc.chunks[0].text.encode() not in data

@@ -38,7 +38,7 @@ class IsolationMachine(RuleBasedStateMachine):
     @initialize()
     def start(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="tenantkv-prop-"))
-        self.config = ServerConfig(data_dir=self.tmp / "data", port=0, cache_dir=self.cache_dir)
+        self.config = ServerConfig(data_dir=self.tmp / "data", port=0, cache_dir=self.cache_dir, warm_up=False)
         self.server = ServerThread(self.config, self.models).start()
         self.question_vector = self.models.embedder.embed([QUESTION])[0]  # as the server embeds it
         self.keys: dict[str, str] = {}

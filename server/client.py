@@ -95,8 +95,22 @@ class Client:
     def get_tenant(self, tenant_id: str) -> tenant_admin_pb2.Tenant:
         return self._call(self.admin.GetTenant, tenant_admin_pb2.GetTenantRequest(tenant_id=tenant_id)).tenant
 
-    def list_tenants(self) -> list[tenant_admin_pb2.Tenant]:
-        return list(self._call(self.admin.ListTenants, tenant_admin_pb2.ListTenantsRequest()).tenants)
+    def list_tenants_page(self, page_size: int = 0, page_token: str = "", with_usage: bool = False) -> tenant_admin_pb2.ListTenantsResponse:
+        """One page of tenants in name order (page_size 0: the server's default); its
+        next_page_token asks for the next, and is empty after the last page."""
+        request = tenant_admin_pb2.ListTenantsRequest(page_size=page_size, page_token=page_token, with_usage=with_usage)
+        return self._call(self.admin.ListTenants, request)
+
+    def list_tenants(self, with_usage: bool = False, page_size: int = 0) -> list[tenant_admin_pb2.Tenant]:
+        """Every tenant in name order, fetched a page at a time; stats filled only `with_usage`."""
+        tenants: list[tenant_admin_pb2.Tenant] = []
+        token = ""
+        while True:
+            reply = self.list_tenants_page(page_size, token, with_usage)
+            tenants.extend(reply.tenants)
+            token = reply.next_page_token
+            if not token:
+                return tenants
 
     def delete_tenant(self, tenant_id: str) -> int:
         return self._call(self.admin.DeleteTenant, tenant_admin_pb2.DeleteTenantRequest(tenant_id=tenant_id)).deleted_chunks

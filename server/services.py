@@ -8,6 +8,7 @@ import asyncio
 import functools
 import threading
 import time
+from dataclasses import asdict
 from typing import AsyncIterator, Callable
 
 from protos.tenantkv.v1 import (
@@ -23,9 +24,10 @@ from protos.tenantkv.v1 import (
 from server.convert import bounded_int, documents_from, hit_message, settings_from, settings_message, vector_from
 from server.interceptor import current_caller
 from server.offload import Offload
+from server.paging import name_after, page_size, page_token
 from server.runtime import Runtime
 from store.errors import InvalidArgument, Unavailable
-from store.records import KeyScope, Tenant, TenantState
+from store.records import KeyScope, Tenant, TenantState, TenantStats
 from worker.blend import PrefillMode
 
 KV_PIECE_BYTES = 3 << 20
@@ -70,8 +72,19 @@ class TenantAdminServicer(_Servicer, tenant_admin_pb2_grpc.TenantAdminServicer):
         return tenant_admin_pb2.GetTenantResponse(tenant=await self._tenant_message(tenant))
 
     async def ListTenants(self, request, context):
-        tenants = await self.offload.io(self.runtime.store.list_tenants)
-        return tenant_admin_pb2.ListTenantsResponse(tenants=[await self._tenant_message(t) for t in tenants])
+        """One page in name order, read with one store call; usage only when asked, since counting
+        it per tenant is what made one 20,000-tenant listing take 2.4 s."""
+        size, after = page_size(request.page_size), name_after(request.page_token)
+        store = self.runtime.store
+        if request.with_usage:
+            listed = await self.offload.io(store.list_tenants_with_stats, after, size + 1)
+        else:
+            listed = [(t, None) for t in await self.offload.io(store.list_tenants, after, size + 1)]
+        page = listed[:size]
+        return tenant_admin_pb2.ListTenantsResponse(
+            tenants=[tenant_message(tenant, stats) for tenant, stats in page],
+            next_page_token=page_token(page[-1][0].name) if len(listed) > size else "",
+        )
 
     async def DeleteTenant(self, request, context):
         deleted = await self.offload.io(self.runtime.delete_tenant, request.tenant_id)
@@ -106,23 +119,23 @@ class TenantAdminServicer(_Servicer, tenant_admin_pb2_grpc.TenantAdminServicer):
         )
         return tenant_admin_pb2.RevokeChunksResponse(chunk_ids=ids.tolist())
 
+    async def CompactStore(self, request, context):
+        report = await self.offload.io(self.runtime.compact)
+        return tenant_admin_pb2.CompactStoreResponse(bytes_before=report.bytes_before, bytes_after=report.bytes_after, seconds=report.seconds)
+
     async def _tenant_message(self, tenant: Tenant) -> tenant_admin_pb2.Tenant:
-        stats = await self.offload.io(self.runtime.store.tenant_stats, tenant.name)
-        return tenant_admin_pb2.Tenant(
-            tenant_id=tenant.name,
-            state=_STATES[tenant.state],
-            created_unix_ms=tenant.created_unix_ms,
-            stats=tenant_admin_pb2.TenantStats(
-                documents=stats.documents,
-                chunks=stats.chunks,
-                granted_chunks=stats.granted_chunks,
-                text_bytes=stats.text_bytes,
-                vector_bytes=stats.vector_bytes,
-                kv_bytes=stats.kv_bytes,
-                api_keys=stats.api_keys,
-            ),
-            settings=settings_message(tenant.settings),
-        )
+        return tenant_message(tenant, await self.offload.io(self.runtime.store.tenant_stats, tenant.name))
+
+
+def tenant_message(tenant: Tenant, stats: TenantStats | None) -> tenant_admin_pb2.Tenant:
+    """The tenant as protobuf; its stats left unset when None."""
+    return tenant_admin_pb2.Tenant(
+        tenant_id=tenant.name,
+        state=_STATES[tenant.state],
+        created_unix_ms=tenant.created_unix_ms,
+        stats=None if stats is None else tenant_admin_pb2.TenantStats(**asdict(stats)),
+        settings=settings_message(tenant.settings),
+    )
 
 
 _STATES = {

@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--kv-codec", default="", help="fp16, int8, kivi4, kivi2, ecq; default: the server's")
         _client_options(p)
         p.set_defaults(run=_tenants, action=action)
-    p = tenants.add_parser("list")
+    p = tenants.add_parser("list", help="every tenant in name order, one JSON line each, fetched a page at a time")
+    p.add_argument("--usage", action="store_true", help="with each tenant's usage counts (slower)")
+    p.add_argument("--page-size", type=int, default=0, help="tenants per call; 0: the server's default")
     _client_options(p)
     p.set_defaults(run=_tenants, action="list", tenant_id="")
     keys = admin_sub.add_parser("keys").add_subparsers(required=True, metavar="ACTION")
@@ -150,7 +152,7 @@ def _tenants(args) -> int:
         elif args.action == "delete":
             print(json.dumps({"deleted_chunks": client.delete_tenant(args.tenant_id)}))
         else:
-            for tenant in client.list_tenants():
+            for tenant in client.list_tenants(with_usage=args.usage, page_size=args.page_size):
                 _print(tenant)
     return 0
 

@@ -31,6 +31,17 @@ def test_admin_commands(as_admin, capsys) -> None:
     assert json.loads(run(capsys, "admin", "tenants", "delete", "acme")[0]) == {"deleted_chunks": 0}
 
 
+def test_tenants_list_pages_through(as_admin, admin, capsys) -> None:
+    for name in ["carol", "alice", "bob"]:
+        admin.create_tenant(name)
+    listed = [json.loads(line) for line in run(capsys, "admin", "tenants", "list", "--page-size", "2")]
+    assert [t["tenantId"] for t in listed] == ["alice", "bob", "carol"]
+    assert not any("stats" in t for t in listed)
+    listed = [json.loads(line) for line in run(capsys, "admin", "tenants", "list", "--page-size", "1", "--usage")]
+    assert [t["tenantId"] for t in listed] == ["alice", "bob", "carol"]
+    assert all("stats" in t for t in listed)
+
+
 def test_errors_are_reported_not_raised(as_admin, capsys) -> None:
     assert main(["admin", "tenants", "get", "nobody"]) == 1
     assert "NOT_FOUND" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from tqdm import tqdm
 
 from protos.tenantkv.v1 import tenant_admin_pb2
-from server.client import Client, DocumentText
+from server.client import Client, DocumentText, bearer
 from server.config import load_config
 
 DEFAULT_SERVER = "127.0.0.1:50051"
@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("key_id")
     _client_options(p)
     p.set_defaults(run=_keys_revoke)
+    p = admin_sub.add_parser("compact", help="rewrite the store's files with live data only, so deleted data is gone from disk")
+    _client_options(p)
+    p.set_defaults(run=_compact)
 
     ingest = sub.add_parser("ingest", help="upsert a JSONL file of documents, resumable")
     ingest.add_argument("file", type=Path, help='one JSON object a line: {"id", "text" | "chunks" [, "vectors"], "metadata"}')
@@ -98,14 +101,18 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key-file", type=Path, help="file holding the key (default: TENANTKV_API_KEY)")
 
 
-def _client(args) -> Client:
+def _api_key(args) -> str:
     if args.api_key_file:
         key = args.api_key_file.read_text().strip()
     else:
         key = os.environ.get("TENANTKV_API_KEY", "")
     if not key:
         raise SystemExit("no API key: pass --api-key-file or set TENANTKV_API_KEY")
-    return Client(args.server, key)
+    return key
+
+
+def _client(args) -> Client:
+    return Client(args.server, _api_key(args))
 
 
 @contextlib.contextmanager
@@ -166,6 +173,12 @@ def _keys_create(args) -> int:
 def _keys_revoke(args) -> int:
     with _client(args) as client:
         client.revoke_api_key(args.key_id)
+    return 0
+
+
+def _compact(args) -> int:
+    with _client(args) as client:
+        _print(client.admin.CompactStore(tenant_admin_pb2.CompactStoreRequest(), metadata=bearer(_api_key(args))))
     return 0
 
 

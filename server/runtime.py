@@ -22,6 +22,7 @@ from index.tree import sample_rows
 from kvcodec import CODECS, codec_of
 from server.config import ServerConfig
 from server.ratelimit import RateLimiter
+from store.compaction import Compaction
 from store.errors import Corrupted, InvalidArgument, NotFound, Unavailable
 from store.records import Chunk, ChunkInput, DocumentInput, KeyScope, Tenant, TenantSettings, UpsertResult
 from store.store import Store
@@ -93,6 +94,10 @@ class Runtime:
         self._numbers: dict[str, int] = {}
         self.rate_limiter = RateLimiter()
         self.stopping = threading.Event()  # set at shutdown: model work ends at its next chunk or token
+        self._compaction_lock = threading.RLock()  # one compaction at a time
+        self._queue_lock = threading.Lock()  # guards the two below
+        self._compaction_queued = False  # a background compaction is waiting for its turn
+        self._compactor: threading.Thread | None = None  # the newest background compaction
 
     @classmethod
     def open(cls, config: ServerConfig, models: Models | None = None) -> "Runtime":
@@ -103,6 +108,8 @@ class Runtime:
         return runtime
 
     def close(self) -> None:
+        if self._compactor is not None:
+            self._compactor.join()  # its thread ends after any compaction queued before it
         self.store.close()
 
     # ---- start-up
@@ -198,7 +205,43 @@ class Runtime:
             self.index.remove(deletion.removed_chunk_ids)
             for chunk_id, _ in deletion.revoked:
                 self.index.revoke(np.array([chunk_id], dtype=np.int64), number)
+        self.compact_in_background()
         return len(deletion.removed_chunk_ids)
+
+    # ---- compaction
+
+    def compact(self) -> Compaction:
+        """Rewrite the store's files with live data only, so what was deleted cannot be read back
+        from disk; writes wait meanwhile, reads go on."""
+        with self._compaction_lock:
+            report = self.store.compact()
+        log.info(
+            "store compacted in %.2f s: %d -> %d bytes (LMDB %d -> %d, KV segments %d -> %d)",
+            report.seconds, report.bytes_before, report.bytes_after, report.lmdb_bytes_before,
+            report.lmdb_bytes_after, report.segment_bytes_before, report.segment_bytes_after,
+        )
+        return report
+
+    def compact_in_background(self) -> None:
+        """Compact soon in a thread of its own (a tenant's deletion returns without waiting for it);
+        requests that come while one waits its turn are served by that one."""
+        with self._queue_lock:
+            if self._compaction_queued:
+                return
+            self._compaction_queued = True
+            self._compactor = threading.Thread(target=self._compact_queued, name="compaction", daemon=True)
+            self._compactor.start()
+
+    def _compact_queued(self) -> None:
+        with self._compaction_lock:
+            with self._queue_lock:
+                self._compaction_queued = False
+            if self.stopping.is_set():
+                return
+            try:
+                self.compact()
+            except Exception:  # noqa: BLE001 - the thread's end: log it; the next deletion or CompactStore retries
+                log.exception("background compaction failed; deleted data stays on disk until the next one")
 
     def grant(self, owner: str, external_ids: list[str], grantee: str) -> np.ndarray:
         return self._change_grants(owner, external_ids, grantee, grant=True)

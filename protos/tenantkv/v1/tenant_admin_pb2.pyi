@@ -213,3 +213,17 @@ class RevokeChunksResponse(_message.Message):
     CHUNK_IDS_FIELD_NUMBER: _ClassVar[int]
     chunk_ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, chunk_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class CompactStoreRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CompactStoreResponse(_message.Message):
+    __slots__ = ("bytes_before", "bytes_after", "seconds")
+    BYTES_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_AFTER_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    bytes_before: int
+    bytes_after: int
+    seconds: float
+    def __init__(self, bytes_before: _Optional[int] = ..., bytes_after: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...

@@ -80,6 +80,11 @@ class TenantAdminStub:
                 request_serializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.RevokeChunksRequest.SerializeToString,
                 response_deserializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.RevokeChunksResponse.FromString,
                 _registered_method=True)
+        self.CompactStore = channel.unary_unary(
+                '/tenantkv.v1.TenantAdmin/CompactStore',
+                request_serializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.CompactStoreRequest.SerializeToString,
+                response_deserializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.CompactStoreResponse.FromString,
+                _registered_method=True)
 
 
 class TenantAdminServicer:
@@ -145,6 +150,14 @@ class TenantAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompactStore(self, request, context):
+        """Rewrites the store's files with live data only, so nothing deleted (documents, tenants) can be
+        read back from disk. Writes wait while it runs; reads go on. Also runs after each DeleteTenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TenantAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -192,6 +205,11 @@ def add_TenantAdminServicer_to_server(servicer, server):
                     servicer.RevokeChunks,
                     request_deserializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.RevokeChunksRequest.FromString,
                     response_serializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.RevokeChunksResponse.SerializeToString,
+            ),
+            'CompactStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompactStore,
+                    request_deserializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.CompactStoreRequest.FromString,
+                    response_serializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.CompactStoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -438,6 +456,33 @@ class TenantAdmin:
             '/tenantkv.v1.TenantAdmin/RevokeChunks',
             protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.RevokeChunksRequest.SerializeToString,
             protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.RevokeChunksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompactStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantkv.v1.TenantAdmin/CompactStore',
+            protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.CompactStoreRequest.SerializeToString,
+            protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.CompactStoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -137,22 +137,24 @@ class Env:
 
         LMDB reuses freed pages but never clears them, so deleted records stay readable in the
         file; the copy holds the live pages only. Readers go on during the copy and wait during
-        the swap. Crash-safe: the copy is durable before one rename puts it in place; a copy
-        left by a crash before the rename is removed at the next open.
+        the swap, which keeps the old file linked so that freeing it happens after. Crash-safe:
+        the copy is durable before one rename puts it in place, and the rename is durable before
+        the caller lets writes in again; what a crash leaves of a copy goes at the next open.
         """
         self._copy_dir.mkdir()
         try:
-            copy = self._copy_dir / "data.mdb"
+            copy, data = self._copy_dir / "data.mdb", self._path / "data.mdb"
             self.lmdb.copy(str(self._copy_dir), compact=True)
             if self._sync:
                 fsync_path(copy)
             with self.exclusive():
                 map_size = self.lmdb.info()["map_size"]
                 self.lmdb.close()
-                os.replace(copy, self._path / "data.mdb")
-                if self._sync:
-                    fsync_path(self._path)
+                os.link(data, self._copy_dir / "replaced.mdb")
+                os.replace(copy, data)
                 self._open(map_size)
+            if self._sync:
+                fsync_path(self._path)
         finally:
             shutil.rmtree(self._copy_dir, ignore_errors=True)
 

@@ -96,7 +96,8 @@ class KVBlobs:
             copies = self._segments.append([self._segments.read(ref, check=False) for _, ref in batch])
             self._env.write_locked(lambda txn: self._move(txn, [key for key, _ in batch], copies))
         with self._env.exclusive():
-            self._segments.remove(stale)
+            pass  # a barrier: the reads that located a blob before its move have ended
+        self._segments.remove(stale)
 
     def _move(self, txn: lmdb.Transaction, keys: list[bytes], copies: list[KVRef]) -> None:
         for key, copy in zip(keys, copies):

@@ -112,8 +112,8 @@ class SegmentLog:
             self._size = 0
 
     def remove(self, numbers: list[int]) -> None:
-        """Delete segments no record points into any more. The caller makes sure no read is
-        under way (`Env.exclusive`): their open descriptors are closed here."""
+        """Delete segments no record points into any more, once no read located a blob in them
+        before (`Env.exclusive`): their open descriptors are closed here."""
         with self._lock:
             for number in numbers:
                 fd = self._readers.pop(number, None)

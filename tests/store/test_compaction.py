@@ -18,22 +18,28 @@ from tests.store.canary import files_holding, stored_bytes
 DIM = 8
 
 
-def canary(external_id: str, seed: int) -> DocumentInput:
+def canary(external_id: str, seed: int, dim: int = DIM, tokens: int = 12, sentences: int = 1) -> DocumentInput:
     """One chunk whose text, vector, token ids and KV blob are each found nowhere else."""
     rng = np.random.default_rng(seed)
-    vector = rng.standard_normal(DIM).astype(np.float32)
+    vector = rng.standard_normal(dim).astype(np.float32)
+    text = " ".join(f"Kanarienvogel {rng.integers(1 << 62):x} — sings in the mine until it does not." for _ in range(sentences))
     return DocumentInput(
         external_id=external_id,
         metadata={},
         chunks=[
             ChunkInput(
-                text=f"Kanarienvogel {rng.integers(1 << 62):x} — sings in the mine until it does not.",
-                token_ids=rng.integers(1 << 20, 1 << 30, 12).astype(np.int32),
+                text=text,
+                token_ids=rng.integers(1 << 20, 1 << 30, tokens).astype(np.int32),
                 vector=vector / np.linalg.norm(vector),
                 kv_blob=rng.bytes(3000),
             )
         ],
     )
+
+
+# Small records lie inside shared leaf pages; large ones (a 384-d vector, 6 KB of text, 8 KB of
+# token ids) fill a leaf or take overflow pages of their own.
+SIZES = {"small": dict(dim=DIM), "large": dict(dim=384, tokens=2048, sentences=80)}
 
 
 @pytest.fixture
@@ -48,12 +54,14 @@ def _assert_reads_back(store: Store, tenant: str, chunk_id: int, expected: Docum
     assert store.read_kv(chunk_id) == expected.chunks[0].kv_blob
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("deletion", ["document", "tenant"])
-def test_nothing_of_a_deleted_chunk_is_left_after_compaction(config: StoreConfig, deletion: str) -> None:
+def test_nothing_of_a_deleted_chunk_is_left_after_compaction(tmp_path: Path, deletion: str, size: str) -> None:
+    config = StoreConfig(path=tmp_path / "store", dim=SIZES[size]["dim"])
     with Store(config) as store:
         store.create_tenant("alice")
         store.create_tenant("bob")
-        kept, bird = canary("kept", 1), canary("bird", 2)
+        kept, bird = canary("kept", 1, **SIZES[size]), canary("bird", 2, **SIZES[size])
         kept_id = int(store.upsert("bob" if deletion == "tenant" else "alice", [kept]).added[0])
         bird_id = int(store.upsert("alice", [bird]).added[0])
         stored = stored_bytes(store, bird_id)

@@ -66,7 +66,7 @@ class _RuntimeCollector(Collector):
         yield GaugeMetricFamily("tenantkv_index_vectors", "Vectors in the tenant index", value=len(runtime.index))
         yield CounterMetricFamily("tenantkv_index_training_failures", "Index trainings that failed; the index kept its previous tree", value=runtime.training_failures)
         yield GaugeMetricFamily("tenantkv_index_zeroed_vectors", "Stored vectors found zero or not finite at start, indexed as zeros", value=runtime.zeroed_vectors)
-        yield GaugeMetricFamily("tenantkv_tenants", "Tenants in the store", value=len(runtime.store.list_tenants()))
+        yield GaugeMetricFamily("tenantkv_tenants", "Tenants in the store", value=runtime.store.count_tenants())
         yield GaugeMetricFamily("tenantkv_store_disk_bytes", "Bytes of the store on disk (LMDB and KV segments)", value=_disk_bytes(runtime.store.config.path))
         yield GaugeMetricFamily("tenantkv_kv_cache_bytes", "Chunk KV held in worker memory", value=cache.nbytes)
         yield CounterMetricFamily("tenantkv_kv_cache_hits", "Chunk KV loads served from worker memory", value=cache.hits)

@@ -91,6 +91,9 @@ class Store:
         """Tenants in name order: all of them, or the page of at most `limit` named after `after`."""
         return self._tenants.list_all(after, limit)
 
+    def count_tenants(self) -> int:
+        return self._tenants.count()
+
     def list_tenants_with_stats(self, after: str = "", limit: int | None = None) -> list[tuple[Tenant, TenantStats]]:
         """`list_tenants` with each tenant's usage, from one read transaction."""
         return self._tenants.list_with_stats(after, limit)

@@ -107,6 +107,10 @@ class Tenants:
         """Tenants in name order (LMDB's key order): all of them, or at most `limit` of those named after `after`."""
         return self._env.read(lambda txn: [_tenant(name, record) for name, record in self._scan(txn, after, limit)])
 
+    def count(self) -> int:
+        """How many tenants exist: LMDB's entry count, constant time however many there are."""
+        return self._env.read(lambda txn: txn.stat(self._env.db["tenants"])["entries"])
+
     def list_with_stats(self, after: str = "", limit: int | None = None) -> list[tuple[Tenant, TenantStats]]:
         """`list_all` with each tenant's usage, read in the same transaction."""
 

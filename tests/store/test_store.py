@@ -53,7 +53,7 @@ def store(config: StoreConfig):
 
 
 def test_tenants(store: Store) -> None:
-    assert [t.name for t in store.list_tenants()] == ["alice", "bob"]
+    assert [t.name for t in store.list_tenants()] == ["alice", "bob"] and store.count_tenants() == 2
     alice = store.get_tenant("alice")
     assert alice.state is TenantState.ACTIVE and alice.number == 1 and store.get_tenant("bob").number == 2
     with pytest.raises(AlreadyExists):
@@ -95,6 +95,7 @@ def test_tenant_pages_with_stats(store: Store) -> None:
 
 def test_tenant_numbers_are_never_reused(store: Store) -> None:
     store.delete_tenant("bob")
+    assert store.count_tenants() == 1
     assert store.create_tenant("bob").number == 3
 
 

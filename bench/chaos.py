@@ -22,6 +22,7 @@ Writes bench/results/chaos.json and prints a table.
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -595,11 +596,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, default=ServerConfig().cache_dir, help="the models' converted copies")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "chaos.json")
+    parser.add_argument("--isolation-steps", type=int, help="override the profile's isolation steps (a shorter full run)")
+    parser.add_argument("--sigkill-rounds", type=int, help="override the profile's SIGKILL rounds")
     args = parser.parse_args()
+    profile = QUICK if args.quick else FULL
+    overrides = {"isolation_steps": args.isolation_steps, "sigkill_rounds": args.sigkill_rounds}
+    profile = dataclasses.replace(profile, **{k: v for k, v in overrides.items() if v is not None})
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     models = load_models(WorkerConfig(cache_dir=args.cache_dir))
     with tempfile.TemporaryDirectory(prefix="tenantkv-chaos-") as tmp:
-        report = run(QUICK if args.quick else FULL, models, args.cache_dir, Path(tmp), args.seed)
+        report = run(profile, models, args.cache_dir, Path(tmp), args.seed)
     print_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -261,7 +261,7 @@ def _auth_cases() -> list[HostileCase]:
         HostileCase("Upsert/admin_key", INGEST + "Upsert", _one(_upsert(_doc(chunks=[_chunk()]))), CODE.PERMISSION_DENIED, admin_key),
         HostileCase("Fetch/no_key", KV + "Fetch", _one(kv_cache_pb2.FetchRequest(chunk_ids=[1])), CODE.UNAUTHENTICATED, no_key),
         HostileCase("Search/long_request_id", RETRIEVAL + "Search", _one(retrieval_pb2.SearchRequest(query_vector=_vector(), k=0)),
-                    CODE.INVALID_ARGUMENT, lambda t: (*bearer(t.tenant_key), ("x-request-id", "r" * 8000))),
+                    CODE.INVALID_ARGUMENT, lambda t: (*bearer(t.tenant_key), ("x-request-id", "r" * 4000))),
     ]
 
 

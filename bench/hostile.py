@@ -321,6 +321,17 @@ def _admin_cases() -> list[HostileCase]:
         by_name("DeleteTenant", "unknown", "nobody", CODE.NOT_FOUND),
         by_name("DeleteTenant", "empty_id", "", CODE.INVALID_ARGUMENT),
         by_name("DeleteTenant", "id_10k_chars", "a" * 10_000, CODE.INVALID_ARGUMENT),
+        *(
+            HostileCase(f"ListTenants/{name}", ADMIN + "ListTenants", _one(tenant_admin_pb2.ListTenantsRequest(**fields)),
+                        CODE.INVALID_ARGUMENT, admin_key)
+            for name, fields in (
+                ("page_size_over_max", {"page_size": 1001}),
+                ("page_size_negative", {"page_size": -1}),
+                ("page_token_not_base64", {"page_token": "not a token!"}),
+                ("page_token_10k_chars", {"page_token": "QQ" * 5_000}),
+                ("page_token_not_a_name", {"page_token": "Tm90IEEgTmFtZQ=="}),
+            )
+        ),
         key("ttl_2_pow_62", CODE.INVALID_ARGUMENT, ttl_seconds=2**62),
         key("ttl_int64_max", CODE.INVALID_ARGUMENT, ttl_seconds=2**63 - 1),
         key("ttl_negative", CODE.INVALID_ARGUMENT, ttl_seconds=-1),

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from google.protobuf import message_factory, struct_pb2
+from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, Phase, given, settings
@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.hostile import DIM, METHODS, Target, admin_key, call, nested, no_key, open_channel, prepare, tenant_key  # noqa: E402
+from server.convert import struct_from_dict  # noqa: E402
 
 CODE = grpc.StatusCode
 CALL_TIMEOUT_S = 30.0
@@ -95,17 +96,11 @@ def message_strategy(descriptor: Descriptor, depth: int = 0) -> st.SearchStrateg
     """Messages of `descriptor`'s type with any subset of fields set to hostile values."""
     cls = message_factory.GetMessageClass(descriptor)
     if descriptor.full_name == "google.protobuf.Struct":
-        return st.dictionaries(TEXT, _json(), max_size=3).map(_struct)
+        return st.dictionaries(TEXT, _json(), max_size=3).map(struct_from_dict)
     if depth > 3:
         return st.just(cls())
     fields = {f.name: _field(f, depth) for f in descriptor.fields}
     return st.fixed_dictionaries({}, optional=fields).map(lambda values: _build(cls, values))
-
-
-def _struct(values: dict) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(values)
-    return message
 
 
 def _build(cls: type[Message], values: dict) -> Message:

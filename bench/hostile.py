@@ -18,7 +18,6 @@ from typing import Callable, Sequence
 
 import grpc
 import numpy as np
-from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from protos.tenantkv.v1 import ingest_pb2, kv_cache_pb2, retrieval_pb2, tenant_admin_pb2  # noqa: E402
 from server.client import Client, DocumentText, bearer  # noqa: E402
+from server.convert import struct_from_dict  # noqa: E402
 
 CODE = grpc.StatusCode
 DIM = 384
@@ -128,12 +128,6 @@ def field_bytes(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def _struct(values: dict) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(values)
-    return struct
-
-
 def nested(depth: int) -> dict:
     """A metadata object `depth` levels deep."""
     value: dict = {"leaf": 1}
@@ -152,9 +146,9 @@ def nested_struct_bytes(depth: int) -> bytes:
     return field_bytes(1, entry)
 
 
-def _vector(seed: int = 0, scale: float = 1.0) -> list[float]:
+def _vector(seed: int = 0) -> list[float]:
     v = np.random.default_rng(seed).standard_normal(DIM)
-    return (v / np.linalg.norm(v) * scale).astype(np.float32).tolist()
+    return (v / np.linalg.norm(v)).astype(np.float32).tolist()
 
 
 def _upsert(*documents: ingest_pb2.Document) -> ingest_pb2.UpsertRequest:
@@ -163,7 +157,7 @@ def _upsert(*documents: ingest_pb2.Document) -> ingest_pb2.UpsertRequest:
 
 def _doc(external_id: str = "hostile-doc", text: str = "", chunks: Sequence[ingest_pb2.ChunkInput] = (), metadata: dict | None = None) -> ingest_pb2.Document:
     return ingest_pb2.Document(
-        external_id=external_id, text=text, chunks=chunks, metadata=_struct(metadata) if metadata is not None else None
+        external_id=external_id, text=text, chunks=chunks, metadata=struct_from_dict(metadata) if metadata is not None else None
     )
 
 

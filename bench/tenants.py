@@ -68,20 +68,12 @@ def populate(data_dir: Path, tenants: int, chunks: int) -> float:
     return time.perf_counter() - started
 
 
-def memory_mb(pid: int) -> dict[str, float]:
-    """RSS and its two parts: anonymous (the process's own) and file-backed (here mostly LMDB's
-    memory-mapped pages touched by the index rebuild: page cache the kernel can take back)."""
-    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    fields = dict(line.split(":", 1) for line in lines if line.startswith(("VmRSS", "RssAnon", "RssFile")))
-    return {name: int(fields[key].split()[0]) / 1024 for name, key in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"))}
-
-
 def start_up(data_dir: Path) -> tuple[float, dict[str, float], ServerProcess]:
     """Seconds from launch to SERVING and memory then; the server is left running."""
     server = ServerProcess(data_dir, SERVER_SETTINGS)
     started = time.perf_counter()
     server.start(timeout_s=1800)
-    return time.perf_counter() - started, memory_mb(server.process.pid), server
+    return time.perf_counter() - started, {k: v / 2**20 for k, v in server.memory_bytes().items()}, server
 
 
 def median_ms(call: Callable[[], object], repeats: int) -> float:

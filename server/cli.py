@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from tqdm import tqdm
 
 from protos.tenantkv.v1 import tenant_admin_pb2
-from server.client import Client, DocumentText, bearer
+from server.client import Client, DocumentText
 from server.config import load_config
 
 DEFAULT_SERVER = "127.0.0.1:50051"
@@ -101,18 +101,14 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key-file", type=Path, help="file holding the key (default: TENANTKV_API_KEY)")
 
 
-def _api_key(args) -> str:
+def _client(args) -> Client:
     if args.api_key_file:
         key = args.api_key_file.read_text().strip()
     else:
         key = os.environ.get("TENANTKV_API_KEY", "")
     if not key:
         raise SystemExit("no API key: pass --api-key-file or set TENANTKV_API_KEY")
-    return key
-
-
-def _client(args) -> Client:
-    return Client(args.server, _api_key(args))
+    return Client(args.server, key)
 
 
 @contextlib.contextmanager
@@ -178,7 +174,7 @@ def _keys_revoke(args) -> int:
 
 def _compact(args) -> int:
     with _client(args) as client:
-        _print(client.admin.CompactStore(tenant_admin_pb2.CompactStoreRequest(), metadata=bearer(_api_key(args))))
+        _print(client.compact_store())
     return 0
 
 

@@ -95,6 +95,10 @@ class Client:
     def get_tenant(self, tenant_id: str) -> tenant_admin_pb2.Tenant:
         return self._call(self.admin.GetTenant, tenant_admin_pb2.GetTenantRequest(tenant_id=tenant_id)).tenant
 
+    def compact_store(self) -> tenant_admin_pb2.CompactStoreResponse:
+        """Rewrite the store's files with live data only (admin key)."""
+        return self._call(self.admin.CompactStore, tenant_admin_pb2.CompactStoreRequest())
+
     def list_tenants_page(self, page_size: int = 0, page_token: str = "", with_usage: bool = False) -> tenant_admin_pb2.ListTenantsResponse:
         """One page of tenants in name order (page_size 0: the server's default); its
         next_page_token asks for the next, and is empty after the last page."""

@@ -13,11 +13,7 @@ from store.vectors import unit_rows
 
 
 def vector_from(values, dim: int, field: str) -> np.ndarray:
-    """A float32 [dim] vector scaled to unit norm; InvalidArgument if it cannot be (zero, NaN, infinity)."""
-    return unit_rows(_shaped(values, dim, field)[None, :], [field])[0]
-
-
-def _shaped(values, dim: int, field: str) -> np.ndarray:
+    """A float32 [dim] vector; its norm is checked where it is used (the store, `Runtime.search`)."""
     vector = np.asarray(values, dtype=np.float32)
     if vector.shape != (dim,):
         raise InvalidArgument(f"{field}: expected {dim} values, got {vector.size}")
@@ -91,7 +87,7 @@ def documents_from(request: ingest_pb2.UpsertRequest, dim: int, max_documents: i
             vector = None
             if chunk.vector:
                 fields.append(f"{field}.chunks[{j}].vector")
-                vectors.append(vector := _shaped(chunk.vector, dim, fields[-1]))
+                vectors.append(vector := vector_from(chunk.vector, dim, fields[-1]))
             chunks.append(ChunkSpec(text=chunk.text, vector=vector))
         size = len(doc.text.encode()) + sum(len(c.text.encode()) for c in chunks)
         if size > max_text_bytes:

@@ -57,12 +57,15 @@ class ServerProcess:
         wait_serving(self.address, timeout_s)
         return self
 
+    def memory_bytes(self) -> dict[str, int]:
+        """The server's resident memory from /proc: "rss" and its two parts, "anon" (the process's
+        own) and "file" (file-backed pages, e.g. LMDB's map, which the kernel can take back)."""
+        lines = Path(f"/proc/{self.process.pid}/status").read_text().splitlines()
+        fields = dict(line.split(":", 1) for line in lines if line.startswith(("VmRSS", "RssAnon", "RssFile")))
+        return {name: int(fields[key].split()[0]) * 1024 for name, key in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"))}
+
     def rss_bytes(self) -> int:
-        """The server's resident memory, from /proc."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS line")
+        return self.memory_bytes()["rss"]
 
     def kill(self) -> None:
         self.process.kill()

@@ -121,18 +121,20 @@ class Runtime:
         where it cannot be, so no stored data can stop the server from starting.
         """
         with self._index_lock:
-            batches = list(tqdm(self.store.iter_index_entries(), desc="index", unit="batch", disable=None))
-            cleaned = [safe_rows(b.vectors) for b in batches]
-            self.zeroed_vectors = sum(zeroed for _, zeroed in cleaned)
+            batches, self.zeroed_vectors = [], 0
+            for b in tqdm(self.store.iter_index_entries(), desc="index", unit="batch", disable=None):
+                vectors, zeroed = safe_rows(b.vectors)  # each batch as read, so the raw copy is not kept
+                batches.append((b.ids, vectors, b.readers))
+                self.zeroed_vectors += zeroed
             if self.zeroed_vectors:
                 log.warning("index rebuild: %d stored vectors are zero or not finite; indexed as zeros", self.zeroed_vectors)
-            total = sum(len(b.ids) for b in batches)
+            total = sum(len(ids) for ids, _, _ in batches)
             index = CuratorIndex(self.store.dim)
             if total >= MIN_TRAIN_VECTORS:
-                vectors = np.concatenate([v for v, _ in cleaned])
+                vectors = np.concatenate([v for _, v, _ in batches])
                 self._train_safely(lambda: index.train(vectors[sample_rows(total, TRAIN_SAMPLE)]))
-            for b, (vectors, _) in zip(batches, cleaned):
-                _add_entries(index, b.ids, vectors, b.readers)
+            for ids, vectors, readers in batches:
+                _add_entries(index, ids, vectors, readers)
             index.build()
             self.index = index
             self._trained_at = total

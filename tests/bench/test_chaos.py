@@ -1,13 +1,8 @@
 """bench/chaos.py: its consistency check catches what it must, and its quick profile meets the goal's targets."""
 
-import numpy as np
-
 from bench import chaos
 from server.client import Client, DocumentText
-
-
-def vectors(n: int, seed: int) -> np.ndarray:
-    return chaos.unit(np.random.default_rng(seed), n)
+from tests.server.conftest import unit_vectors as vectors
 
 
 def test_check_counts_lost_writes_undone_deletes_and_store_index_mismatch(server, admin) -> None:

@@ -8,9 +8,8 @@ import time
 import grpc
 import pytest
 
-from protos.tenantkv.v1 import tenant_admin_pb2
 from server.cli import main
-from server.client import Client, DocumentText, bearer
+from server.client import Client, DocumentText
 from tests.server.conftest import TenantHandle, unit_vectors, vector_documents
 from tests.store.canary import StoredBytes, files_holding, stored_bytes
 
@@ -27,44 +26,39 @@ def store_canary(tenant: TenantHandle, server) -> StoredBytes:
     return stored_bytes(server.server.runtime.store, hit.chunk_id)
 
 
-def compact_store(admin: Client, admin_key: str) -> tenant_admin_pb2.CompactStoreResponse:
-    return admin.admin.CompactStore(tenant_admin_pb2.CompactStoreRequest(), metadata=bearer(admin_key))
-
-
 @pytest.fixture
 def admin_key(server_config) -> str:
     return server_config.admin_key_path.read_text().strip()
 
 
-def test_a_deleted_document_is_gone_after_compact_store(server, server_config, admin, admin_key, alice, bob) -> None:
+def test_a_deleted_document_is_gone_after_compact_store(server, server_config, admin, alice, bob) -> None:
     kept = unit_vectors(2, seed=5)
     bob.client.upsert([vector_documents("b", kept)])
     stored = store_canary(alice, server)
     assert alice.client.delete(["bird"]) == 1
-    assert sorted(files_holding(server_config.data_dir, stored)) == ["kv", "text", "token_ids", "vector"]
-    reply = compact_store(admin, admin_key)
-    assert files_holding(server_config.data_dir, stored) == {}
+    assert sorted(files_holding(server_config.data_dir, stored.named())) == ["kv", "text", "token_ids", "vector"]
+    reply = admin.compact_store()
+    assert files_holding(server_config.data_dir, stored.named()) == {}
     assert 0 < reply.bytes_after < reply.bytes_before and reply.seconds > 0
     assert [h.external_id for h in bob.client.search(kept[1], k=1).hits] == ["b-1"]
     assert alice.client.search(unit_vectors(1, seed=77)[0], k=5).hits == []
 
 
-def test_a_deleted_tenant_is_gone_after_the_compaction_its_deletion_starts(server, server_config, admin, admin_key, alice) -> None:
+def test_a_deleted_tenant_is_gone_after_the_compaction_its_deletion_starts(server, server_config, admin, alice) -> None:
     stored = store_canary(alice, server)
     assert admin.delete_tenant("alice") == 1
     deadline = time.monotonic() + BACKGROUND_COMPACTION_S
-    while files_holding(server_config.data_dir, stored) and time.monotonic() < deadline:
+    while files_holding(server_config.data_dir, stored.named()) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert files_holding(server_config.data_dir, stored) == {}
-    compact_store(admin, admin_key)
-    assert files_holding(server_config.data_dir, stored) == {}
+    assert files_holding(server_config.data_dir, stored.named()) == {}
+    admin.compact_store()
+    assert files_holding(server_config.data_dir, stored.named()) == {}
 
 
-def test_compact_store_is_for_admin_keys_only(admin) -> None:
+def test_compact_store_is_for_admin_keys_only(server, admin) -> None:
     admin.create_tenant("alice")
-    tenant_key = admin.create_api_key("alice").api_key
-    with pytest.raises(grpc.RpcError) as err:
-        compact_store(admin, tenant_key)
+    with Client(server.address, admin.create_api_key("alice").api_key) as tenant, pytest.raises(grpc.RpcError) as err:
+        tenant.compact_store()
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 

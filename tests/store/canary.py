@@ -36,8 +36,8 @@ def stored_bytes(store: Store, chunk_id: int) -> StoredBytes:
     return StoredBytes(text=text, vector=bytes(vector), token_ids=bytes(tokens), kv=kv)
 
 
-def files_holding(root: Path, stored: StoredBytes) -> dict[str, list[str]]:
-    """For each of the byte strings found in some file under `root`, those files (relative paths)."""
+def files_holding(root: Path, needles: dict[str, bytes]) -> dict[str, list[str]]:
+    """For each named byte string found in some file under `root`, those files (relative paths)."""
     contents = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-    found = {name: [path for path, data in contents.items() if needle in data] for name, needle in stored.named().items()}
+    found = {name: [path for path, data in contents.items() if needle in data] for name, needle in needles.items()}
     return {name: paths for name, paths in found.items() if paths}

@@ -46,10 +46,11 @@ sys.path.insert(0, str(REPO))
 from bench import hostile  # noqa: E402
 from bench.fuzz import fuzz  # noqa: E402
 from kvcodec import decode  # noqa: E402
-from server.client import Client, DocumentText  # noqa: E402
+from client.api import Client, DocumentText  # noqa: E402
 from server.config import ServerConfig  # noqa: E402
 from server.process import ServerProcess  # noqa: E402
-from server.runtime import MIN_TRAIN_VECTORS, Models, load_models  # noqa: E402
+from server.indexed_store import MIN_TRAIN_VECTORS  # noqa: E402
+from server.runtime import Models, load_models  # noqa: E402
 from tests.server.test_isolation_property import IsolationMachine  # noqa: E402
 from worker.config import WorkerConfig  # noqa: E402
 

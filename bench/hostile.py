@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from protos.tenantkv.v1 import ingest_pb2, kv_cache_pb2, retrieval_pb2, tenant_admin_pb2  # noqa: E402
-from server.client import Client, DocumentText, bearer  # noqa: E402
+from client.api import Client, DocumentText, bearer  # noqa: E402
 from server.convert import struct_from_dict  # noqa: E402
 
 CODE = grpc.StatusCode

@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 from index_data import synthetic  # noqa: E402
 from musique import DEFAULT_DATA, load_questions  # noqa: E402
 from protos.tenantkv.v1 import retrieval_pb2_grpc  # noqa: E402
-from server.client import Client, DocumentText, bearer, search_request  # noqa: E402
+from client.api import Client, DocumentText, bearer, search_request  # noqa: E402
 from server.process import ServerProcess  # noqa: E402
 
 UPSERT_BATCH = 500

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from protos.tenantkv.v1 import tenant_admin_pb2  # noqa: E402
-from server.client import MAX_MESSAGE_BYTES, Client  # noqa: E402
+from client.api import MAX_MESSAGE_BYTES, Client  # noqa: E402
 from server.config import ServerConfig  # noqa: E402
 from server.process import ServerProcess  # noqa: E402
 from store.records import ChunkInput, DocumentInput, KeyScope  # noqa: E402

@@ -1,4 +1,4 @@
-"""gRPC services, auth, configuration, CLI and client: wires store, index and worker together.
+"""gRPC services, auth, configuration and CLI: wires store, index and worker together.
 
-May import `worker`, `index`, `store`, `kvcodec` and `protos`.
+May import `worker`, `index`, `store`, `kvcodec`, `client` and `protos`.
 """

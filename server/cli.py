@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from tqdm import tqdm
 
 from protos.tenantkv.v1 import tenant_admin_pb2
-from server.client import Client, DocumentText
+from client.api import Client, DocumentText
 from server.config import load_config
 
 DEFAULT_SERVER = "127.0.0.1:50051"

@@ -6,7 +6,8 @@ import numpy as np
 from google.protobuf import struct_pb2
 
 from protos.tenantkv.v1 import common_pb2, ingest_pb2, tenant_admin_pb2
-from server.runtime import ChunkSpec, DocumentSpec, Hit
+from server.indexed_store import Hit
+from server.runtime import ChunkSpec, DocumentSpec
 from store.errors import InvalidArgument
 from store.records import TenantSettings
 from store.vectors import unit_rows

@@ -27,7 +27,7 @@ from pathlib import Path
 import grpc
 
 from server.app import ServerThread
-from server.client import Client, DocumentText
+from client.api import Client, DocumentText
 from server.config import load_config
 
 

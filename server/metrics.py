@@ -63,9 +63,9 @@ class _RuntimeCollector(Collector):
         if runtime is None:  # still loading
             return
         cache = runtime.engine.cache
-        yield GaugeMetricFamily("tenantkv_index_vectors", "Vectors in the tenant index", value=len(runtime.index))
-        yield CounterMetricFamily("tenantkv_index_training_failures", "Index trainings that failed; the index kept its previous tree", value=runtime.training_failures)
-        yield GaugeMetricFamily("tenantkv_index_zeroed_vectors", "Stored vectors found zero or not finite at start, indexed as zeros", value=runtime.zeroed_vectors)
+        yield GaugeMetricFamily("tenantkv_index_vectors", "Vectors in the tenant index", value=len(runtime.indexed_store.index))
+        yield CounterMetricFamily("tenantkv_index_training_failures", "Index trainings that failed; the index kept its previous tree", value=runtime.indexed_store.training_failures)
+        yield GaugeMetricFamily("tenantkv_index_zeroed_vectors", "Stored vectors found zero or not finite at start, indexed as zeros", value=runtime.indexed_store.zeroed_vectors)
         yield GaugeMetricFamily("tenantkv_tenants", "Tenants in the store", value=runtime.store.count_tenants())
         yield GaugeMetricFamily("tenantkv_store_disk_bytes", "Bytes of the store on disk (LMDB and KV segments)", value=_disk_bytes(runtime.store.config.path))
         yield GaugeMetricFamily("tenantkv_kv_cache_bytes", "Chunk KV held in worker memory", value=cache.nbytes)

@@ -109,18 +109,18 @@ class TenantAdminServicer(_Servicer, tenant_admin_pb2_grpc.TenantAdminServicer):
 
     async def GrantChunks(self, request, context):
         ids = await self.offload.io(
-            self.runtime.grant, request.owner_tenant_id, list(request.external_ids), request.grantee_tenant_id
+            self.runtime.indexed_store.grant, request.owner_tenant_id, list(request.external_ids), request.grantee_tenant_id
         )
         return tenant_admin_pb2.GrantChunksResponse(chunk_ids=ids.tolist())
 
     async def RevokeChunks(self, request, context):
         ids = await self.offload.io(
-            self.runtime.revoke, request.owner_tenant_id, list(request.external_ids), request.grantee_tenant_id
+            self.runtime.indexed_store.revoke, request.owner_tenant_id, list(request.external_ids), request.grantee_tenant_id
         )
         return tenant_admin_pb2.RevokeChunksResponse(chunk_ids=ids.tolist())
 
     async def CompactStore(self, request, context):
-        report = await self.offload.io(self.runtime.compact)
+        report = await self.offload.io(self.runtime.compactor.compact)
         return tenant_admin_pb2.CompactStoreResponse(bytes_before=report.bytes_before, bytes_after=report.bytes_after, seconds=report.seconds)
 
     async def _tenant_message(self, tenant: Tenant) -> tenant_admin_pb2.Tenant:
@@ -175,7 +175,7 @@ class IngestServicer(_Servicer, ingest_pb2_grpc.IngestServicer):
     async def Delete(self, request, context):
         if not request.external_ids:
             raise InvalidArgument("external_ids: name at least one document")
-        deleted = await self.offload.io(self.runtime.delete_documents, current_caller().tenant, list(request.external_ids))
+        deleted = await self.offload.io(self.runtime.indexed_store.delete_documents, current_caller().tenant, list(request.external_ids))
         return ingest_pb2.DeleteResponse(deleted_chunks=deleted)
 
 
@@ -185,7 +185,7 @@ class RetrievalServicer(_Servicer, retrieval_pb2_grpc.RetrievalServicer):
         k = bounded_int(request.k, 1, self.runtime.config.max_k, "k")
         started = time.perf_counter()
         query = await self._query_vector(request)
-        search = functools.partial(self.runtime.search, tenant, query, k, with_tokens=False)
+        search = functools.partial(self.runtime.indexed_store.search, tenant, query, k, with_tokens=False)
         hits = search(wait=False)
         if hits is None:
             hits = await self.offload.io(search)
@@ -206,7 +206,7 @@ class RetrievalServicer(_Servicer, retrieval_pb2_grpc.RetrievalServicer):
         )
         started = time.perf_counter()
         query = await self.offload.model(runtime.embed_query, request.question, "question")
-        hits = await self.offload.io(runtime.search, tenant, query, k)
+        hits = await self.offload.io(runtime.indexed_store.search, tenant, query, k)
         retrieval_ms = (time.perf_counter() - started) * 1e3
         # checks the prompt against the model's context before the first message leaves
         tokens = await self.offload.model(runtime.answer, hits, request.question, mode, max_new)

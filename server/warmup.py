@@ -47,7 +47,7 @@ class WarmUp:
 def warm_up(runtime: Runtime) -> WarmUp:
     """Compile the index scan, run the embedder, and answer once blended and once by full prefill; logs the time."""
     started = time.perf_counter()
-    _scan_tiny_index(runtime.index.dim, runtime.index.config)
+    _scan_tiny_index(runtime.indexed_store.index.dim, runtime.indexed_store.index.config)
     index_done = time.perf_counter()
     runtime.embed_query(QUESTION)
     embedder_done = time.perf_counter()

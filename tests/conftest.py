@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from server.app import ServerThread
-from server.client import Client
+from client.api import Client
 from server.config import ServerConfig
 from server.runtime import Models, load_models
 from worker.config import WorkerConfig

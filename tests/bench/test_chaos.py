@@ -1,7 +1,7 @@
 """bench/chaos.py: its consistency check catches what it must, and its quick profile meets the goal's targets."""
 
 from bench import chaos
-from server.client import Client, DocumentText
+from client.api import Client, DocumentText
 from tests.server.conftest import unit_vectors as vectors
 
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from server.client import Client, DocumentText
+from client.api import Client, DocumentText
 
 DIM = 384
 

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 
 from kvcodec import decode
-from server.client import Client, DocumentText
+from client.api import Client, DocumentText
 from server.process import ServerProcess
 from tests.server.conftest import unit_vectors
 

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from server.cli import main
-from server.client import Client, DocumentText
+from client.api import Client, DocumentText
 from tests.server.conftest import TenantHandle, unit_vectors, vector_documents
 from tests.store.canary import StoredBytes, files_holding, stored_bytes
 

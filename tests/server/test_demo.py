@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from server.client import DocumentText
+from client.api import DocumentText
 from server.demo import TOPICS, DemoTenant, run_demo
 
 TENANTS = [

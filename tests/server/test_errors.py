@@ -10,7 +10,7 @@ import pytest
 
 from bench import hostile
 from protos.tenantkv.v1 import ingest_pb2, ingest_pb2_grpc, retrieval_pb2
-from server.client import Client, DocumentText
+from client.api import Client, DocumentText
 from tests.server.conftest import unit_vectors, vector_documents
 
 CODE = grpc.StatusCode

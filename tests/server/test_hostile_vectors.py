@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from server.app import ServerThread
-from server.client import Client
-from server.runtime import MIN_TRAIN_VECTORS
+from client.api import Client
+from server.indexed_store import MIN_TRAIN_VECTORS
 from store.env import U64
 from tests.server.conftest import DIM, unit_vectors, vector_documents
 
@@ -53,10 +53,10 @@ def test_poisoned_vectors_are_normalised_and_survive_retrain_and_restart(vector_
             evil.upsert([vector_documents("evil", poisoned(10, seed=2))])
             good.upsert(vector_documents("good", good_vectors)[1000 * b : 1000 * (b + 1)] for b in (1, 2))
         runtime = server.server.runtime
-        assert runtime.index.trained_on >= MIN_TRAIN_VECTORS and runtime.training_failures == 0  # a retrain ran
+        assert runtime.indexed_store.index.trained_on >= MIN_TRAIN_VECTORS and runtime.indexed_store.training_failures == 0  # a retrain ran
         check_serving(server.address, good_key, evil_key, good_vectors)
     with ServerThread(vector_only_config, models) as server:
-        assert server.server.runtime.index.trained_on >= MIN_TRAIN_VECTORS
+        assert server.server.runtime.indexed_store.index.trained_on >= MIN_TRAIN_VECTORS
         check_serving(server.address, good_key, evil_key, good_vectors)
 
 
@@ -76,6 +76,6 @@ def test_a_store_holding_hostile_vectors_still_starts_and_serves(vector_only_con
                 txn.put(U64.pack(chunk_id), row.tobytes(), db=store._env.db["vectors"])
     with ServerThread(vector_only_config, models) as server:
         runtime = server.server.runtime
-        assert runtime.zeroed_vectors == 30 and runtime.training_failures == 0
-        assert runtime.index.trained_on >= MIN_TRAIN_VECTORS
+        assert runtime.indexed_store.zeroed_vectors == 30 and runtime.indexed_store.training_failures == 0
+        assert runtime.indexed_store.index.trained_on >= MIN_TRAIN_VECTORS
         check_serving(server.address, good_key, evil_key, good_vectors)

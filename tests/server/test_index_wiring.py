@@ -7,8 +7,8 @@ import threading
 import numpy as np
 
 from server.app import ServerThread
-from server.client import Client
-from server.runtime import MIN_TRAIN_VECTORS
+from client.api import Client
+from server.indexed_store import MIN_TRAIN_VECTORS
 from tests.server.conftest import unit_vectors, vector_documents
 
 
@@ -25,12 +25,12 @@ def test_index_trains_on_growth_and_survives_restart(server_config, models) -> N
             big.upsert([docs[i : i + 500] for i in range(0, len(docs), 500)])
             small.upsert([vector_documents("s", vectors[:3])])
             runtime = server.server.runtime
-            assert len(runtime.index.tree.centroids) > 1  # trained: more than the root
+            assert len(runtime.indexed_store.index.tree.centroids) > 1  # trained: more than the root
             assert big.search(vectors[1234], k=1).hits[0].external_id == "v-1234"
             assert {h.external_id for h in small.search(vectors[0], k=10).hits} == {"s-0", "s-1", "s-2"}
     with ServerThread(config, models) as server:
         with Client(server.address, big_key) as big:
-            assert len(server.server.runtime.index) == len(vectors) + 3
+            assert len(server.server.runtime.indexed_store.index) == len(vectors) + 3
             hits = big.search(vectors[77], k=5).hits
             assert hits[0].external_id == "v-77" and all(h.owner_tenant_id == "big" for h in hits)
             found = np.mean([big.search(v, k=1).hits[0].external_id == f"v-{i}" for i, v in list(enumerate(vectors))[::97]])
@@ -49,18 +49,18 @@ def test_search_waits_in_a_thread_while_a_writer_holds_the_index(server_config, 
             with Client(server.address, key) as client:
                 client.upsert([vector_documents("v", vectors)])
                 runtime = server.server.runtime
-                assert [h.chunk.external_id for h in runtime.search("t", vectors[3], 1, wait=False)] == ["v-3"]
+                assert [h.chunk.external_id for h in runtime.indexed_store.search("t", vectors[3], 1, wait=False)] == ["v-3"]
                 held, release = threading.Event(), threading.Event()
 
                 def writer() -> None:
-                    with runtime._index_lock:
+                    with runtime.indexed_store.lock:
                         held.set()
                         release.wait(30)
 
                 thread = threading.Thread(target=writer)
                 thread.start()
                 held.wait(30)
-                assert runtime.search("t", vectors[3], 1, wait=False) is None
+                assert runtime.indexed_store.search("t", vectors[3], 1, wait=False) is None
                 with concurrent.futures.ThreadPoolExecutor(1) as pool:
                     pending = pool.submit(client.search, vectors[5], 1)
                     assert admin.get_tenant("t").tenant_id == "t"  # the loop is not blocked

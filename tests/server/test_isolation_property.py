@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 
 from server.app import ServerThread
-from server.client import Client, DocumentText
+from client.api import Client, DocumentText
 from server.config import ServerConfig
 from tests.server.conftest import unit_vectors
 

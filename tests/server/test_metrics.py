@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from server.app import ServerThread
-from server.client import Client
+from client.api import Client
 from tests.server.conftest import unit_vectors, vector_documents
 
 

@@ -10,7 +10,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from server.runtime import MIN_TRAIN_VECTORS, Runtime
+from server.indexed_store import MIN_TRAIN_VECTORS
+from server.runtime import Runtime
 from store.records import ChunkInput, DocumentInput, TenantSettings
 
 DIM = 384
@@ -47,7 +48,7 @@ def recall(runtime: Runtime, queries: np.ndarray, vectors: np.ndarray) -> float:
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :K]
     found = 0
     for query, truth in zip(queries, exact):
-        hits = runtime.search("victim", query, K)
+        hits = runtime.indexed_store.search("victim", query, K)
         found += len({int(h.chunk.external_id.split("-")[1]) for h in hits} & set(truth.tolist()))
     return found / (len(queries) * K)
 
@@ -66,14 +67,14 @@ def test_a_flood_of_adversarial_vectors_keeps_the_victims_recall(runtime: Runtim
     victim, queries = drawn[:VICTIM], drawn[VICTIM:]
     for start in range(0, VICTIM, 500):
         runtime.commit("victim", documents("v", victim[start : start + 500], start))
-    assert runtime.index.trained_on >= MIN_TRAIN_VECTORS
+    assert runtime.indexed_store.index.trained_on >= MIN_TRAIN_VECTORS
     before = recall(runtime, queries, victim)
-    trained_before = runtime.index.trained_on
+    trained_before = runtime.indexed_store.index.trained_on
 
     flood = adversarial(10 * VICTIM, seed=2)
     for start in range(0, len(flood), 2_500):
         runtime.commit("attacker", documents("a", flood[start : start + 2_500], start))
-    assert runtime.index.trained_on != trained_before and runtime.training_failures == 0  # the flood forced a retrain
+    assert runtime.indexed_store.index.trained_on != trained_before and runtime.indexed_store.training_failures == 0  # the flood forced a retrain
 
     after = recall(runtime, queries, victim)
     assert after >= before - 0.02, (before, after)

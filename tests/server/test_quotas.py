@@ -4,7 +4,7 @@ import grpc
 import pytest
 
 from protos.tenantkv.v1 import tenant_admin_pb2
-from server.client import Client, DocumentText
+from client.api import Client, DocumentText
 from tests.server.conftest import unit_vectors, vector_documents
 
 

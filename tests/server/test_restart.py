@@ -1,7 +1,7 @@
 """A stopped and restarted server keeps every acknowledged chunk and forgets every deleted one."""
 
 from server.app import ServerThread
-from server.client import Client
+from client.api import Client
 from tests.server.conftest import unit_vectors, vector_documents
 
 

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.tenantkv.v1 import tenant_admin_pb2, tenant_admin_pb2_grpc
 from server.app import TenantKVServer
-from server.client import Client
+from client.api import Client
 from server.config import ServerConfig
 from server.process import free_port, wait_serving
 

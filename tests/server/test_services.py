@@ -8,7 +8,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from protos.tenantkv.v1 import kv_cache_pb2
 from server.app import SERVICE_NAMES
-from server.client import DocumentText
+from client.api import DocumentText
 from tests.server.conftest import unit_vectors, vector_documents
 
 

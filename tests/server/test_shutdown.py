@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.client import Client, DocumentText
+from client.api import Client, DocumentText
 from server.process import ServerProcess
 
 PASSAGE = " ".join(f"Passage sentence {i} tells of the river, the mill and the bridge of the old town." for i in range(12))

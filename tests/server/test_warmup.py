@@ -14,7 +14,7 @@ def test_warm_up_times_each_step_and_touches_nothing_served(server_config: Serve
             result = warm_up(runtime)
         assert min(result.index_s, result.embedder_s, result.blend_s, result.full_prefill_s) > 0
         assert f"warmed up in {result.total_s:.1f} s" in caplog.text
-        assert len(runtime.index) == 0
+        assert len(runtime.indexed_store.index) == 0
         assert (len(runtime.engine.cache), runtime.engine.cache.hits, runtime.engine.cache.misses) == (0, 0, 0)
     finally:
         runtime.close()

@@ -1,8 +1,9 @@
 """The worker's front: chunk KV for ingestion, and answers generated from retrieved chunks.
 
 One `Engine` per process and system prompt. Chunk KV is encoded with a codec from `kvcodec` for
-storage; loaded chunk KV stays in a byte-bounded LRU keyed by chunk id (chunk ids are never
-reused, so an entry can never go stale), still packed when its codec quantises.
+storage; loaded chunk KV stays in a byte-bounded LRU keyed by the store's blob key (a hash of
+the model, the tokens and the owner's salt, so an entry can never go stale), still packed when
+its codec quantises.
 """
 
 import hashlib
@@ -40,6 +41,7 @@ class RetrievedChunk:
     chunk_id: int
     token_ids: np.ndarray  # the chunk's own tokens, as stored
     load_kv: Callable[[], bytes | None]  # the encoded blob from the store, if precomputed
+    cache_key: str = ""  # the store's blob key naming its KV (deduplicated chunks share it); "": the chunk id
 
 
 class Engine:
@@ -63,7 +65,8 @@ class Engine:
         return kvcodec.encode(self.chunk_kv(token_ids).kv, codec or self.config.kv_codec)
 
     def _load(self, chunk: RetrievedChunk) -> ChunkKV:
-        cached = self.cache.get(chunk.chunk_id)
+        key = chunk.cache_key or chunk.chunk_id
+        cached = self.cache.get(key)
         if cached is not None:
             return cached
         blob = chunk.load_kv()
@@ -72,7 +75,7 @@ class Engine:
             loaded = self.chunk_kv(chunk.token_ids)
         else:
             loaded = ChunkKV(tokens=torch.from_numpy(self.layout.chunk_segment(chunk.token_ids)), kv=kv)
-        self.cache.put(chunk.chunk_id, loaded)
+        self.cache.put(key, loaded)
         return loaded
 
     def _decoded(self, chunk_id: int, blob: bytes) -> torch.Tensor | kvcodec.PackedKV | None:

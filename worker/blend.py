@@ -23,12 +23,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from kernels.deviation import top_deviations
 from kernels.rope import rotate
 from kvcodec import PackedKV
 from worker.errors import WorkerInputError, check_positions
-from worker.llama import KVBuffer, LlamaForward
+from worker.llama import KVBuffer, LlamaForward, Steps, run_steps
 
 
 class PrefillMode(enum.Enum):
@@ -83,30 +84,47 @@ class Blender:
         kv.length = p
         return kv
 
-    @torch.inference_mode()
     def prefill_chunk(self, tokens: torch.Tensor) -> ChunkKV:
         """The chunk's KV, computed after the system prefix, keys kept before RoPE."""
-        f = self.forward
-        tokens = f.check_tokens(tokens)
-        if len(tokens) == 0:
-            raise ValueError("tokens: a chunk needs at least one token")
-        p = len(self.system)
-        kv = self._buffer_with_prefix(p + len(tokens))
-        kv.length = p + len(tokens)
-        positions = torch.arange(p, p + len(tokens), device=f.device)
-        cos, sin = f.rope(positions)
-        out = torch.empty(f.layers_count, 2, f.kv_heads, len(tokens), f.head_dim, dtype=f.dtype, device=f.device)
-        h = f.embed[tokens]
-        for layer in range(f.layers_count):
-            q, k, v = f.qkv(layer, h)
-            out[layer, 0], out[layer, 1] = k, v
-            kv.keys[layer, :, positions] = rotate(k, cos, sin)
-            kv.values[layer, :, positions] = v
-            h = f.attend(layer, h, rotate(q, cos, sin), positions, kv)
-        return ChunkKV(tokens=tokens, kv=out)
+        return run_steps(self.prefill_chunks_steps([tokens]))[0]
 
     @torch.inference_mode()
-    def blend_prefill(
+    def prefill_chunks_steps(self, chunks: list[torch.Tensor]) -> Steps[list[ChunkKV]]:
+        """`prefill_chunk` for several chunks in one pass, one layer a step.
+
+        The chunks are right-padded to the longest: a padding token comes after every real one, so
+        causal attention keeps it out of the real tokens' results, which equal each chunk's alone.
+        """
+        f = self.forward
+        chunks = [f.check_tokens(tokens) for tokens in chunks]
+        if not chunks or any(len(tokens) == 0 for tokens in chunks):
+            raise ValueError("tokens: a chunk needs at least one token")
+        p, n, longest = len(self.system), len(chunks), max(len(tokens) for tokens in chunks)
+        ids = torch.zeros(n, longest, dtype=torch.long, device=f.device)
+        for i, tokens in enumerate(chunks):
+            ids[i, : len(tokens)] = tokens
+        cos, sin = f.rope(torch.arange(p, p + longest, device=f.device))
+        # each chunk token sees the whole prefix, then its own chunk causally
+        mask = torch.arange(p + longest, device=f.device)[None, :] <= torch.arange(p, p + longest, device=f.device)[:, None]
+        out = torch.empty(f.layers_count, 2, n, f.kv_heads, longest, f.head_dim, dtype=f.dtype, device=f.device)
+        h = f.embed[ids.flatten()]
+        for layer in range(f.layers_count):
+            q, k, v = f.qkv(layer, h)  # [heads, n * longest, d]
+            q, k, v = (x.unflatten(1, (n, longest)).transpose(0, 1) for x in (q, k, v))  # [n, heads, longest, d]
+            out[layer, 0], out[layer, 1] = k, v
+            keys = torch.cat([self._prefix.keys[layer, :, :p].expand(n, -1, -1, -1), rotate(k, cos, sin)], dim=2)
+            values = torch.cat([self._prefix.values[layer, :, :p].expand(n, -1, -1, -1), v], dim=2)
+            attended = F.scaled_dot_product_attention(rotate(q, cos, sin), keys, values, attn_mask=mask, enable_gqa=True)
+            h = f.finish(layer, h, attended.transpose(0, 1).flatten(1, 2))
+            yield n * longest
+        return [ChunkKV(tokens=tokens, kv=out[:, :, i, :, : len(tokens)].clone()) for i, tokens in enumerate(chunks)]
+
+    def blend_prefill(self, chunks: list[ChunkKV], question: torch.Tensor, **options) -> Prefill:
+        """`blend_prefill_steps` run to its end."""
+        return run_steps(self.blend_prefill_steps(chunks, question, **options))
+
+    @torch.inference_mode()
+    def blend_prefill_steps(
         self,
         chunks: list[ChunkKV],
         question: torch.Tensor,
@@ -115,8 +133,9 @@ class Blender:
         mode: PrefillMode = PrefillMode.BLEND,
         deviation: Deviation = Deviation.KEY_BY_ATTENTION,
         reserve: int = 0,
-    ) -> Prefill:
-        """Prefill `[prefix][chunks][question]` reusing the chunks' KV; `reserve` leaves room for decoding.
+    ) -> Steps[Prefill]:
+        """Prefill `[prefix][chunks][question]` reusing the chunks' KV, one layer a step; `reserve`
+        leaves room for decoding.
 
         FULL_PREFILL reads only the chunks' tokens, never their KV: it is the reference.
         """
@@ -135,7 +154,7 @@ class Blender:
         ids = torch.cat([*(c.tokens.to(f.device) for c in chunks), question])
         if mode is PrefillMode.FULL_PREFILL:  # every token from position 0: the plain forward pass
             kv = f.new_buffer(total + reserve)
-            logits = f.forward(torch.cat([self.system, ids]), kv)[-1]
+            logits = (yield from f.forward_steps(torch.cat([self.system, ids]), kv))[-1]
             return Prefill(logits=logits, kv=kv, recomputed=chunk_count)
         for i, chunk in enumerate(chunks):
             expected = (f.layers_count, 2, f.kv_heads, len(chunk.tokens), f.head_dim)
@@ -151,12 +170,17 @@ class Blender:
             h, positions, kept = h[question_rows], positions[question_rows], 0
             for layer in range(f.layers_count):
                 h = f.layer(layer, h, positions, kv)
+                yield len(h)
         else:
             for layer in range(check_layer):
                 h = f.layer(layer, h, positions, kv)
+                yield len(h)
+            rows = len(h)
             h, positions, kept = self._check_and_select(h, positions, kv, check_layer, chunk_count, recompute_ratio, deviation)
+            yield rows
             for layer in range(check_layer + 1, f.layers_count):
                 h = f.layer(layer, h, positions, kv)
+                yield len(h)
         return Prefill(logits=f.logits(h[-1:])[0], kv=kv, recomputed=kept)
 
     def _place_chunks(self, chunks: list[ChunkKV], kv: KVBuffer) -> None:

@@ -44,19 +44,42 @@ def check_max_new_tokens(max_new_tokens: int) -> None:
         raise WorkerInputError(f"max_new_tokens: must be positive, got {max_new_tokens}")
 
 
-def decode_stream(llm: LLM, logits: torch.Tensor, kv: KVBuffer, max_new_tokens: int, started: float) -> Iterator[GeneratedToken]:
-    """Greedy tokens from the logits after a prefill, extending `kv`, until a stop token or the budget."""
-    generated: list[int] = []
-    emitted = ""
-    budget = min(max_new_tokens, llm.forward.max_positions - kv.length)
-    for step in range(budget):
+class Greedy:
+    """One request's greedy decoding: picks each token from its logits, stops at a stop token or
+    once `max_new_tokens` (or the positions the model has left) are generated, and detokenises."""
+
+    def __init__(self, llm: LLM, max_new_tokens: int, kv_length: int, started: float) -> None:
+        self.llm = llm
+        self.budget = min(max_new_tokens, llm.forward.max_positions - kv_length)
+        self.started = started
+        self.generated: list[int] = []
+        self.emitted = ""
+        self.stopped = False
+
+    @property
+    def done(self) -> bool:
+        return self.stopped or len(self.generated) >= self.budget
+
+    def push(self, logits: torch.Tensor) -> GeneratedToken | None:
+        """The token these logits pick, or None (and done) if it is a stop token."""
         token = int(logits.argmax())
-        if token in llm.stop_token_ids:
+        if token in self.llm.stop_token_ids:
+            self.stopped = True
+            return None
+        self.generated.append(token)
+        text = self.llm.tokenizer.decode(self.generated, skip_special_tokens=True)
+        delta = "" if text.endswith("\ufffd") else text[len(self.emitted) :]
+        self.emitted += delta
+        return GeneratedToken(token_id=token, text=delta, elapsed_s=time.perf_counter() - self.started)
+
+
+def decode_stream(llm: LLM, logits: torch.Tensor, kv: KVBuffer, max_new_tokens: int, started: float) -> Iterator[GeneratedToken]:
+    """Greedy tokens from the logits after a prefill, extending `kv`, one request alone (the engine batches requests instead)."""
+    greedy = Greedy(llm, max_new_tokens, kv.length, started)
+    while not greedy.done:
+        token = greedy.push(logits)
+        if token is None:
             return
-        generated.append(token)
-        text = llm.tokenizer.decode(generated, skip_special_tokens=True)
-        delta = "" if text.endswith("\ufffd") else text[len(emitted) :]
-        emitted += delta
-        yield GeneratedToken(token_id=token, text=delta, elapsed_s=time.perf_counter() - started)
-        if step + 1 < budget:
-            logits = llm.forward.forward(torch.tensor([token], device=llm.forward.device), kv)[-1]
+        yield token
+        if not greedy.done:
+            logits = llm.forward.forward(torch.tensor([token.token_id], device=llm.forward.device), kv)[-1]

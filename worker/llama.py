@@ -7,14 +7,31 @@ run through which layers (`qkv`, then `attend`): blended prefill recomputes only
 Sequence KV lives in a `KVBuffer` whose slot i holds the token at position i, keys after RoPE.
 A pass first sets the buffer's `length` to every position it will see, so attention never asks
 the device how far the positions reach (a GPU sync per layer that leaves the GPU idle).
+
+Passes are steppable (`forward_steps`): a generator that yields the rows it ran after each layer
+and returns its result, so one scheduler loop can interleave a long prefill with other requests'
+decode steps between layers. `decode` runs one token for many sequences at once.
 """
 
 from dataclasses import dataclass
+from typing import Generator, TypeVar
 
 import torch
 import torch.nn.functional as F
 
 from kernels.rope import RopeConfig, cos_sin, inverse_frequencies, rotate
+
+T = TypeVar("T")
+Steps = Generator[int, None, T]  # yields the rows each layer step ran; returns the pass's result
+
+
+def run_steps(steps: Steps[T]) -> T:
+    """Run a stepped pass to its end; its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +145,6 @@ class LlamaForward:
     def attend(self, layer: int, h: torch.Tensor, q: torch.Tensor, positions: torch.Tensor, kv: KVBuffer) -> torch.Tensor:
         """The rest of the layer for tokens at `positions` (queries after RoPE), attending causally to
         the first `kv.length` slots of `kv`."""
-        w = self.layers[layer]
         visible = kv.length
         keys, values = kv.keys[layer, :, :visible][None], kv.values[layer, :, :visible][None]
         if len(positions) == visible:  # the whole sequence from position 0: the fast causal kernel
@@ -136,6 +152,11 @@ class LlamaForward:
         else:
             mask = _causal(positions, visible)
             out = F.scaled_dot_product_attention(q[None], keys, values, attn_mask=mask[None, None], enable_gqa=True)[0]
+        return self.finish(layer, h, out)
+
+    def finish(self, layer: int, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The layer after attention: output projection of `out` [heads, n, d] added to h [n, hidden], then the MLP."""
+        w = self.layers[layer]
         h = h + F.linear(out.transpose(0, 1).reshape(len(h), self.heads * self.head_dim), w.o)
         x = self.norm(h, w.post_norm)
         return h + F.linear(F.silu(F.linear(x, w.gate)) * F.linear(x, w.up), w.down)
@@ -158,9 +179,13 @@ class LlamaForward:
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return F.linear(self.norm(h, self.final_norm), self.lm_head)
 
-    @torch.inference_mode()
     def forward(self, ids: torch.Tensor, kv: KVBuffer) -> torch.Tensor:
         """Run `ids` after the `kv.length` tokens already in `kv`; returns logits [n, vocab] and extends `kv`."""
+        return run_steps(self.forward_steps(ids, kv))
+
+    @torch.inference_mode()
+    def forward_steps(self, ids: torch.Tensor, kv: KVBuffer) -> Steps[torch.Tensor]:
+        """`forward`, one layer a step."""
         ids = self.check_tokens(ids, "ids")
         positions = torch.arange(kv.length, kv.length + len(ids), device=self.device)
         if kv.length + len(ids) > self.max_positions:
@@ -170,6 +195,41 @@ class LlamaForward:
         h = self.embed[ids]
         for layer in range(self.layers_count):
             h = self.layer(layer, h, positions, kv)
+            yield len(ids)
+        return self.logits(h)
+
+    @torch.inference_mode()
+    def decode(self, ids: torch.Tensor, kvs: list[KVBuffer]) -> torch.Tensor:
+        """One token for each of several sequences at once: ids [n], the i-th appended to `kvs[i]`;
+        logits [n, vocab].
+
+        The linear layers run on all n rows together, so the weights are read once a step instead
+        of once a sequence. Attention runs per sequence over its own length (ragged): on the CPU
+        that measured faster than copying every sequence's KV into one padded batch each layer.
+        """
+        ids = self.check_tokens(ids, "ids")
+        if len(ids) != len(kvs):
+            raise ValueError(f"ids: {len(ids)} tokens for {len(kvs)} sequences")
+        for kv in kvs:
+            if kv.length + 1 > self.max_positions:
+                raise ValueError(f"ids: {kv.length + 1} positions exceed the model's {self.max_positions}")
+        positions = torch.tensor([kv.length for kv in kvs], device=self.device)
+        for kv in kvs:
+            kv.reserve(kv.length + 1)
+            kv.length += 1
+        cos, sin = self.rope(positions)
+        h = self.embed[ids]
+        for layer in range(self.layers_count):
+            q, k, v = self.qkv(layer, h)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+            out = torch.empty_like(q)
+            for i, kv in enumerate(kvs):
+                last = kv.length - 1
+                kv.keys[layer, :, last] = k[:, i]
+                kv.values[layer, :, last] = v[:, i]
+                keys, values = kv.keys[layer, :, : kv.length][None], kv.values[layer, :, : kv.length][None]
+                out[:, i : i + 1] = F.scaled_dot_product_attention(q[None, :, i : i + 1], keys, values, enable_gqa=True)[0]
+            h = self.finish(layer, h, out)
         return self.logits(h)
 
 

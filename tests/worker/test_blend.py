@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from kernels.deviation import top_deviations
+from kernels.rope import rotate
 from kvcodec import decode, decode_packed, encode
 from worker.blend import Blender, ChunkKV, Deviation, PrefillMode
 from worker.kv_cache import ChunkKVCache
+from worker.llama import run_steps
 
 
 def random_ids(n: int, seed: int) -> torch.Tensor:
@@ -122,3 +124,20 @@ def test_packed_chunks_blend_as_their_decoded_kv(setup) -> None:
     got, expected = blender.blend_prefill(packed, question), blender.blend_prefill(dense, question)
     torch.testing.assert_close(got.logits, expected.logits, atol=1e-2, rtol=0)
     assert got.recomputed == expected.recomputed
+
+
+def test_chunks_prefilled_together_equal_each_in_a_full_forward(models) -> None:
+    """Right padding to the longest chunk changes nothing for any chunk's real tokens: each chunk's
+    keys (rotated to their place) and values are those of a plain forward over prefix and chunk."""
+    forward = models.llm.forward
+    system = random_ids(12, seed=30)
+    blender = Blender(forward, system)
+    chunks = [random_ids(n, seed=n) for n in (7, 64, 33)]
+    together = run_steps(blender.prefill_chunks_steps(chunks))
+    for chunk, got in zip(chunks, together):
+        kv = forward.new_buffer(12 + len(chunk))
+        forward.forward(torch.cat([system, chunk]), kv)
+        cos, sin = forward.rope(torch.arange(12, 12 + len(chunk)))
+        assert torch.equal(got.tokens, chunk)
+        torch.testing.assert_close(rotate(got.kv[:, 0], cos, sin), kv.keys[:, :, 12:], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got.kv[:, 1], kv.values[:, :, 12:], atol=1e-4, rtol=1e-4)

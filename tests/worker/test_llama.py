@@ -113,3 +113,24 @@ def test_tiny_llama_forward_and_blend_on_each_device(device: str) -> None:
     packed = [ChunkKV(c.tokens, decode_packed(encode(c.kv, "kivi4")).to(device)) for c in chunks]
     blended = blender.blend_prefill(packed, question, recompute_ratio=1.0).logits.float()
     torch.testing.assert_close(blended, full, atol=tolerance, rtol=0)
+
+
+def test_batched_decode_equals_each_sequence_alone(models) -> None:
+    """One decode step over sequences of mixed lengths gives each the logits it gets alone (float32, 1e-4)."""
+    forward = models.llm.forward
+    lengths = [3, 211, 40, 517]
+    batched, alone = [], []
+    for seed, n in enumerate(lengths):
+        ids = random_ids(n, seed=10 + seed)
+        for buffers in (batched, alone):
+            buffers.append(forward.new_buffer(n))  # too small on purpose: decode grows it
+            forward.forward(ids, buffers[-1])
+    tokens = random_ids(len(lengths), seed=20)
+    for _ in range(3):
+        got = forward.decode(tokens, batched)
+        expected = torch.cat([forward.forward(tokens[i : i + 1], kv) for i, kv in enumerate(alone)])
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+        tokens = got.argmax(-1)
+    assert [kv.length for kv in batched] == [n + 3 for n in lengths]
+    with pytest.raises(ValueError, match="ids"):
+        forward.decode(tokens[:2], batched)

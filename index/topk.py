@@ -18,18 +18,21 @@ from index.contract import Metric
 
 def top_k(queries: np.ndarray, table: np.ndarray, rows: np.ndarray, k: int, metric: Metric) -> tuple[np.ndarray, np.ndarray]:
     """(distances [nq, k], table rows [nq, k]): every query scans the same `rows` [m]."""
-    offsets = np.array([0, len(rows)], dtype=np.int64)
+    one = np.ones(1, dtype=np.float32)
+    starts, lengths = np.zeros(1, dtype=np.int64), np.array([len(rows)], dtype=np.int64)
     centroids = np.zeros((1, table.shape[1]), dtype=np.float32)
-    return top_k_in_terminals(queries, table, centroids, offsets, rows, len(rows), k, metric)
+    return top_k_in_terminals(queries, table, centroids, one, starts, lengths, rows, len(rows), k, metric)
 
 
 def top_k_in_terminals(
-    queries: np.ndarray, table: np.ndarray, centroids: np.ndarray, offsets: np.ndarray, rows: np.ndarray, cover: int, k: int, metric: Metric
+    queries: np.ndarray, table: np.ndarray, sums: np.ndarray, scale: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+    rows: np.ndarray, cover: int, k: int, metric: Metric,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per query: rank the terminals by their centroid, scan their rows (rows[offsets[t]:offsets[t + 1]])
-    best first until `cover` rows are seen, and keep the top k."""
+    """Per query: rank the terminals by their centroid (`sums[t] * scale[t]`: a direction for "ip",
+    a mean for "l2"), scan their rows (`rows[starts[t]:starts[t] + lengths[t]]`) best first until
+    `cover` rows are seen, and keep the top k."""
     l2 = metric == "l2"
-    scores, found = _scan(np.ascontiguousarray(queries, dtype=np.float32), table, centroids, offsets, rows, cover, k, l2)
+    scores, found = _scan(np.ascontiguousarray(queries, dtype=np.float32), table, sums, scale, starts, lengths, rows, cover, k, l2)
     return (-scores if l2 else scores), found
 
 
@@ -96,19 +99,34 @@ def keep_best(items, scores, kept, item, score):
 
 
 @numba.njit(cache=True, fastmath=True)
-def _scan(queries, table, centroids, offsets, rows, cover, k, l2):
+def _rank(sums, scale, t, query, l2):
+    """How close terminal t's centroid is to the query, higher closer."""
+    total = numba.float32(0.0)
+    if l2:
+        for d in range(query.shape[0]):
+            diff = sums[t, d] * scale[t] - query[d]
+            total -= diff * diff
+        return total
+    for d in range(query.shape[0]):
+        total += sums[t, d] * query[d]
+    return total * scale[t]
+
+
+@numba.njit(cache=True, fastmath=True)
+def _scan(queries, table, sums, scale, starts, lengths, rows, cover, k, l2):
     nq = queries.shape[0]
-    terminals = centroids.shape[0]
+    terminals = sums.shape[0]
     best = np.full((nq, k), -np.inf, dtype=np.float32)
     found = np.full((nq, k), -1, dtype=np.int64)
     ranking = np.empty(terminals, dtype=np.float32)
     for q in range(nq):
         query = queries[q]
         for t in range(terminals):
-            ranking[t] = -_score(centroids, t, query, l2)
+            ranking[t] = -_rank(sums, scale, t, query, l2)
         seen = 0
         for t in np.argsort(ranking):
-            j, end = offsets[t], offsets[t + 1]
+            j = starts[t]
+            end = j + lengths[t]
             while j + 4 <= end:
                 s0, s1, s2, s3 = _score4(table, rows[j], rows[j + 1], rows[j + 2], rows[j + 3], query, l2)
                 keep_best(found[q], best[q], k, rows[j], s0)  # the buffers start full of -inf placeholders
@@ -119,7 +137,7 @@ def _scan(queries, table, centroids, offsets, rows, cover, k, l2):
             while j < end:
                 keep_best(found[q], best[q], k, rows[j], _score(table, rows[j], query, l2))
                 j += 1
-            seen += end - offsets[t]
+            seen += lengths[t]
             if seen >= cover:
                 break
     return best, found

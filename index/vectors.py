@@ -4,7 +4,9 @@ The vectors live in a private anonymous memory map. Growing it remaps its pages 
 of copying them: 1.4 ms for a 300 MB table here, where copying into a new array took 0.4 s (page
 faults on fresh memory), a cost every online insert after a compaction would otherwise share.
 The map refuses to move while any numpy view of it is alive (BufferError), so a stale view can
-never point at freed memory; the table holds the only lasting one.
+never point at freed memory. A retraining reads a view without the caller's lock; a table that
+must grow meanwhile copies itself into a new map, leaving the old one to that view. Rows freed
+meanwhile are held back from reuse (`hold_freed`), so every row the view shows keeps its vector.
 """
 
 import mmap
@@ -28,6 +30,7 @@ class VectorTable:
         self.ids = np.empty(0, dtype=np.int64)  # -1 on free rows
         self._row_of: dict[int, int] = {}
         self._free: list[int] = []
+        self._held: list[int] | None = None  # rows freed while held back from reuse
         self._used = 0  # rows handed out, live or freed
 
     def __len__(self) -> int:
@@ -69,8 +72,18 @@ class VectorTable:
         """Free the rows of present ids (absent ids are ignored); returns the freed rows."""
         rows = [self._row_of.pop(int(i)) for i in ids if int(i) in self._row_of]
         self.ids[rows] = -1
-        self._free.extend(rows)
+        (self._free if self._held is None else self._held).extend(rows)
         return np.array(rows, dtype=np.int64)
+
+    def hold_freed(self) -> None:
+        """Until `release_freed`, freed rows are not handed out again: their vectors stay as they were."""
+        if self._held is None:
+            self._held = []
+
+    def release_freed(self) -> None:
+        if self._held is not None:
+            self._free.extend(self._held)
+            self._held = None
 
     def compact(self, order: np.ndarray) -> np.ndarray:
         """Renumber the live rows as `order` lists them (every live row once), dropping free rows and spare
@@ -82,17 +95,21 @@ class VectorTable:
         self._adopt(self.vectors[order])
         self.ids = self.ids[order]
         self._row_of = dict(zip(self.ids.tolist(), range(len(order))))
-        self._free = []
+        self._free, self._held = [], None
         self._used = len(order)
         return new_of_old
 
     def _remap(self, capacity: int) -> None:
-        """Grow the map to `capacity` rows in place (new rows are zero)."""
+        """Grow the map to `capacity` rows, in place unless another view holds it (new rows are zero)."""
         if self._map is None:
             self._adopt(grown(self.vectors, capacity))
             return
         self.vectors = None  # our view must go before the map can move
-        self._map.resize(capacity * self.dim * 4)
+        try:
+            self._map.resize(capacity * self.dim * 4)
+        except BufferError:  # a retraining's view: copy into a new map, the old one stays with that view
+            self._adopt(grown(np.frombuffer(self._map, dtype=np.float32).reshape(-1, self.dim), capacity))
+            return
         self.vectors = np.frombuffer(self._map, dtype=np.float32).reshape(capacity, self.dim)
 
     def _adopt(self, vectors: np.ndarray) -> None:
@@ -104,7 +121,7 @@ class VectorTable:
             self.vectors[:] = vectors
 
     def __getstate__(self) -> dict:
-        state = {**self.__dict__, "vectors": np.array(self.vectors)}
+        state = {**self.__dict__, "vectors": np.array(self.vectors), "_free": self._free + (self._held or []), "_held": None}
         del state["_map"]
         return state
 

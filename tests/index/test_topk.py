@@ -35,10 +35,23 @@ def test_top_k_equals_numpy_for_any_number_of_rows(metric: str, count: int) -> N
 def test_terminals_are_scanned_best_first_until_cover_rows_are_seen() -> None:
     table = unit(10, 4)
     query = table[:1]
-    rows = np.arange(10, dtype=np.int64)
-    offsets = np.array([0, 3, 8, 10], dtype=np.int64)  # terminals of 3, 5 and 2 rows
-    centroids = np.stack([-query[0], query[0], np.zeros(DIM, np.float32)])  # ranked 1, 2, 0
-    _, found = top_k_in_terminals(query, table, centroids, offsets, rows, 5, 10, "ip")
+    rows = np.array([0, 1, 2, 0, 3, 4, 5, 6, 7, 0, 0, 8, 9], dtype=np.int32)  # stretches with spare room (0s) between
+    starts, lengths = np.array([0, 4, 11]), np.array([3, 5, 2])  # terminals of 3, 5 and 2 rows
+    sums = np.stack([-query[0], 4 * query[0], np.zeros(DIM, np.float32)])  # ranked 1, 2, 0
+    scale = np.array([1.0, 0.25, 1.0], dtype=np.float32)
+    _, found = top_k_in_terminals(query, table, sums, scale, starts, lengths, rows, 5, 10, "ip")
     assert set(found[0][found[0] >= 0].tolist()) == {3, 4, 5, 6, 7}
-    _, found = top_k_in_terminals(query, table, centroids, offsets, rows, 6, 10, "ip")
+    _, found = top_k_in_terminals(query, table, sums, scale, starts, lengths, rows, 6, 10, "ip")
     assert set(found[0][found[0] >= 0].tolist()) == {3, 4, 5, 6, 7, 8, 9}
+
+
+def test_l2_ranks_terminals_by_their_mean() -> None:
+    """A terminal's sum times its scale (1 / count) is its mean: the one nearer the query goes first."""
+    table = unit(10, 5)
+    query = table[:1]
+    rows = np.arange(10, dtype=np.int32)
+    starts, lengths = np.array([0, 5]), np.array([5, 5])
+    sums = np.stack([5 * (query[0] + 1.0), 5 * query[0]])  # means: query + 1 (far), query (near)
+    scale = np.full(2, 0.2, dtype=np.float32)
+    _, found = top_k_in_terminals(query, table, sums, scale, starts, lengths, rows, 5, 10, "l2")
+    assert set(found[0][found[0] >= 0].tolist()) == {5, 6, 7, 8, 9}

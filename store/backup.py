@@ -14,13 +14,17 @@ Layout (the store directory's own): `lmdb/data.mdb`, `segments/<n>.seg`, and `ma
 everything else is durable: a directory without it is an unfinished backup, and `restore`
 refuses it, as it refuses a file whose size or checksum differs from the manifest's.
 
-While the LMDB copy runs, a compaction's file swap or a map growth waits for it (and new
-transactions wait behind them), so a server keeps compactions out of a running backup.
+A backup can be paced (`max_bytes_per_s`) so that it leaves the cores and the disk to the
+requests it runs beside. Its read transaction lasts as long as the LMDB copy: meanwhile LMDB
+cannot reuse the pages that writes free, a compaction's file swap or a map growth waits for it,
+and new transactions wait behind them; a server keeps compactions out of a running backup.
 """
 
 import hashlib
 import os
 import shutil
+import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -68,6 +72,7 @@ class Manifest:
 class _Snapshot:
     """What one read transaction saw, with descriptors that keep its segments' bytes readable."""
 
+    lmdb_file: BackupFile
     schema: int
     dim: int
     tenants: int
@@ -76,19 +81,39 @@ class _Snapshot:
     segments: dict[str, tuple[int, set[int]]]  # file name -> (open descriptor, payload offsets of live blobs)
 
 
-def backup(env: Env, segments_dir: Path, destination: Path) -> Manifest:
+class Pace:
+    """Holds a copy to `bytes_per_s` on average (0: as fast as it goes) by sleeping after each
+    piece, so a backup leaves the cores and the disk to the requests it runs beside."""
+
+    def __init__(self, bytes_per_s: int) -> None:
+        self._rate = bytes_per_s
+        self._started = time.monotonic()
+        self._bytes = 0
+
+    def __call__(self, n: int) -> None:
+        if self._rate <= 0:
+            return
+        self._bytes += n
+        ahead = self._bytes / self._rate - (time.monotonic() - self._started)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+def backup(env: Env, segments_dir: Path, destination: Path, max_bytes_per_s: int = 0) -> Manifest:
     """Copy the store behind `env` (KV segments in `segments_dir`) into `destination`, a new or
-    empty directory (FailedPrecondition otherwise); returns the manifest written last."""
+    empty directory (FailedPrecondition otherwise), at most `max_bytes_per_s` (0: no limit);
+    returns the manifest, written last."""
     destination.mkdir(parents=True, exist_ok=True)
     if any(destination.iterdir()):
         raise FailedPrecondition(f"backup destination {destination} is not empty")
     (destination / LMDB_DIR).mkdir()
     (destination / SEGMENTS_DIR).mkdir()
-    snapshot = env.read(lambda txn: _snapshot(env, txn, segments_dir, destination / LMDB_DIR))
+    pace = Pace(max_bytes_per_s)
+    snapshot = env.read(lambda txn: _snapshot(env, txn, segments_dir, destination, pace))
     try:
-        files = [_hash_file(destination, LMDB_FILE)]
+        files = [snapshot.lmdb_file]
         for name, (fd, live) in sorted(snapshot.segments.items()):
-            files.append(_copy_segment(fd, live, destination, f"{SEGMENTS_DIR}/{name}"))
+            files.append(_copy_segment(fd, live, destination, f"{SEGMENTS_DIR}/{name}", pace))
     finally:
         for fd, _ in snapshot.segments.values():
             os.close(fd)
@@ -101,7 +126,7 @@ def backup(env: Env, segments_dir: Path, destination: Path) -> Manifest:
     return manifest
 
 
-def _snapshot(env: Env, txn: lmdb.Transaction, segments_dir: Path, lmdb_copy: Path) -> _Snapshot:
+def _snapshot(env: Env, txn: lmdb.Transaction, segments_dir: Path, destination: Path, pace: Pace) -> _Snapshot:
     """In one read transaction: the live blobs' places, a descriptor on each segment holding
     them, and the compacting copy of the environment."""
     live: dict[int, set[int]] = {}
@@ -115,13 +140,14 @@ def _snapshot(env: Env, txn: lmdb.Transaction, segments_dir: Path, lmdb_copy: Pa
             if number not in paths:
                 raise Corrupted(f"KV segment {number} is missing")
             segments[paths[number].name] = (os.open(paths[number], os.O_RDONLY), offsets)
-        env.lmdb.copy(str(lmdb_copy), compact=True, txn=txn)
+        lmdb_file = _stream_lmdb(env, txn, destination, pace)
     except BaseException:
         for fd, _ in segments.values():
             os.close(fd)
         raise
     meta = env.db["meta"]
     return _Snapshot(
+        lmdb_file=lmdb_file,
         schema=int(txn.get(b"schema", db=meta)),
         dim=int(txn.get(b"dim", db=meta)),
         tenants=txn.stat(env.db["tenants"])["entries"],
@@ -131,7 +157,34 @@ def _snapshot(env: Env, txn: lmdb.Transaction, segments_dir: Path, lmdb_copy: Pa
     )
 
 
-def _copy_segment(fd: int, live: set[int], destination: Path, relative: str) -> BackupFile:
+def _stream_lmdb(env: Env, txn: lmdb.Transaction, destination: Path, pace: Pace) -> BackupFile:
+    """LMDB's compacting copy of the environment as `txn` sees it, through a pipe that a thread
+    drains into the backup, hashing as it writes: the file is written and read once, at `pace`."""
+    read_end, write_end = os.pipe()
+    drained: list[BackupFile | BaseException] = []
+
+    def drain() -> None:
+        try:
+            with os.fdopen(read_end, "rb") as source, (destination / LMDB_FILE).open("wb") as out:
+                drained.append(_copy(source, LMDB_FILE, out, pace))
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException as exc:  # noqa: BLE001 - handed to the copying thread, which raises it
+            drained.append(exc)
+
+    drainer = threading.Thread(target=drain, name="backup-lmdb")
+    drainer.start()
+    try:
+        env.lmdb.copyfd(write_end, compact=True, txn=txn)
+    finally:
+        os.close(write_end)
+        drainer.join()
+        if isinstance(drained[0], BaseException):
+            raise drained[0]  # the drain's failure is why the copy failed too (a closed pipe)
+    return drained[0]
+
+
+def _copy_segment(fd: int, live: set[int], destination: Path, relative: str, pace: Pace) -> BackupFile:
     """Write the segment's frames up to its last live blob, zeros for the payloads no live blob
     has; Corrupted if its frames do not lead to every live blob."""
     end = max(live)  # the last live payload's start; the walk stops after its frame
@@ -151,6 +204,7 @@ def _copy_segment(fd: int, live: set[int], destination: Path, relative: str) -> 
                 out.write(piece)
                 digest.update(piece)
             pos = payload_at + length
+            pace(FRAME.size + length)
         out.flush()
         os.fsync(out.fileno())
     if found != len(live):
@@ -158,15 +212,14 @@ def _copy_segment(fd: int, live: set[int], destination: Path, relative: str) -> 
     return BackupFile(relative, pos, digest.hexdigest())
 
 
-def _hash_file(root: Path, relative: str, copy_to: BinaryIO | None = None) -> BackupFile:
-    """The file's size and SHA-256, read in pieces; each piece also goes to `copy_to` if given."""
+def _copy(source: BinaryIO, relative: str, out: BinaryIO, pace: Pace) -> BackupFile:
+    """Copy `source` to `out` in pieces at `pace`; the size and SHA-256 of what went through."""
     digest, size = hashlib.sha256(), 0
-    with (root / relative).open("rb") as f:
-        while piece := f.read(READ_BYTES):
-            digest.update(piece)
-            size += len(piece)
-            if copy_to is not None:
-                copy_to.write(piece)
+    while piece := source.read(READ_BYTES):
+        digest.update(piece)
+        size += len(piece)
+        out.write(piece)
+        pace(len(piece))
     return BackupFile(relative, size, digest.hexdigest())
 
 
@@ -235,8 +288,8 @@ def _restore_file(backup_dir: Path, staging: Path, expected: BackupFile) -> None
     source = backup_dir / expected.path
     if not source.is_file():
         raise Corrupted(f"backup file {source} is missing")
-    with (staging / expected.path).open("wb") as out:
-        copied = _hash_file(backup_dir, expected.path, copy_to=out)
+    with source.open("rb") as f, (staging / expected.path).open("wb") as out:
+        copied = _copy(f, expected.path, out, Pace(0))
         out.flush()
         os.fsync(out.fileno())
     if copied.size != expected.size:

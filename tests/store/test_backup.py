@@ -182,6 +182,20 @@ def test_a_backup_taken_while_compactions_run_restores_everything(store: Store, 
                     assert restored.read_kv(chunk_id) == doc.chunks[0].kv_blob
 
 
+def test_a_paced_backup_holds_its_rate(store: Store, tmp_path: Path) -> None:
+    for n in range(20):
+        store.upsert(owner_of(n), batch(n, kv_bytes=50_000))
+    size = back_up(store, tmp_path / "fast").total_bytes
+    started = time.perf_counter()
+    paced = backup(store._env, store.config.path / "segments", tmp_path / "paced", max_bytes_per_s=size * 2)
+    assert time.perf_counter() - started >= 0.45
+    assert paced.total_bytes == size
+    restore(tmp_path / "paced", tmp_path / "restored")
+    with open_store(tmp_path / "restored") as restored:
+        for n in range(20):
+            check_batch(restored, n, kv_bytes=50_000)
+
+
 def _segment(backup_dir: Path) -> Path:
     return sorted((backup_dir / "segments").glob("*.seg"))[0]
 

@@ -1,27 +1,32 @@
 """The worker's front: chunk KV for ingestion, and answers generated from retrieved chunks.
 
-One `Engine` per process and system prompt. Chunk KV is encoded with a codec from `kvcodec` for
-storage; loaded chunk KV stays in a byte-bounded LRU keyed by the store's blob key (a hash of
-the model, the tokens and the owner's salt, so an entry can never go stale), still packed when
-its codec quantises.
+One `Engine` per process and system prompt. Every forward pass it makes goes through its
+`Scheduler`, one loop that owns the model: answers are batched continuously, fairly across
+tenants, and chunk-KV precompute runs below them in padded batches. Chunk KV is encoded with a
+codec from `kvcodec` for storage; loaded chunk KV stays in a byte-bounded LRU keyed by the blob
+key the store names it by (else the chunk id), still packed when its codec quantises.
 """
 
 import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 
 import kvcodec
-from worker.blend import Blender, ChunkKV, Deviation, PrefillMode
+from worker.batch import bucket_batches
+from worker.blend import Blender, ChunkKV, Deviation, Prefill, PrefillMode
 from worker.errors import check_positions
-from worker.generate import GeneratedToken, check_max_new_tokens, decode_stream
+from worker.generate import check_max_new_tokens
 from worker.kv_cache import ChunkKVCache
+from worker.llama import Steps
 from worker.llm import LLM
 from worker.prompt import DEFAULT_SYSTEM, PromptLayout
+from worker.scheduler import Scheduler, SchedulerConfig, Stream
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,7 @@ class EngineConfig:
     recompute_ratio: float = 0.15
     check_layer: int = 1
     deviation: Deviation = Deviation.KEY_BY_ATTENTION
+    scheduler: SchedulerConfig = SchedulerConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +47,11 @@ class RetrievedChunk:
     chunk_id: int
     token_ids: np.ndarray  # the chunk's own tokens, as stored
     load_kv: Callable[[], bytes | None]  # the encoded blob from the store, if precomputed
-    cache_key: str = ""  # the store's blob key naming its KV (deduplicated chunks share it); "": the chunk id
+    cache_key: str = ""  # the store's blob key naming the chunk's KV (shared by chunks with the same KV); "": the chunk id
+
+    @property
+    def key(self) -> str:
+        return self.cache_key or str(self.chunk_id)
 
 
 class Engine:
@@ -56,68 +66,106 @@ class Engine:
         digest = hashlib.sha256(llm.fingerprint.encode() + self.layout.prefix.tobytes() + self.layout.separator.tobytes())
         # chunk KV depends on the weights and on the prefix it was computed after
         self.kv_fingerprint = digest.hexdigest()[:16]
+        self.scheduler = Scheduler(llm, config.scheduler)
+        self.scheduler.start()
+
+    def close(self) -> None:
+        """Stop the scheduler's loop; unfinished answers and ingestion end with RequestCancelled."""
+        self.scheduler.close()
+
+    # ---- chunk KV for ingestion
 
     def chunk_kv(self, token_ids: np.ndarray) -> ChunkKV:
-        return self.blender.prefill_chunk(torch.from_numpy(self.layout.chunk_segment(token_ids)))
+        return self.chunks_kv([token_ids])[0]
+
+    def chunks_kv(self, token_lists: list[np.ndarray], cancel: threading.Event | None = None) -> list[ChunkKV]:
+        """Each chunk's KV computed after the prompt prefix, in batches of chunks of similar length
+        scheduled below answers; `cancel` set stops the work at the next step (RequestCancelled)."""
+        if not token_lists:
+            return []
+        segments = [torch.from_numpy(self.layout.chunk_segment(ids)) for ids in token_lists]
+        batches = bucket_batches([len(s) for s in segments], self.config.scheduler.ingest_batch_tokens)
+        steps = [self.blender.prefill_chunks_steps([segments[i] for i in batch]) for batch in batches]
+        computed = self.scheduler.ingest(steps, cancel).result()
+        order = [i for batch in batches for i in batch]
+        result: list[ChunkKV | None] = [None] * len(segments)
+        for i, kv in zip(order, computed):
+            result[i] = kv
+        return result
 
     def encode_chunk_kv(self, token_ids: np.ndarray, codec: str = "") -> bytes:
         """A chunk's KV, computed after the prompt prefix and encoded for the store (`codec` or the default)."""
-        return kvcodec.encode(self.chunk_kv(token_ids).kv, codec or self.config.kv_codec)
+        return self.encode_chunks_kv([token_ids], codec)[0]
 
-    def _load(self, chunk: RetrievedChunk) -> ChunkKV:
-        key = chunk.cache_key or chunk.chunk_id
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
-        blob = chunk.load_kv()
-        kv = self._decoded(chunk.chunk_id, blob) if blob is not None else None
-        if kv is None:  # not precomputed, or its blob is damaged: compute now, keep for next time
-            loaded = self.chunk_kv(chunk.token_ids)
-        else:
-            loaded = ChunkKV(tokens=torch.from_numpy(self.layout.chunk_segment(chunk.token_ids)), kv=kv)
-        self.cache.put(key, loaded)
-        return loaded
+    def encode_chunks_kv(self, token_lists: list[np.ndarray], codec: str = "", cancel: threading.Event | None = None) -> list[bytes]:
+        """`encode_chunk_kv` for many chunks, batched; encoding runs in the caller's thread, off the model loop."""
+        return [kvcodec.encode(c.kv, codec or self.config.kv_codec) for c in self.chunks_kv(token_lists, cancel)]
 
-    def _decoded(self, chunk_id: int, blob: bytes) -> torch.Tensor | kvcodec.PackedKV | None:
-        """The blob's KV on the model's device (quantised KV stays packed, 3-6x smaller); None if it does not decode."""
-        try:
-            kv = kvcodec.decode_packed(blob).to(self.llm.forward.device)
-        except kvcodec.CorruptBlobError as exc:
-            log.warning("chunk %d: stored KV does not decode (%s); recomputing it", chunk_id, exc)
-            return None
-        return kv if isinstance(kv, kvcodec.PackedKV) else kv.to(self.llm.forward.dtype)
+    # ---- answers
 
     def answer(
-        self, chunks: list[RetrievedChunk], question: str, mode: PrefillMode, max_new_tokens: int
-    ) -> Iterator[GeneratedToken]:
-        """Prefill `[prefix][chunks][question]` in `mode`, then stream greedy tokens.
+        self, chunks: list[RetrievedChunk], question: str, mode: PrefillMode, max_new_tokens: int, tenant: str = ""
+    ) -> Stream:
+        """Prefill `[prefix][chunks][question]` in `mode`, then stream greedy tokens, batched with
+        other requests and served round robin with other tenants' (`tenant`).
 
-        The request is checked here, before the lazy stream: a prompt that cannot fit the model's
-        context raises ContextOverflow at this call, so a server can refuse it before replying.
+        The request is checked here: a prompt that cannot fit the model's context raises
+        ContextOverflow at this call, so a server can refuse it before replying. The work starts
+        at the stream's first `next`; `close` cancels it and frees its slot.
         """
+        started = time.perf_counter()
+        return self.scheduler.request(tenant, self.prefill_steps(chunks, question, mode, max_new_tokens), max_new_tokens, started)
+
+    def prefill_steps(self, chunks: list[RetrievedChunk], question: str, mode: PrefillMode, max_new_tokens: int) -> Steps[Prefill]:
+        """The request's prefill, checked now and run a layer a step by whoever drives it (the scheduler)."""
         check_max_new_tokens(max_new_tokens)
         question_ids = torch.from_numpy(self.layout.question_segment(self.llm.tokenizer, question))
         chunk_tokens = sum(len(self.layout.chunk_segment(c.token_ids)) for c in chunks)
         prompt = len(self.layout.prefix) + chunk_tokens + len(question_ids)
         check_positions(prompt + max_new_tokens, self.llm.forward.max_positions)
-        return self._answer(chunks, question_ids, mode, max_new_tokens)
+        return self._prefill(chunks, question_ids, mode, max_new_tokens)
 
-    def _answer(self, chunks, question_ids, mode: PrefillMode, max_new_tokens: int) -> Iterator[GeneratedToken]:
-        started = time.perf_counter()
+    def _prefill(self, chunks, question_ids, mode: PrefillMode, max_new_tokens: int) -> Steps[Prefill]:
         if mode is PrefillMode.FULL_PREFILL:  # reads tokens only, so no KV is loaded
             loaded = [ChunkKV(torch.from_numpy(self.layout.chunk_segment(c.token_ids)), torch.empty(0)) for c in chunks]
         else:
-            loaded = [self._load(c) for c in chunks]
-        prefill = self.blender.blend_prefill(
-            loaded,
-            question_ids,
-            recompute_ratio=self.config.recompute_ratio,
-            check_layer=self.config.check_layer,
-            mode=mode,
-            deviation=self.config.deviation,
-            reserve=max_new_tokens,
+            loaded = []
+            for chunk in chunks:
+                loaded.append((yield from self._load(chunk)))
+        return (
+            yield from self.blender.blend_prefill_steps(
+                loaded,
+                question_ids,
+                recompute_ratio=self.config.recompute_ratio,
+                check_layer=self.config.check_layer,
+                mode=mode,
+                deviation=self.config.deviation,
+                reserve=max_new_tokens,
+            )
         )
-        yield from decode_stream(self.llm, prefill.logits, prefill.kv, max_new_tokens, started)
+
+    def _load(self, chunk: RetrievedChunk) -> Steps[ChunkKV]:
+        cached = self.cache.get(chunk.key)
+        if cached is not None:
+            return cached
+        blob = chunk.load_kv()
+        kv = self._decoded(chunk.key, blob) if blob is not None else None
+        segment = torch.from_numpy(self.layout.chunk_segment(chunk.token_ids))
+        if kv is None:  # not precomputed, or its blob is damaged: compute now (in this request's steps), keep for next time
+            loaded = (yield from self.blender.prefill_chunks_steps([segment]))[0]
+        else:
+            loaded = ChunkKV(tokens=segment, kv=kv)
+        self.cache.put(chunk.key, loaded)
+        return loaded
+
+    def _decoded(self, key: str, blob: bytes) -> torch.Tensor | kvcodec.PackedKV | None:
+        """The blob's KV on the model's device (quantised KV stays packed, 3-6x smaller); None if it does not decode."""
+        try:
+            kv = kvcodec.decode_packed(blob).to(self.llm.forward.device)
+        except kvcodec.CorruptBlobError as exc:
+            log.warning("chunk KV %s: stored blob does not decode (%s); recomputing it", key, exc)
+            return None
+        return kv if isinstance(kv, kvcodec.PackedKV) else kv.to(self.llm.forward.dtype)
 
     def prompt_tokens(self, chunks: list[RetrievedChunk], question: str) -> int:
         return len(self.layout.full(self.llm.tokenizer, [c.token_ids for c in chunks], question))

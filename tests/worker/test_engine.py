@@ -24,7 +24,7 @@ def test_quantised_blobs_stay_packed_in_the_cache(engine: Engine) -> None:
     blob = engine.encode_chunk_kv(chunk(engine, 1, None).token_ids)
     assert kvcodec.codec_of(blob) == "kivi4"
     tokens = list(engine.answer([chunk(engine, 1, blob)], "Which river?", PrefillMode.BLEND, 2))
-    assert tokens and isinstance(engine.cache.get(1).kv, kvcodec.PackedKV)
+    assert tokens and isinstance(engine.cache.get("1").kv, kvcodec.PackedKV)
 
 
 def test_a_blob_that_does_not_decode_is_recomputed(engine: Engine, caplog) -> None:
@@ -33,4 +33,4 @@ def test_a_blob_that_does_not_decode_is_recomputed(engine: Engine, caplog) -> No
     with caplog.at_level(logging.WARNING, logger="worker.engine"):
         tokens = list(engine.answer([chunk(engine, 2, bytes(blob))], "Which river?", PrefillMode.BLEND, 2))
     assert tokens and "recomputing" in caplog.text
-    assert not isinstance(engine.cache.get(2).kv, kvcodec.PackedKV)  # computed afresh, dense
+    assert not isinstance(engine.cache.get("2").kv, kvcodec.PackedKV)  # computed afresh, dense

@@ -1,12 +1,13 @@
 """Online backup of a running store, and restore of a backup into a new store directory.
 
 A backup is one consistent moment of the store, taken while it keeps serving: inside one LMDB
-read transaction, the compacting copy of the environment (`Environment.copy(..., txn=...)`) and
-descriptors opened on every KV segment that transaction's blob records point into. Blobs are
-appended and fsynced before the transaction that records them commits, and segment bytes are
-never rewritten in place, so each segment's frames up to the last blob the snapshot references
-are all there and stay as they are; an open descriptor keeps a segment a compaction removes
-meanwhile. Frames no record of the snapshot points to keep their header and lose their payload
+read transaction, the compacting copy of the environment (`Environment.copyfd(..., txn=...)`) and
+descriptors opened on every KV segment that transaction's blob records point into (a compaction
+removes a segment only once the transactions that could locate a blob in it have ended, as for
+`Chunks.read_kv`). Blobs are appended and fsynced before the transaction that records them
+commits, and segment bytes are never rewritten in place, so each segment's frames up to the last
+blob the snapshot references are all there and stay as they are; the open descriptors keep them
+readable after the transaction, even from a segment a compaction removes meanwhile. Frames no record of the snapshot points to keep their header and lose their payload
 (zeros), so a backup holds no byte of a deleted chunk, like a compacted store.
 
 Layout (the store directory's own): `lmdb/data.mdb`, `segments/<n>.seg`, and `manifest.json`
@@ -57,7 +58,7 @@ class Manifest:
     format: int
     schema: int
     dim: int
-    created_unix_ms: int
+    created_unix_ms: int  # when the backup's read transaction began: the moment it holds
     tenants: int
     chunks: int
     kv_blobs: int
@@ -73,6 +74,7 @@ class _Snapshot:
     """What one read transaction saw, with descriptors that keep its segments' bytes readable."""
 
     lmdb_file: BackupFile
+    taken_unix_ms: int
     schema: int
     dim: int
     tenants: int
@@ -120,7 +122,7 @@ def backup(env: Env, segments_dir: Path, destination: Path, max_bytes_per_s: int
     for directory in (destination / LMDB_DIR, destination / SEGMENTS_DIR, destination):
         fsync_path(directory)
     manifest = Manifest(
-        BACKUP_FORMAT, snapshot.schema, snapshot.dim, now_ms(), snapshot.tenants, snapshot.chunks, snapshot.kv_blobs, tuple(files)
+        BACKUP_FORMAT, snapshot.schema, snapshot.dim, snapshot.taken_unix_ms, snapshot.tenants, snapshot.chunks, snapshot.kv_blobs, tuple(files)
     )
     _write_manifest(destination, manifest)
     return manifest
@@ -129,6 +131,7 @@ def backup(env: Env, segments_dir: Path, destination: Path, max_bytes_per_s: int
 def _snapshot(env: Env, txn: lmdb.Transaction, segments_dir: Path, destination: Path, pace: Pace) -> _Snapshot:
     """In one read transaction: the live blobs' places, a descriptor on each segment holding
     them, and the compacting copy of the environment."""
+    taken_unix_ms = now_ms()
     live: dict[int, set[int]] = {}
     for _, raw in txn.cursor(db=env.db["kvblobs"]):
         blob = orjson.loads(raw)
@@ -148,6 +151,7 @@ def _snapshot(env: Env, txn: lmdb.Transaction, segments_dir: Path, destination: 
     meta = env.db["meta"]
     return _Snapshot(
         lmdb_file=lmdb_file,
+        taken_unix_ms=taken_unix_ms,
         schema=int(txn.get(b"schema", db=meta)),
         dim=int(txn.get(b"dim", db=meta)),
         tenants=txn.stat(env.db["tenants"])["entries"],

@@ -5,11 +5,16 @@ latency (one thread, one query at a time, median of three passes), batch through
 time, memory of the index structures beyond the raw vectors and in total, and the cost per vector
 of insert+grant and of delete. Builds use both cores; searches and updates are timed on one
 thread. Each index's search effort is swept; the table and the JSON report
-the cheapest setting reaching recall@10 >= 0.95 (and say which reached >= 0.90).
+the cheapest setting reaching recall@10 >= 0.95 (and say which reached >= 0.90), and the mean
+latency at exactly 0.95 (`ms_at_095`), interpolated between the two sweep points around it, the
+median over `--runs` sweeps. At that setting, search latency while writes arrive (`mixed`: one
+write per 10 searches and one per search, each to the tenant the next search asks) against the
+same searches with no writes, and for Curator the first query of each tenant after a bulk load
+with no `build()` (`first_query`).
 
-    .venv/bin/python bench/index.py [--quick | --full] [--datasets synth,synth_uniform,wiki,wiki_lang]
+    .venv/bin/python bench/index.py [--quick | --full] [--datasets synth,synth_uniform,synth_scatter15,wiki,wiki_lang]
 
-Writes bench/results/index.json.
+Writes bench/results/index.json, keeping the entries of datasets and indexes this run did not measure.
 """
 
 import argparse
@@ -39,6 +44,13 @@ from index_data import SCATTER, Dataset, synthetic, wikipedia  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 K = 10
 PASSES = 3
+TARGET_RECALL = 0.95
+WRITE_RATES = (0.1, 1.0)  # writes per search in the mixed workload
+SYNTHETIC = {  # name -> synthetic() arguments; --scatter overrides the scatter of the first two
+    "synth": {"uniform_queries": False},
+    "synth_uniform": {"uniform_queries": True},
+    "synth_scatter15": {"uniform_queries": True, "seed": 15, "scatter": 0.15},  # another draw, more scattered tenants
+}
 EFFORTS = {
     "curator": [64, 96, 128, 160, 192, 256, 384, 512],
     "per_tenant_ivf": [1, 2, 4, 6, 8, 12, 16, 32, 64],
@@ -109,6 +121,62 @@ def measure(index, data: Dataset, truth: np.ndarray) -> Measured:
     return Measured(float(np.mean(recalls)), float(ms.mean()), float(np.percentile(ms, 99)), len(data.queries) / batch_s)
 
 
+def ms_at_recall(sweep: list[tuple[int, Measured]], target: float = TARGET_RECALL) -> float | None:
+    """Mean ms at exactly `target` recall, linear between the last sweep point below it and the first
+    at or above it; the first point's ms if it already reaches it; None if none does."""
+    for i, (_, m) in enumerate(sweep):
+        if m.recall >= target:
+            if i == 0:
+                return m.mean_ms
+            below = sweep[i - 1][1]
+            share = (target - below.recall) / (m.recall - below.recall)
+            return below.mean_ms + share * (m.mean_ms - below.mean_ms)
+    return None
+
+
+def mixed(index, data: Dataset, base: np.ndarray, fresh: np.ndarray, writes_per_search: float) -> tuple[float, float]:
+    """(mean ms, p99 ms) of the queries, one at a time, with `writes_per_search` writes made before
+    them to the tenant each asks (0.1: before every tenth); the writes alternate an insert of a
+    `fresh` vector and a grant of a `base` vector the tenant cannot read, and are undone after each
+    pass. Only the searches are timed; each query's latency is its median over PASSES passes."""
+    latencies = np.empty((PASSES, len(data.queries)))
+    for p in range(PASSES):
+        rng = np.random.default_rng(p)
+        inserted, granted = [], []
+        for i, (q, tenant) in enumerate(zip(data.queries, data.query_tenants.tolist())):
+            for _ in range(int(writes_per_search * (i + 1)) - int(writes_per_search * i)):
+                if len(inserted) <= len(granted):
+                    row = int(fresh[len(inserted)])
+                    index.add(np.array([row], dtype=np.int64), data.vectors[row : row + 1], tenant)
+                    inserted.append(row)
+                else:
+                    row = int(rng.choice(base))
+                    while tenant in data.readers[row].tolist() or (row, tenant) in granted:
+                        row = int(rng.choice(base))
+                    index.grant(np.array([row], dtype=np.int64), tenant)
+                    granted.append((row, tenant))
+            started = time.perf_counter()
+            index.search(q[None, :], tenant, K)
+            latencies[p, i] = time.perf_counter() - started
+        index.remove(np.array(inserted, dtype=np.int64))
+        for row, tenant in granted:
+            index.revoke(np.array([row], dtype=np.int64), tenant)
+    ms = np.median(latencies, axis=0) * 1e3
+    return float(ms.mean()), float(np.percentile(ms, 99))
+
+
+def first_queries(index, data: Dataset) -> tuple[float, float]:
+    """(mean ms, p99 ms) of each tenant's first query on an index loaded without build()."""
+    seen, latencies = set(), []
+    for q, tenant in zip(data.queries, data.query_tenants.tolist()):
+        if tenant not in seen:
+            seen.add(tenant)
+            started = time.perf_counter()
+            index.search(q[None, :], tenant, K)
+            latencies.append((time.perf_counter() - started) * 1e3)
+    return float(np.mean(latencies)), float(np.percentile(latencies, 99))
+
+
 def update_costs(index, data: Dataset, rows: np.ndarray) -> tuple[float, float]:
     """Microseconds per vector to insert and grant to a second tenant, then to delete: the median
     of PASSES rounds of inserting and deleting all `rows`."""
@@ -127,7 +195,7 @@ def update_costs(index, data: Dataset, rows: np.ndarray) -> tuple[float, float]:
     return float(np.median(insert_us)), float(np.median(delete_us))
 
 
-def run_dataset(data: Dataset, names: list[str], update_count: int) -> dict:
+def run_dataset(data: Dataset, names: list[str], update_count: int, runs: int) -> dict:
     n, dim = data.vectors.shape
     held_out = np.arange(n - update_count, n)
     base = np.arange(n - update_count)
@@ -149,26 +217,50 @@ def run_dataset(data: Dataset, names: list[str], update_count: int) -> dict:
             index.build()
         build_s = time.perf_counter() - started
         faiss.omp_set_num_threads(1)
-        sweep = []
-        for effort in tqdm(EFFORTS[name], desc=name, leave=False):
-            set_effort(index, effort)
-            sweep.append((effort, measure(index, data, truth)))
+        sweeps = []
+        for run in range(runs):
+            sweeps.append([])
+            for effort in tqdm(EFFORTS[name], desc=f"{name} run {run + 1}/{runs}", leave=False):
+                set_effort(index, effort)
+                sweeps[-1].append((effort, measure(index, data, truth)))
+        sweep = sweeps[0]
+        at_095 = [ms_at_recall(s) for s in sweeps]
         memory = index.memory_bytes()
-        chosen = next(((e, m) for e, m in sweep if m.recall >= 0.95), max(sweep, key=lambda s: s[1].recall))
+        chosen = next(((e, m) for e, m in sweep if m.recall >= TARGET_RECALL), max(sweep, key=lambda s: s[1].recall))
         at_90 = next((e for e, m in sweep if m.recall >= 0.90), None)
         set_effort(index, chosen[0])
+        quiet_ms, quiet_p99 = mixed(index, data, base, held_out, 0.0)
+        loaded = {"quiet_p99_ms": quiet_p99, "quiet_mean_ms": quiet_ms}
+        for rate in WRITE_RATES:
+            mean_ms, p99_ms = mixed(index, data, base, held_out, rate)
+            loaded[f"{rate:g}"] = {"mean_ms": mean_ms, "p99_ms": p99_ms}
+        memory_after_mixed = index.memory_bytes()
         insert_us, delete_us = update_costs(index, data, held_out)
         m = chosen[1]
         results[name] = {
             "effort": chosen[0], "effort_at_recall_0_90": at_90, "recall_at_10": m.recall, "mean_ms": m.mean_ms,
             "p99_ms": m.p99_ms, "batch_qps": m.batch_qps, "memory_bytes": memory, "overhead_bytes": memory - raw,
             "build_s": build_s, "insert_us": insert_us, "delete_us": delete_us,
+            "ms_at_095": None if None in at_095 else float(np.median(at_095)), "ms_at_095_runs": at_095,
+            "mixed": loaded, "overhead_bytes_after_mixed": memory_after_mixed - raw,
             "sweep": [{"effort": e, "recall_at_10": s.recall, "mean_ms": s.mean_ms} for e, s in sweep],
         }
-    print(f"{'index':<22}{'effort':>7}{'recall':>8}{'mean ms':>9}{'p99 ms':>8}{'batch q/s':>10}{'overhead':>10}{'build s':>9}{'ins us':>8}{'del us':>8}")
+        if name == "curator":
+            del index
+            unbuilt = make_index(name, dim)
+            unbuilt.train(sample)
+            load(unbuilt, data, base)
+            set_effort(unbuilt, chosen[0])
+            mean_ms, p99_ms = first_queries(unbuilt, data)
+            results[name]["first_query"] = {"mean_ms": mean_ms, "p99_ms": p99_ms}
+            del unbuilt
+    print(f"{'index':<22}{'effort':>7}{'recall':>8}{'mean ms':>9}{'p99 ms':>8}{'batch q/s':>10}{'overhead':>10}{'build s':>9}{'ins us':>8}{'del us':>8}"
+          f"{'ms@.95':>8}{'quiet p99':>10}{'p99 .1':>8}{'p99 1':>8}")
     for name, r in results.items():
+        at = "-" if r["ms_at_095"] is None else f"{r['ms_at_095']:.3f}"
         print(f"{name:<22}{r['effort']:>7}{r['recall_at_10']:>8.3f}{r['mean_ms']:>9.3f}{r['p99_ms']:>8.3f}{r['batch_qps']:>10.0f}"
-              f"{r['overhead_bytes'] / raw:>9.1%} {r['build_s']:>8.1f}{r['insert_us']:>8.0f}{r['delete_us']:>8.0f}")
+              f"{r['overhead_bytes'] / raw:>9.1%} {r['build_s']:>8.1f}{r['insert_us']:>8.0f}{r['delete_us']:>8.0f}"
+              f"{at:>8}{r['mixed']['quiet_p99_ms']:>10.3f}{r['mixed']['0.1']['p99_ms']:>8.3f}{r['mixed']['1']['p99_ms']:>8.3f}")
     return {"raw_vector_bytes": raw, "indexes": results}
 
 
@@ -176,7 +268,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20,000 vectors, 50 tenants: a smoke run")
     parser.add_argument("--full", action="store_true", help="1,000,000 synthetic vectors, 1,000 tenants")
-    parser.add_argument("--datasets", default="synth,synth_uniform,wiki,wiki_lang")
+    parser.add_argument("--datasets", default=",".join([*SYNTHETIC, "wiki", "wiki_lang"]))
+    parser.add_argument("--runs", type=int, default=3, help="sweeps per index; ms_at_095 is their median")
     parser.add_argument("--indexes", default=",".join(EFFORTS))
     parser.add_argument("--scatter", type=float, default=SCATTER, help="share of a synth tenant's vectors outside its home clusters")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "index.json")
@@ -184,17 +277,19 @@ def main() -> None:
     torch.set_num_threads(2)
     n, tenants, queries = (20_000, 50, 200) if args.quick else (1_000_000, 1000, 1000) if args.full else (200_000, 500, 1000)
     names = args.indexes.split(",")
-    report = {"datasets": {}}
+    report = json.loads(args.out.read_text()) if args.out.exists() else {"datasets": {}}
     for dataset in args.datasets.split(","):
-        if dataset.startswith("synth"):
-            data = synthetic(n + 1000, tenants, queries, uniform_queries=dataset == "synth_uniform", scatter=args.scatter)
+        if dataset in SYNTHETIC:
+            data = synthetic(n + 1000, tenants, queries, **{"scatter": args.scatter, **SYNTHETIC[dataset]}, name=dataset)
         else:
             from worker.embedder import Embedder
 
             embedder = Embedder.default()
             languages = ("en-us", "es-es", "fr-fr") if dataset == "wiki_lang" else ("en-us",)
             data = wikipedia(languages, queries // 2 if args.quick else queries, embedder.embed)
-        report["datasets"][dataset] = run_dataset(data, names, update_count=200 if args.quick else 1000)
+        measured = run_dataset(data, names, update_count=200 if args.quick else 1000, runs=args.runs)
+        kept = report["datasets"].get(dataset, {}).get("indexes", {})
+        report["datasets"][dataset] = {**measured, "indexes": {**kept, **measured["indexes"]}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

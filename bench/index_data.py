@@ -31,7 +31,7 @@ SCATTER = 0.1
 
 
 def synthetic(n: int, tenants: int, queries: int, uniform_queries: bool, dim: int = 384, seed: int = 0,
-              scatter: float = SCATTER) -> Dataset:
+              scatter: float = SCATTER, name: str | None = None) -> Dataset:
     """Clustered vectors; Zipf tenant sizes (largest ~5% of n, smallest ~50); 1-4 readers per vector.
 
     A tenant's vectors lie mostly in its home clusters, as photo tags follow photo content, and a
@@ -75,7 +75,7 @@ def synthetic(n: int, tenants: int, queries: int, uniform_queries: bool, dim: in
     readable = _readable(reader_arrays, tenants)
     picks = np.array([rng.choice(readable[t]) for t in query_tenants])
     query_vectors = _unit(vectors[picks] + 0.05 * rng.standard_normal((queries, dim)))
-    name = "synth_uniform" if uniform_queries else "synth"
+    name = name or ("synth_uniform" if uniform_queries else "synth")
     return Dataset(name, vectors, reader_arrays, query_vectors, query_tenants)
 
 

@@ -6,11 +6,12 @@ tenant's vectors in it, by which a search ranks the terminals (the sum's directi
 sum over the count, the mean, for "l2"). An append writes into the stretch (moved to the arena's
 end at twice its length when full) and adds the vector to the sum; a discard moves the stretch's
 last row into the hole and subtracts it. A terminal that empties hands its slot to the last one,
-so the slots stay dense, and stretches left behind by moves are reclaimed by compacting the
-arena once they outnumber the entries in use. Every change costs O(1) (moves and compaction
+so the slots stay dense (and shrink once half of them are free), and stretches left behind by
+moves are reclaimed by compacting the arena once they outnumber the entries in use. Every change costs O(1) (moves and compaction
 amortised), however many vectors the tenant has.
 """
 
+import numba
 import numpy as np
 
 from index.vectors import grown
@@ -82,7 +83,7 @@ class Shortlists:
         """A new terminal holding `rows`, whose vectors sum to `total`."""
         slot = len(self.slot_of)
         if slot == len(self.nodes):
-            self._grow_slots(slot + slot // 4 + 4)
+            self._resize_slots(slot + slot // 16 + 4)  # little spare: each slot carries a sum of dim floats
         start = self._allocate(max(len(rows), MIN_STRETCH))
         self.slot_of[node] = slot
         self.nodes[slot], self.starts[slot], self.lengths[slot] = node, start, len(rows)
@@ -94,31 +95,22 @@ class Shortlists:
 
     def append(self, node: int, row: int, vector: np.ndarray) -> None:
         slot = self.slot_of[node]
-        length = int(self.lengths[slot])
-        if length == self.capacities[slot]:
-            self._move(slot, 2 * length)
-        self.rows[self.starts[slot] + length] = row
-        self.lengths[slot] = length + 1
-        self.sums[slot] += vector
+        while not _append(self.rows, self.starts, self.lengths, self.capacities, self.sums, self.scale, slot, row, vector, self.l2):
+            self._move(slot, 2 * int(self.lengths[slot]))
         self.size += 1
-        self._rescale(slot)
 
     def discard(self, node: int, row: int, vector: np.ndarray) -> None:
         """Drop `row` from the terminal; a terminal left empty is removed."""
         slot = self.slot_of[node]
-        start, length = int(self.starts[slot]), int(self.lengths[slot])
-        stretch = self.rows[start : start + length]
-        at = int(np.argmax(stretch == row))
-        if stretch[at] != row:
+        length = int(self.lengths[slot])
+        if not _swap_out(self.rows, int(self.starts[slot]), length, row):
             raise KeyError(f"row {row} is not in terminal {node}")
-        stretch[at] = stretch[length - 1]
         self.lengths[slot] = length - 1
         self.size -= 1
         if length == 1:
             self._drop(slot)
         else:
-            self.sums[slot] -= vector
-            self._rescale(slot)
+            _accumulate(self.sums, self.scale, slot, vector, -1.0, length - 1, self.l2)
 
     def pop(self, node: int) -> np.ndarray:
         """Remove a terminal; its rows (a copy)."""
@@ -128,11 +120,7 @@ class Shortlists:
         return rows
 
     def _rescale(self, slot: int) -> None:
-        if self.l2:
-            self.scale[slot] = 1.0 / max(int(self.lengths[slot]), 1)
-        else:
-            total = self.sums[slot]
-            self.scale[slot] = 1.0 / max(float(np.sqrt(np.dot(total, total))), 1e-12)
+        _accumulate(self.sums, self.scale, slot, self.sums[slot], 0.0, int(self.lengths[slot]), self.l2)
 
     def _drop(self, slot: int) -> None:
         """Free a slot, moving the last slot into it."""
@@ -143,6 +131,8 @@ class Shortlists:
             for array in (self.nodes, self.sums, self.scale, self.starts, self.lengths, self.capacities):
                 array[slot] = array[last]
             self.slot_of[int(self.nodes[slot])] = slot
+        if last < len(self.nodes) // 2 - 8:  # deletions emptied most slots: give their memory back
+            self._resize_slots(last + last // 16 + 4)
 
     def _move(self, slot: int, capacity: int) -> None:
         """Give a full stretch `capacity` entries at the arena's end (the old stretch is left behind)."""
@@ -179,12 +169,47 @@ class Shortlists:
         self.rows, self.starts[:count] = rows, starts
         self.used = self.reserved = int(caps.sum())
 
-    def _grow_slots(self, count: int) -> None:
-        self.nodes, self.sums, self.scale = grown(self.nodes, count), grown(self.sums, count), grown(self.scale, count)
-        self.starts, self.lengths, self.capacities = grown(self.starts, count), grown(self.lengths, count), grown(self.capacities, count)
+    def _resize_slots(self, count: int) -> None:
+        def resized(array: np.ndarray) -> np.ndarray:
+            return grown(array, count) if count > len(array) else array[:count].copy()
+
+        self.nodes, self.sums, self.scale = resized(self.nodes), resized(self.sums), resized(self.scale)
+        self.starts, self.lengths, self.capacities = resized(self.starts), resized(self.lengths), resized(self.capacities)
 
     @property
     def nbytes(self) -> int:
         """The arrays (spare room included) and ~16 bytes a slot_of entry."""
         arrays = (self.nodes, self.sums, self.scale, self.starts, self.lengths, self.capacities, self.rows)
         return sum(a.nbytes for a in arrays) + 16 * len(self.slot_of)
+
+
+@numba.njit(cache=True)
+def _accumulate(sums, scale, slot, vector, sign, count, l2):
+    """sums[slot] += sign * vector, and the slot's scale for its new sum and `count` rows (one call, not four numpy ones)."""
+    total = 0.0
+    for d in range(sums.shape[1]):
+        sums[slot, d] += sign * vector[d]
+        total += sums[slot, d] * sums[slot, d]
+    scale[slot] = 1.0 / max(count, 1) if l2 else 1.0 / max(np.sqrt(total), 1e-12)
+
+
+@numba.njit(cache=True)
+def _append(rows, starts, lengths, capacities, sums, scale, slot, row, vector, l2):
+    """Write `row` at the end of the slot's stretch and add its vector; False (nothing done) if the stretch is full."""
+    length = lengths[slot]
+    if length == capacities[slot]:
+        return False
+    rows[starts[slot] + length] = row
+    lengths[slot] = length + 1
+    _accumulate(sums, scale, slot, vector, 1.0, length + 1, l2)
+    return True
+
+
+@numba.njit(cache=True)
+def _swap_out(rows, start, length, row):
+    """Remove `row` from rows[start:start + length] by moving the last entry into its place; False if absent."""
+    for j in range(start, start + length):
+        if rows[j] == row:
+            rows[j] = rows[start + length - 1]
+            return True
+    return False

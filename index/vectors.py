@@ -53,7 +53,7 @@ class VectorTable:
     def _grow(self) -> int:
         row = self._used
         if row == len(self.ids):
-            capacity = max(1024, row + row // 16)  # 6.25% growth: small slack; the vectors remap, only ids are copied
+            capacity = max(1024, row + row // 64)  # 1.6% growth: slack counts against the memory budget; the vectors remap, ids are copied
             self._remap(capacity)
             self.ids = grown(self.ids, capacity, fill=-1)
         self._used += 1

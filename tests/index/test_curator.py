@@ -287,3 +287,17 @@ def test_a_search_during_a_retrain_completes_before_it() -> None:
         _, truth = flat.search(vectors[n : n + 20], tenant, 10)
         _, exact = curator.search(vectors[n : n + 20], tenant, 10, ef=n)
         np.testing.assert_array_equal(np.sort(exact, 1), np.sort(truth, 1))
+
+
+def test_deleted_rows_are_reused_and_emptied_terminals_give_their_memory_back() -> None:
+    """Deleting a tenant's vectors gives the memory of its emptied terminals back, and adding as
+    many again (under new ids) reuses the freed rows: the index ends no larger than it was."""
+    curator, vectors = large_tenant()
+    before = curator.memory_bytes()
+    curator.remove(np.arange(39_900))
+    lists = curator._cuts.tenants[0].lists
+    assert len(lists.nodes) < 2 * len(lists) + 32
+    assert curator.memory_bytes() < 0.5 * before + curator._table.nbytes
+    curator.add(np.arange(100_000, 139_900), vectors[:39_900], 0)
+    assert curator._table.capacity == 40_000
+    assert curator.memory_bytes() <= 1.05 * before

@@ -28,6 +28,7 @@ from index.tree import ClusterTree, TreeConfig, sample_rows
 from index.vectors import VectorTable
 
 ASSIGN_BATCH = 16_384  # rows a retraining places in its new tree at a time: bounds the copy it gathers
+RETRAIN_HEADROOM = 8  # a retraining first grows the table by 1/8: a growth while it reads the table copies it, under the caller's lock
 FINAL_REPLAY = 64  # writes a retraining replays under the caller's lock when it swaps; more are replayed without it first
 
 
@@ -182,6 +183,9 @@ class CuratorIndex:
         if len(live) == 0:
             raise ValueError("retrain: the index is empty")
         self._end_retraining()
+        self._table.reserve(self._table.capacity + self._table.capacity // RETRAIN_HEADROOM)
+        self._readers.grow(self._table.capacity)
+        self._cuts.reserve(self._table.capacity)
         self._retraining = _Retraining(live, live[sample_rows(len(live), sample_size, seed)], self._readers.copy(), self._table.vectors)
         self._journal = []
         self._table.hold_freed()

@@ -53,11 +53,15 @@ class VectorTable:
     def _grow(self) -> int:
         row = self._used
         if row == len(self.ids):
-            capacity = max(1024, row + row // 64)  # 1.6% growth: slack counts against the memory budget; the vectors remap, ids are copied
-            self._remap(capacity)
-            self.ids = grown(self.ids, capacity, fill=-1)
+            self.reserve(max(1024, row + row // 64))  # 1.6% growth: slack counts against the memory budget
         self._used += 1
         return row
+
+    def reserve(self, capacity: int) -> None:
+        """Room for `capacity` rows (the vectors remap, ids are copied); nothing if there is already."""
+        if capacity > len(self.ids):
+            self._remap(capacity)
+            self.ids = grown(self.ids, capacity, fill=-1)
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Rows of present ids; KeyError naming the missing ones otherwise."""

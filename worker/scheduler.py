@@ -163,7 +163,7 @@ class Scheduler:
     def __init__(self, llm: LLM, config: SchedulerConfig = SchedulerConfig()) -> None:
         self.llm = llm
         self.config = config
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: a dropped Stream cancels itself from whatever thread collects it
         self._wake = threading.Condition(self._lock)
         self._waiting: dict[str, deque[Request]] = {}  # per tenant, each non-empty
         self._tenants: deque[str] = deque()  # tenants with waiting requests, in round-robin order

@@ -27,9 +27,8 @@ import statistics
 import sys
 import tempfile
 import threading
-import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +93,83 @@ def backups_of(store, root: Path, mb_per_s: float) -> Backups:
     return Backups(root, back_up, threading.RLock())
 
 
+@dataclass
+class Measured:
+    """Each window's Search figures by window name, and each backup's seconds by window name."""
+
+    windows: dict[str, list[dict]]
+    backup_seconds: dict[str, list[float]]
+    backup_bytes: list[int] = field(default_factory=list)
+    upsert: dict = field(default_factory=dict)
+
+
+def measure(args: argparse.Namespace, paces: dict[str, float]) -> Measured:
+    """Load a server, then run `args.rounds` rounds of a window without backup and one per pace."""
+    dataset = synthetic(args.vectors, args.tenants, queries=2000, uniform_queries=True)
+    owners = np.array([r[0] for r in dataset.readers])
+    queries = [(tenant_name(int(t)), q) for t, q in zip(dataset.query_tenants, dataset.queries) if (owners == t).any()]
+    tenants = [tenant_name(t) for t in range(args.tenants)]
+    measured = Measured({"without": [], **{name: [] for name in paces}}, {name: [] for name in paces})
+    with tempfile.TemporaryDirectory(prefix="tenantkv-bench-") as tmp:
+        config = replace(load_config(), data_dir=Path(tmp) / "data", port=0, precompute_kv=False, warm_up=False)
+        with ServerThread(config) as server, ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            served = Served(server.address, config.admin_key_path.read_text().strip())
+            keys = provision(served, tenants)
+            measured.upsert = ingest_vectors(served, keys, dataset.vectors, owners)
+            add_kv_chunks(server, tenants, args.kv_chunks, args.kv_bytes, dataset.vectors.shape[1])
+            window = functools.partial(search_window, server.address, keys, queries, args.search_s)
+            for _ in tqdm(range(args.rounds), desc="rounds", unit="round"):
+                measured.windows["without"].append(child.submit(window).result())
+                for name, mb_per_s in paces.items():
+                    backups = backups_of(server.server.runtime.store, Path(tmp) / "backups", mb_per_s)
+                    done = threading.Event()
+                    searching = child.submit(window)
+                    backing_up = threading.Thread(target=back_up_until, args=(backups, done, measured.backup_seconds[name], measured.backup_bytes))
+                    backing_up.start()
+                    measured.windows[name].append(searching.result())
+                    done.set()
+                    backing_up.join()
+    return measured
+
+
+def summarise(measured: Measured, paces: dict[str, float]) -> dict:
+    """Medians over the rounds: each window's Search figures and each pace's backup seconds."""
+    size = measured.backup_bytes[-1]
+    search = {
+        name: {
+            "p50_ms": statistics.median(w["p50_ms"] for w in rows),
+            "p99_ms": statistics.median(w["p99_ms"] for w in rows),
+            "qps": statistics.median(w["qps"] for w in rows),
+            "errors": sum(sum(w["errors"].values()) for w in rows),
+            "p99_ms_per_round": [w["p99_ms"] for w in rows],
+        }
+        for name, rows in measured.windows.items()
+    }
+    for name in paces:
+        search[name]["p99_over_without"] = search[name]["p99_ms"] / search["without"]["p99_ms"]
+    backup = {
+        name: {
+            "max_mb_per_s": paces[name] or None,
+            "count": len(seconds),
+            "seconds_median": statistics.median(seconds),
+            "seconds_max": max(seconds),
+            "mb_per_s": size / 2**20 / statistics.median(seconds),
+        }
+        for name, seconds in measured.backup_seconds.items()
+    }
+    return {"backup_bytes": size, "backup": backup, "search": search, "upsert": measured.upsert}
+
+
+def print_table(report: dict, paces: dict[str, float]) -> None:
+    print(f"\nstore of {report['backup_bytes'] / 2**20:.0f} MB; Search from {SEARCH_CLIENTS} clients, medians of {report['rounds']} rounds of {report['search_s']:.0f} s")
+    print(f"{'window':<34}{'p50 ms':>8}{'p99 ms':>8}{'p99 / without':>15}{'QPS':>7}{'errors':>8}{'backup s':>10}")
+    for name, row in report["search"].items():
+        label = "without backup" if name == "without" else f"during backups, {paces[name]:.0f} MB/s max" if paces[name] else "during backups, unpaced"
+        ratio = f"{row['p99_over_without']:.2f}x" if name in paces else ""
+        seconds = f"{report['backup'][name]['seconds_median']:.2f}" if name in paces else ""
+        print(f"{label:<34}{row['p50_ms']:>8.2f}{row['p99_ms']:>8.2f}{ratio:>15}{row['qps']:>7.0f}{row['errors']:>8}{seconds:>10}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10,000 vectors, 20 KV chunks, short windows: a smoke test")
@@ -108,66 +184,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.vectors, args.tenants, args.kv_chunks, args.search_s, args.rounds = 10_000, 20, 20, 3.0, 1
-    dataset = synthetic(args.vectors, args.tenants, queries=2000, uniform_queries=True)
-    owners = np.array([r[0] for r in dataset.readers])
-    queries = [(tenant_name(int(t)), q) for t, q in zip(dataset.query_tenants, dataset.queries) if (owners == t).any()]
-    tenants = [tenant_name(t) for t in range(args.tenants)]
-    report: dict = {"vectors": args.vectors, "tenants": args.tenants, "kv_chunks": args.kv_chunks, "kv_bytes_each": args.kv_bytes,
-                    "search_clients": SEARCH_CLIENTS, "search_s": args.search_s, "rounds": args.rounds,
-                    "via": "server.backup.Backups over store.backup.backup in the server's process; TenantAdmin.BackupStore is not wired yet"}
     paces = {"during": 0.0, "during_paced": args.paced_mb_per_s}  # window name -> backup MB/s (0: unpaced)
-    windows: dict[str, list[dict]] = {"without": [], **{name: [] for name in paces}}
-    backup_seconds: dict[str, list[float]] = {name: [] for name in paces}
-    backup_bytes: list[int] = []
-    with tempfile.TemporaryDirectory(prefix="tenantkv-bench-") as tmp:
-        config = replace(load_config(), data_dir=Path(tmp) / "data", port=0, precompute_kv=False, warm_up=False)
-        with ServerThread(config) as server, ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
-            served = Served(server.address, config.admin_key_path.read_text().strip())
-            keys = provision(served, tenants)
-            report["upsert"] = ingest_vectors(served, keys, dataset.vectors, owners)
-            add_kv_chunks(server, tenants, args.kv_chunks, args.kv_bytes, dataset.vectors.shape[1])
-            window = functools.partial(search_window, server.address, keys, queries, args.search_s)
-            for _ in tqdm(range(args.rounds), desc="rounds", unit="round"):
-                windows["without"].append(child.submit(window).result())
-                for name, mb_per_s in paces.items():
-                    backups = backups_of(server.server.runtime.store, Path(tmp) / "backups", mb_per_s)
-                    done = threading.Event()
-                    searching = child.submit(window)
-                    backing_up = threading.Thread(target=back_up_until, args=(backups, done, backup_seconds[name], backup_bytes))
-                    backing_up.start()
-                    windows[name].append(searching.result())
-                    done.set()
-                    backing_up.join()
-    report["backup_bytes"] = backup_bytes[-1]
-    report["backup"] = {
-        name: {
-            "max_mb_per_s": paces[name] or None,
-            "count": len(seconds),
-            "seconds_median": statistics.median(seconds),
-            "seconds_max": max(seconds),
-            "mb_per_s": backup_bytes[-1] / 2**20 / statistics.median(seconds),
-        }
-        for name, seconds in backup_seconds.items()
+    report = {
+        "vectors": args.vectors, "tenants": args.tenants, "kv_chunks": args.kv_chunks, "kv_bytes_each": args.kv_bytes,
+        "search_clients": SEARCH_CLIENTS, "search_s": args.search_s, "rounds": args.rounds,
+        "via": "server.backup.Backups over store.backup.backup in the server's process; TenantAdmin.BackupStore is not wired yet",
+        **summarise(measure(args, paces), paces),
     }
-    report["search"] = {
-        name: {
-            "p50_ms": statistics.median(w["p50_ms"] for w in rows),
-            "p99_ms": statistics.median(w["p99_ms"] for w in rows),
-            "qps": statistics.median(w["qps"] for w in rows),
-            "errors": sum(sum(w["errors"].values()) for w in rows),
-            "p99_ms_per_round": [w["p99_ms"] for w in rows],
-        }
-        for name, rows in windows.items()
-    }
-    for name in paces:
-        report["search"][name]["p99_over_without"] = report["search"][name]["p99_ms"] / report["search"]["without"]["p99_ms"]
-    print(f"\nstore of {backup_bytes[-1] / 2**20:.0f} MB; Search from {SEARCH_CLIENTS} clients, medians of {args.rounds} rounds of {args.search_s:.0f} s")
-    print(f"{'window':<34}{'p50 ms':>8}{'p99 ms':>8}{'p99 / without':>15}{'QPS':>7}{'errors':>8}{'backup s':>10}")
-    for name, row in report["search"].items():
-        label = "without backup" if name == "without" else f"during backups, {paces[name]:.0f} MB/s max" if paces[name] else "during backups, unpaced"
-        ratio = f"{row['p99_over_without']:.2f}x" if name in paces else ""
-        seconds = f"{report['backup'][name]['seconds_median']:.2f}" if name in paces else ""
-        print(f"{label:<34}{row['p50_ms']:>8.2f}{row['p99_ms']:>8.2f}{ratio:>15}{row['qps']:>7.0f}{row['errors']:>8}{seconds:>10}")
+    print_table(report, paces)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

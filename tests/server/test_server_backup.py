@@ -16,7 +16,8 @@ from server.backup import Backups, restore_data_dir
 from server.config import ServerConfig
 from store.backup import backup
 from store.config import StoreConfig
-from store.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from store.errors import AlreadyExists, Corrupted, FailedPrecondition, InvalidArgument
+from store.records import ChunkInput, DocumentInput
 from store.store import Store
 from tests.server.conftest import unit_vectors, vector_documents
 
@@ -60,6 +61,16 @@ def test_a_backup_waits_for_a_running_compaction(store: Store, tmp_path: Path) -
         assert waiting.is_alive() and not (tmp_path / "root" / "b").exists()
     waiting.join()
     assert (tmp_path / "root" / "b" / "manifest.json").exists()
+
+
+def test_a_failed_backup_leaves_no_directory(store: Store, tmp_path: Path) -> None:
+    chunk = ChunkInput("kv", np.arange(4, dtype=np.int32), np.eye(8, dtype=np.float32)[0], kv_blob=b"kv" * 100)
+    store.upsert("alice", [DocumentInput("d", {}, [chunk])])
+    for segment in (store.config.path / "segments").glob("*.seg"):
+        segment.unlink()  # a damaged store: a blob's segment is gone
+    with pytest.raises(Corrupted, match="segment"):
+        store_backups(store, tmp_path / "root", threading.RLock()).back_up("b")
+    assert list((tmp_path / "root").iterdir()) == []
 
 
 def test_restore_refuses_a_non_empty_data_dir_and_another_dim(store: Store, tmp_path: Path) -> None:

@@ -5,8 +5,12 @@
    checked after each step) driven by hypothesis for many more steps. A leak is a run whose
    checks failed: a tenant read what it may not, or missed what it may.
 2. SIGKILL: a real `tenantkv serve` child process is killed at a random moment of one kind of
-   call per round, in turn: an upsert batch with KV blobs, an index retraining (the upsert that
-   grows the index past its training threshold), a tenant deletion, a delete. After each restart
+   call per round, in turn: an upsert batch with KV blobs, a store compaction (CompactStore, one
+   after another, while upserts and deletes go on beside them and leave dead blobs and pages), an
+   index retraining (the upsert that grows the index past its training threshold), a tenant
+   deletion (which starts a compaction of its own), a delete. A kill is tallied under the round's
+   kind when the call the round aims at was in flight, else under the kind of the call that was
+   (or "between calls"). After each restart
    a full check: every acknowledged write is there (each chunk found by an exact-vector search,
    its KV decodes) and every acknowledged delete stays done, the call in flight took effect whole
    or not at all, and each tenant's chunk count in the store equals the chunks the index finds.
@@ -68,10 +72,10 @@ BULK_TENANTS = MIN_TRAIN_VECTORS // BULK_BATCH + 3
 START_TIMEOUT_S = 600.0  # a restart loads both models; on a busy 2-core machine that took 40-100 s
 FETCH_IDS = 256  # KVCache.Fetch takes at most this many ids
 
-UPSERT, RETRAIN, TENANT_DELETION, DELETE = "upsert", "retrain", "tenant_deletion", "delete"
-ROUND_KINDS = (UPSERT, RETRAIN, TENANT_DELETION, DELETE)
+UPSERT, COMPACTION, RETRAIN, TENANT_DELETION, DELETE = "upsert", "compaction", "retrain", "tenant_deletion", "delete"
+ROUND_KINDS = (UPSERT, COMPACTION, RETRAIN, TENANT_DELETION, DELETE)  # the quick profile's 4 rounds take the first 4
 # Until a call of a kind has been timed: how long after its start a kill may land.
-DEFAULT_WINDOW_S = {UPSERT: 2.0, RETRAIN: 3.0, TENANT_DELETION: 0.5, DELETE: 0.2}
+DEFAULT_WINDOW_S = {UPSERT: 2.0, COMPACTION: 0.5, RETRAIN: 3.0, TENANT_DELETION: 0.5, DELETE: 0.2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +247,9 @@ def next_write(kind: str, expected: Expected, rng: np.random.Generator) -> Write
 
 
 class Workload(threading.Thread):
-    """Makes calls, mostly of the round's kind, until the server dies; applies each acknowledged one to `expected`."""
+    """Makes calls, mostly of the round's kind, until the server dies; applies each acknowledged one to `expected`.
+
+    In a compaction round, a thread of its own asks for one compaction after another meanwhile."""
 
     def __init__(self, address: str, admin_key: str, expected: Expected, round_kind: str, seed: int) -> None:
         super().__init__(daemon=True)
@@ -252,20 +258,53 @@ class Workload(threading.Thread):
         self.focus_started = threading.Event()
         self.focus_seconds: list[float] = []  # how long each acknowledged call the round aims at took
         self.in_flight: Write | None = None
+        self.focus_in_flight = False  # whether `in_flight` is the call the round aims at, or a compaction is
         self.error: grpc.RpcError | None = None  # a call refused while the server lived: a bug here or in the server
+        self._compactions = threading.Thread(target=self._compact_until_killed, daemon=True)
+
+    def killed_during(self) -> str:
+        """What the kill cut short: the round's kind if it was the call the round aims at."""
+        if self.focus_in_flight:
+            return self.round_kind
+        return self.in_flight.kind if self.in_flight is not None else "between calls"
 
     def _kind(self) -> str:
         if self.round_kind == RETRAIN:  # the server runs without KV precompute: only bulk vectors
             return RETRAIN
+        if self.round_kind == COMPACTION:
+            return (UPSERT, DELETE)[int(self.rng.integers(2))]
         return self.round_kind if self.rng.random() < 0.6 else (UPSERT, DELETE)[int(self.rng.integers(2))]
 
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self._compactions.is_alive():
+            self._compactions.join(timeout)
+
+    def _compact_until_killed(self) -> None:
+        with Client(self.address, self.admin_key, timeout_s=120) as admin:
+            while True:
+                self.focus_in_flight = True
+                self.focus_started.set()
+                started = time.perf_counter()
+                try:
+                    admin.compact_store()
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        self.error = exc
+                    return
+                self.focus_seconds.append(time.perf_counter() - started)
+                self.focus_in_flight = False
+
     def run(self) -> None:
+        if self.round_kind == COMPACTION:
+            self._compactions.start()
         with Client(self.address, self.admin_key, timeout_s=120) as admin:
             while True:
                 write = next_write(self._kind(), self.expected, self.rng)
                 focus = write.focus_of(self.round_kind, self.expected.chunks())
                 self.in_flight = write
                 if focus:
+                    self.focus_in_flight = True
                     self.focus_started.set()
                 started = time.perf_counter()
                 try:
@@ -278,6 +317,8 @@ class Workload(threading.Thread):
                     self.focus_seconds.append(time.perf_counter() - started)
                 self.expected.apply(write)
                 self.in_flight = None
+                if focus:
+                    self.focus_in_flight = False
 
     def _call(self, admin: Client, write: Write) -> None:
         if write.kind == TENANT_DELETION:
@@ -435,7 +476,7 @@ def sigkill_rounds(data_dir: Path, cache_dir: Path, rounds: int, seed: int) -> t
         if workload.error is not None:
             raise RuntimeError(f"round {n} ({kind}): a call failed while the server lived") from workload.error
         call_seconds.setdefault(kind, []).extend(workload.focus_seconds)
-        during = workload.in_flight.kind if workload.in_flight is not None else "between calls"
+        during = workload.killed_during()
         tally.kills_during[during] = tally.kills_during.get(during, 0) + 1
         server = start_server(data_dir, cache_dir, next_kind)
         with Client(server.address, server.admin_key) as admin:

@@ -3,10 +3,10 @@
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
-import grpc
 import numpy as np
 from google.protobuf import struct_pb2
 
+from client.tls import ClientTLS, secure_or_plain
 from protos.tenantkv.v1 import (
     ingest_pb2,
     ingest_pb2_grpc,
@@ -55,14 +55,11 @@ def search_request(query: str | np.ndarray, k: int) -> retrieval_pb2.SearchReque
 
 
 class Client:
-    def __init__(self, target: str, api_key: str, timeout_s: float = 600.0) -> None:
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+    """`tls`: verify the server against a CA bundle (and present a client certificate); None: plaintext."""
+
+    def __init__(self, target: str, api_key: str, timeout_s: float = 600.0, tls: ClientTLS | None = None) -> None:
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        self._channel = secure_or_plain(target, tls, options)
         self._metadata = bearer(api_key)
         self._timeout = timeout_s
         self.admin = tenant_admin_pb2_grpc.TenantAdminStub(self._channel)
@@ -119,10 +116,15 @@ class Client:
     def delete_tenant(self, tenant_id: str) -> int:
         return self._call(self.admin.DeleteTenant, tenant_admin_pb2.DeleteTenantRequest(tenant_id=tenant_id)).deleted_chunks
 
-    def create_api_key(self, tenant_id: str = "", rights: Sequence[str] = (), ttl_s: int = 0) -> tenant_admin_pb2.CreateApiKeyResponse:
-        """A tenant key for `tenant_id` (read and write unless `rights` says), or an admin key when empty;
-        it expires after `ttl_s` seconds (0: never)."""
-        scope = tenant_admin_pb2.KEY_SCOPE_TENANT if tenant_id else tenant_admin_pb2.KEY_SCOPE_ADMIN
+    def create_api_key(
+        self, tenant_id: str = "", rights: Sequence[str] = (), ttl_s: int = 0, worker: bool = False
+    ) -> tenant_admin_pb2.CreateApiKeyResponse:
+        """A tenant key for `tenant_id` (read and write unless `rights` says), a worker key if `worker`,
+        else an admin key; it expires after `ttl_s` seconds (0: never)."""
+        if tenant_id:
+            scope = tenant_admin_pb2.KEY_SCOPE_TENANT
+        else:
+            scope = tenant_admin_pb2.KEY_SCOPE_WORKER if worker else tenant_admin_pb2.KEY_SCOPE_ADMIN
         codes = [tenant_admin_pb2.KeyRight.Value(f"KEY_RIGHT_{r.upper()}") for r in rights]
         request = tenant_admin_pb2.CreateApiKeyRequest(scope=scope, tenant_id=tenant_id, rights=codes, ttl_seconds=ttl_s)
         return self._call(self.admin.CreateApiKey, request)
@@ -159,11 +161,13 @@ class Client:
         request = retrieval_pb2.RetrieveAndGenerateRequest(question=question, k=k, max_new_tokens=max_new_tokens, mode=code)
         return self.retrieval.RetrieveAndGenerate(request, metadata=self._metadata, timeout=self._timeout)
 
-    def fetch_kv(self, chunk_ids: Sequence[int]) -> dict[int, tuple[str, bytes]]:
-        """Each chunk's (codec, encoded KV blob), reassembled from the streamed pieces."""
+    def fetch_kv(self, chunk_ids: Sequence[int], capability: str = "") -> dict[int, tuple[str, bytes]]:
+        """Each chunk's (codec, encoded KV blob), reassembled from the streamed pieces. A worker key
+        passes the `capability` the router gave it for these chunks."""
         pieces: dict[int, list[bytes]] = {}
         codecs: dict[int, str] = {}
-        for piece in self.kv.Fetch(kv_cache_pb2.FetchRequest(chunk_ids=chunk_ids), metadata=self._metadata, timeout=self._timeout):
+        request = kv_cache_pb2.FetchRequest(chunk_ids=chunk_ids, capability=capability)
+        for piece in self.kv.Fetch(request, metadata=self._metadata, timeout=self._timeout):
             pieces.setdefault(piece.chunk_id, []).append(piece.data)
             codecs[piece.chunk_id] = piece.codec
         return {chunk_id: (codecs[chunk_id], b"".join(parts)) for chunk_id, parts in pieces.items()}

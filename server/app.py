@@ -28,6 +28,7 @@ from protos.tenantkv.v1 import (
     tenant_admin_pb2,
     tenant_admin_pb2_grpc,
 )
+from client.tls import check_plaintext
 from server.config import ServerConfig
 from server.interceptor import AuthInterceptor
 from server.metrics import Metrics
@@ -83,7 +84,12 @@ class TenantKVServer:
         """Listen (NOT_SERVING) and return the bound port; `load()` makes it SERVING."""
         self._health = HealthServicer()
         self._server = self._build()
-        self.port = self._server.add_insecure_port(self.config.address)
+        tls = self.config.server_tls()
+        if tls is None:
+            check_plaintext(self.config.address, self.config.insecure)
+            self.port = self._server.add_insecure_port(self.config.address)
+        else:
+            self.port = self._server.add_secure_port(self.config.address, tls.credentials())
         if self.port == 0:
             raise OSError(f"cannot bind {self.config.address}")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -95,7 +101,9 @@ class TenantKVServer:
         return self.port
 
     async def load(self) -> None:
-        self.runtime = await asyncio.to_thread(Runtime.open, self.config, self._models)
+        runtime = await asyncio.to_thread(Runtime.open, self.config, self._offload, self._models)
+        await runtime.router.start()
+        self.runtime = runtime
         await asyncio.to_thread(self.runtime.ensure_admin_key)
         if self.config.warm_up:
             await asyncio.to_thread(warm_up, self.runtime)
@@ -107,12 +115,13 @@ class TenantKVServer:
         """Refuse new calls; in-flight model work ends with UNAVAILABLE at its next chunk or token,
         other calls get `grace_s` to finish."""
         if self.runtime is not None:
-            self.runtime.stopping.set()
+            await asyncio.to_thread(self.runtime.stop_model_work)
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace_s)
         self.metrics.close()
         self._offload.shutdown()
         if self.runtime is not None:
+            await self.runtime.router.stop()
             self.runtime.close()
             self.runtime = None
         gc.unfreeze()  # frozen objects are never freed: at exit nanobind would report triton's (imported by torch) as leaked

@@ -1,4 +1,4 @@
-"""The `tenantkv` command: serve, admin, ingest and ask.
+"""The `tenantkv` command: serve, worker, admin, ingest and ask.
 
 Client commands find the server in --server or TENANTKV_SERVER and their key in --api-key-file or
 TENANTKV_API_KEY. With --tenant and an admin key, ingest and ask mint a short-lived key for that
@@ -7,6 +7,7 @@ tenant and revoke it afterwards, so the request's tenant still comes from its ke
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from protos.tenantkv.v1 import tenant_admin_pb2
 from client.api import Client, DocumentText
+from client.tls import ClientTLS
 from server.config import load_config
 
 DEFAULT_SERVER = "127.0.0.1:50051"
@@ -42,7 +44,23 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the server (config: --config TOML, then TENANTKV_* variables)")
     serve.add_argument("--config", type=Path, help="TOML file with ServerConfig keys")
+    serve.add_argument("--workers", help="inference workers as HOST:PORT,...; default: one in the server's process")
     serve.set_defaults(run=_serve)
+
+    worker = sub.add_parser("worker", help="run an inference worker that a server's router sends answers and ingestion to")
+    worker.add_argument("--store", required=True, help="the server's HOST:PORT, to fetch chunk KV from")
+    worker.add_argument("--listen", default="127.0.0.1:50061", help="HOST:PORT to serve on")
+    worker.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (the GPU where there is one)")
+    worker.add_argument("--api-key-file", type=Path, help="a worker key (admin keys create --worker); default: TENANTKV_API_KEY")
+    worker.add_argument("--kv-cache-bytes", type=int, default=1 << 30, help="decoded chunk KV kept in memory")
+    worker.add_argument("--kv-codec", default="fp16", help="the codec of KV precomputed without one named")
+    worker.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "tenantkv", help="converted copies of GGUF models")
+    worker.add_argument("--tls-cert", type=Path, help="this worker's certificate (PEM); with --tls-key, serve over TLS")
+    worker.add_argument("--tls-key", type=Path)
+    worker.add_argument("--tls-client-ca", type=Path, help="require the router to present a certificate this CA signed (mTLS)")
+    worker.add_argument("--store-ca", type=Path, help="the CA bundle the server's certificate chains to (a server on TLS)")
+    worker.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback --listen address")
+    worker.set_defaults(run=_worker)
 
     admin = sub.add_parser("admin", help="tenants and API keys (needs an admin key)")
     admin_sub = admin.add_subparsers(required=True, metavar="OBJECT")
@@ -63,8 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     _client_options(p)
     p.set_defaults(run=_tenants, action="list", tenant_id="")
     keys = admin_sub.add_parser("keys").add_subparsers(required=True, metavar="ACTION")
-    p = keys.add_parser("create", help="a tenant key (or an admin key without --tenant); prints the secret once")
+    p = keys.add_parser("create", help="a tenant key (an admin key without --tenant, a worker key with --worker); prints the secret once")
     p.add_argument("--tenant", default="")
+    p.add_argument("--worker", action="store_true", help="a key for `tenantkv worker`: fetches only the chunk KV the router grants")
     p.add_argument("--rights", default="read,write", help="comma-separated: read, write")
     p.add_argument("--ttl-seconds", type=int, default=0, help="the key expires this long after creation; 0: never")
     _client_options(p)
@@ -99,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
 def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default=os.environ.get("TENANTKV_SERVER", DEFAULT_SERVER))
     parser.add_argument("--api-key-file", type=Path, help="file holding the key (default: TENANTKV_API_KEY)")
+    parser.add_argument("--ca", type=Path, default=os.environ.get("TENANTKV_CA") or None, help="CA bundle of a server on TLS (default: TENANTKV_CA)")
 
 
 def _client(args) -> Client:
@@ -108,7 +128,11 @@ def _client(args) -> Client:
         key = os.environ.get("TENANTKV_API_KEY", "")
     if not key:
         raise SystemExit("no API key: pass --api-key-file or set TENANTKV_API_KEY")
-    return Client(args.server, key)
+    return Client(args.server, key, tls=_tls(args))
+
+
+def _tls(args) -> ClientTLS | None:
+    return ClientTLS(Path(args.ca)) if args.ca else None
 
 
 @contextlib.contextmanager
@@ -120,7 +144,7 @@ def _tenant_client(args, rights: str) -> Iterator[Client]:
             return
         minted = client.create_api_key(args.tenant, rights.split(","), ttl_s=TEMPORARY_KEY_TTL_S)  # expires even if we die
         try:
-            with Client(args.server, minted.api_key) as tenant_client:
+            with Client(args.server, minted.api_key, tls=_tls(args)) as tenant_client:
                 yield tenant_client
         finally:
             client.revoke_api_key(minted.key_id)
@@ -135,8 +159,46 @@ def _serve(args) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s %(tenant)s] %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
-    uvloop.run(serve(load_config(args.config)))
-    return 0
+    config = load_config(args.config)
+    if args.workers is not None:
+        config = dataclasses.replace(config, workers=args.workers)
+    uvloop.run(serve(config))
+    _exit_now()
+
+
+def _worker(args) -> int:
+    from client.tls import ServerTLS
+    from worker.config import WorkerConfig  # imports torch and the models only for this command
+    from worker.engine import EngineConfig
+    from worker.serve import WorkerServiceConfig, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    key = args.api_key_file.read_text().strip() if args.api_key_file else os.environ.get("TENANTKV_API_KEY", "")
+    if not key:
+        raise SystemExit("no worker key: pass --api-key-file or set TENANTKV_API_KEY")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    config = WorkerServiceConfig(
+        listen=args.listen,
+        store=args.store,
+        api_key=key,
+        models=WorkerConfig(cache_dir=args.cache_dir, device=args.device),
+        engine=EngineConfig(kv_codec=args.kv_codec, cache_bytes=args.kv_cache_bytes),
+        tls=ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
+        store_tls=ClientTLS(args.store_ca) if args.store_ca else None,
+        insecure=args.insecure,
+    )
+    uvloop.run(serve(config))
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """Exit 0 without the interpreter's teardown, once a server has stopped cleanly: everything
+    durable is closed by then, and tearing down torch, its threads and the loaded models took
+    seconds more on a busy machine, past what a SIGTERM may take."""
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def _tenants(args) -> int:
@@ -162,7 +224,7 @@ def _tenants(args) -> int:
 
 def _keys_create(args) -> int:
     with _client(args) as client:
-        _print(client.create_api_key(args.tenant, [r for r in args.rights.split(",") if r], args.ttl_seconds))
+        _print(client.create_api_key(args.tenant, [r for r in args.rights.split(",") if r], args.ttl_seconds, worker=args.worker))
     return 0
 
 

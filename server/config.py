@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Mapping
 
+from client.tls import ClientTLS, ServerTLS
 from store.config import StoreConfig
 from store.errors import InvalidArgument
 from worker.config import WorkerConfig
@@ -40,6 +41,21 @@ class ServerConfig:
     admin_key_file: Path | None = None  # defaults to <data_dir>/admin.key
     metrics_port: int = -1  # Prometheus /metrics on host:port; 0: any free port; -1: none
     warm_up: bool = True  # run the index scan, embedder and both prefills once before SERVING (server/warmup.py)
+    # Inference workers (`tenantkv worker`) as comma-separated host:port; empty: one worker in this
+    # process, and then the server loads the generation model itself.
+    workers: str = ""
+    routing: str = "locality"  # how the router picks a worker: locality, least_loaded or round_robin
+    # TLS: the server's certificate and key (PEM); with `tls_client_ca`, clients must present a
+    # certificate it signed. Without a certificate, plaintext, refused off loopback unless `insecure`.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    insecure: bool = False
+    # TLS to the workers: the CA their certificates chain to, and the router's client certificate
+    # for workers that require one (mutual TLS).
+    worker_tls_ca: Path | None = None
+    worker_tls_cert: Path | None = None
+    worker_tls_key: Path | None = None
 
     @property
     def admin_key_path(self) -> Path:
@@ -48,6 +64,18 @@ class ServerConfig:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def worker_addresses(self) -> list[str]:
+        return [address.strip() for address in self.workers.split(",") if address.strip()]
+
+    def server_tls(self) -> ServerTLS | None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidArgument("tls_cert, tls_key: give both or neither")
+        return ServerTLS(self.tls_cert, self.tls_key, self.tls_client_ca) if self.tls_cert else None
+
+    def worker_tls(self) -> ClientTLS | None:
+        return ClientTLS(self.worker_tls_ca, self.worker_tls_cert, self.worker_tls_key) if self.worker_tls_ca else None
 
     def store_config(self) -> StoreConfig:
         return StoreConfig(path=self.data_dir / "store", dim=self.dim)

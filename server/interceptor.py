@@ -15,7 +15,7 @@ import functools
 import logging
 import secrets
 import time
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -33,15 +33,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    scope: KeyScope
+    scopes: frozenset[KeyScope]
     right: str | None  # "read" or "write" for tenant keys
 
 
 ACCESS: dict[str, Access] = {
-    "tenantkv.v1.TenantAdmin": Access(KeyScope.ADMIN, None),
-    "tenantkv.v1.Ingest": Access(KeyScope.TENANT, "write"),
-    "tenantkv.v1.Retrieval": Access(KeyScope.TENANT, "read"),
-    "tenantkv.v1.KVCache": Access(KeyScope.TENANT, "read"),
+    "tenantkv.v1.TenantAdmin": Access(frozenset({KeyScope.ADMIN}), None),
+    "tenantkv.v1.Ingest": Access(frozenset({KeyScope.TENANT}), "write"),
+    "tenantkv.v1.Retrieval": Access(frozenset({KeyScope.TENANT}), "read"),
+    # a worker key fetches only what a capability names: checked by the handler
+    "tenantkv.v1.KVCache": Access(frozenset({KeyScope.TENANT, KeyScope.WORKER}), "read"),
 }
 
 
@@ -78,7 +79,7 @@ class RequestContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         caller = _caller.get()
         record.request_id = caller.request_id if caller else "-"
-        record.tenant = (caller.key.tenant or "admin") if caller else "-"
+        record.tenant = (caller.key.tenant or caller.key.scope.name.lower()) if caller else "-"
         return True
 
 
@@ -114,8 +115,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("missing 'authorization: Bearer <api key>' metadata")
         key = self._authenticate(token.strip())  # a hash and one LMDB read: cheaper here than a thread hop
-        if key.scope is not access.scope:
-            raise PermissionDenied(f"this call needs a key of scope {access.scope.name.lower()}")
+        if key.scope not in access.scopes:
+            scopes = " or ".join(sorted(scope.name.lower() for scope in access.scopes))
+            raise PermissionDenied(f"this call needs a key of scope {scopes}")
         if access.right is not None and access.right not in key.rights:
             raise PermissionDenied(f"this key lacks the {access.right!r} right")
         return Caller(key=key, token=token.strip(), request_id=request_id)
@@ -176,7 +178,7 @@ class _CallScope:
         try:
             if self.authorize is not None:
                 caller = self.authorize(metadata, request_id)
-                tenant = caller.key.tenant or "admin"
+                tenant = caller.key.tenant or caller.key.scope.name.lower()
                 token = _caller.set(caller)
             yield
         except grpc.aio.AbortError:  # the handler set its status itself
@@ -227,10 +229,16 @@ def _unary(behavior: Callable[..., Awaitable[Any]], scope: _CallScope, parsed: C
 
 def _streaming(
     behavior: Callable[..., AsyncIterator[Any]], scope: _CallScope, parsed: Callable[[Any], Any]
-) -> Callable[..., AsyncIterator[Any]]:
-    async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+) -> Callable[..., Awaitable[None]]:
+    """Responses go out with `context.write` from this coroutine, not by yielding to gRPC: a client
+    that cancels then always interrupts this task, inside its awaits, and the handler's generator
+    is closed here, in this task (its `finally` ends the model work at once). Yielded to gRPC, a
+    generator caught between two messages was only closed when garbage collected."""
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> None:
         async with scope.enter(context):
-            async for response in behavior(parsed(request), context):
-                yield response
+            async with aclosing(behavior(parsed(request), context)) as responses:
+                async for response in responses:
+                    await context.write(response)
 
     return handle

@@ -1,8 +1,9 @@
-"""Prometheus metrics: calls per RPC and status, their latency, calls per tenant, and the runtime's sizes.
+"""Prometheus metrics: calls per RPC and status, their latency, calls per tenant, the runtime's sizes, and the workers.
 
 Counters and the latency histogram are updated by the interceptor as calls finish. Sizes (index
-vectors, KV cache bytes and hit counts, bytes on disk, tenants) are read from the runtime when
-Prometheus scrapes, so they cost nothing between scrapes.
+vectors, bytes on disk, tenants) and each worker's figures as the router keeps them (up, load,
+KV cache hits and misses, bytes fetched from the store, routing decisions by reason) are read
+when Prometheus scrapes, so they cost nothing between scrapes.
 """
 
 import time
@@ -62,15 +63,33 @@ class _RuntimeCollector(Collector):
         runtime = self._runtime()
         if runtime is None:  # still loading
             return
-        cache = runtime.engine.cache
         yield GaugeMetricFamily("tenantkv_index_vectors", "Vectors in the tenant index", value=len(runtime.indexed_store.index))
         yield CounterMetricFamily("tenantkv_index_training_failures", "Index trainings that failed; the index kept its previous tree", value=runtime.indexed_store.training_failures)
         yield GaugeMetricFamily("tenantkv_index_zeroed_vectors", "Stored vectors found zero or not finite at start, indexed as zeros", value=runtime.indexed_store.zeroed_vectors)
         yield GaugeMetricFamily("tenantkv_tenants", "Tenants in the store", value=runtime.store.count_tenants())
         yield GaugeMetricFamily("tenantkv_store_disk_bytes", "Bytes of the store on disk (LMDB and KV segments)", value=_disk_bytes(runtime.store.config.path))
-        yield GaugeMetricFamily("tenantkv_kv_cache_bytes", "Chunk KV held in worker memory", value=cache.nbytes)
-        yield CounterMetricFamily("tenantkv_kv_cache_hits", "Chunk KV loads served from worker memory", value=cache.hits)
-        yield CounterMetricFamily("tenantkv_kv_cache_misses", "Chunk KV loads read from the store", value=cache.misses)
+        yield from _worker_metrics(runtime.router)
+
+
+def _worker_metrics(router) -> Iterator:
+    families = {
+        "up": GaugeMetricFamily("tenantkv_worker_up", "1 while the router counts the worker as up", labels=["worker"]),
+        "in_flight": GaugeMetricFamily("tenantkv_worker_in_flight", "Calls the router has sent the worker that have not ended", labels=["worker"]),
+        "queue_depth": GaugeMetricFamily("tenantkv_worker_queue_depth", "Requests waiting for the worker's model, at its last status", labels=["worker"]),
+        "requests": CounterMetricFamily("tenantkv_worker_requests", "Answers the worker accepted", labels=["worker"]),
+        "cache_hits": CounterMetricFamily("tenantkv_kv_cache_hits", "Retrieved chunks whose KV was in the worker's memory", labels=["worker"]),
+        "cache_misses": CounterMetricFamily("tenantkv_kv_cache_misses", "Retrieved chunks whose KV the worker fetched or computed", labels=["worker"]),
+        "fetched_bytes": CounterMetricFamily("tenantkv_worker_fetched_bytes", "Chunk KV bytes the worker fetched from the store", labels=["worker"]),
+    }
+    for worker in router.workers:
+        name = worker.handle.name
+        for attribute, family in families.items():
+            family.add_metric([name], float(getattr(worker, attribute)))
+    yield from families.values()
+    decisions = CounterMetricFamily("tenantkv_routing_decisions", "Where the router sent answers, by reason", labels=["reason"])
+    for reason, count in router.decisions.items():
+        decisions.add_metric([reason.value], count)
+    yield decisions
 
 
 def _disk_bytes(path: Path) -> int:

@@ -1,7 +1,8 @@
-"""Runs blocking work off the event loop: store work on the default pool, model work on one thread.
+"""Runs blocking work off the event loop: store work on the default pool, the server's own model work on one thread.
 
-Model work shares one thread because the tokenizers and torch's intra-op pool do not gain from
-concurrent calls on a small CPU; token-by-token generation steps interleave with other model work.
+The server's model work (query and ingestion embeddings with the small embedder, tokenising
+documents) shares one thread because torch's intra-op pool does not gain from concurrent calls on
+a small CPU. The generation model is the worker engine's scheduler's alone.
 """
 
 import asyncio

@@ -1,4 +1,4 @@
-"""`tenantkv serve` as a child process on a free loopback port: how tests and benchmarks run a real server."""
+"""`tenantkv serve` and `tenantkv worker` as child processes on free loopback ports: how tests and benchmarks run real ones."""
 
 import os
 import socket
@@ -72,6 +72,43 @@ class ServerProcess:
         self.process.wait(timeout=30)
 
     def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
+
+
+class WorkerProcess:
+    """Starts `python -m server.cli worker` on `port` with a worker key, fetching KV from the server at `store`."""
+
+    def __init__(self, store: str, api_key: str, port: int | None = None, cache_dir: Path | None = None) -> None:
+        self.port = port or free_port()
+        self._args = [sys.executable, "-m", "server.cli", "worker", "--store", store, "--listen", self.address, "--device", "cpu"]
+        if cache_dir is not None:
+            self._args += ["--cache-dir", str(cache_dir)]
+        self._env = {**os.environ, "TENANTKV_API_KEY": api_key}
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 180) -> "WorkerProcess":
+        self.process = subprocess.Popen(self._args, env=self._env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_serving(self.address, timeout_s)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, as a crashed machine."""
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+    def __enter__(self) -> "WorkerProcess":
         return self.start()
 
     def __exit__(self, *exc) -> None:

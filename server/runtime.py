@@ -1,51 +1,62 @@
-"""The service's logic in plain Python: admin, ingestion and retrieval over the indexed store and the models.
+"""The service's logic in plain Python: admin, ingestion and retrieval over the indexed store, and the router to the workers.
 
-Every method blocks (LMDB, numpy, torch), so the gRPC layer calls them off the event loop.
+Every method blocks (LMDB, numpy, tokenizers), so the gRPC layer calls them off the event loop;
+model work goes through the router (`server.router`), to the in-process worker or to remote ones.
 Tenant data is written only through `IndexedStore`, which keeps the store and the index in step.
 """
 
-import contextlib
-import functools
 import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
+from transformers import PreTrainedTokenizerBase
 
 from kvcodec import CODECS, codec_of
+from server.capability import Capabilities
 from server.compactor import Compactor
 from server.config import ServerConfig
 from server.indexed_store import Hit, IndexedStore
+from server.offload import Offload
 from server.ratelimit import RateLimiter
+from server.router import Router, Routing
+from server.workers import LocalWorker, RemoteWorker, WorkerHandle
 from store.errors import Corrupted, InvalidArgument, NotFound, Unavailable
-from store.records import ChunkInput, DocumentInput, KeyScope, Tenant, TenantSettings, UpsertResult
+from store.kvblobs import blob_key
+from store.records import DocumentInput, KeyScope, Tenant, TenantSettings, UpsertResult
 from store.store import Store
+from worker.blend import PrefillMode
 from worker.chunker import chunk_text, token_ids
 from worker.config import WorkerConfig
 from worker.embedder import Embedder
-from worker.blend import PrefillMode
-from worker.engine import Engine, EngineConfig, RetrievedChunk
-from worker.generate import GeneratedToken
+from worker.engine import Engine, EngineConfig
 from worker.llm import LLM, load_llm
+from worker.node import ChunkRef, GenerateJob, WorkerNode
+from worker.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
-
-CANCEL_CHECK_TEXTS = 16  # texts embedded between two checks for cancellation or shutdown
 
 
 @dataclass(frozen=True, slots=True)
 class Models:
-    """The models one process serves with; loaded once and shared (tests share one per session)."""
+    """The models one process serves with; loaded once and shared (tests share one per session).
 
-    llm: LLM
+    `llm` is None in a server whose workers run elsewhere: it needs the tokenizer (to chunk) and
+    the small embedder (for text queries) only.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
     embedder: Embedder
+    llm: LLM | None
 
 
-def load_models(config: WorkerConfig) -> Models:
-    embedder_path = config.embedder_path
-    return Models(llm=load_llm(config), embedder=Embedder(embedder_path) if embedder_path else Embedder.default())
+def load_models(config: WorkerConfig, with_llm: bool = True) -> Models:
+    embedder = Embedder(config.embedder_path) if config.embedder_path else Embedder.default()
+    if not with_llm:
+        return Models(tokenizer=load_tokenizer(config), embedder=embedder, llm=None)
+    llm = load_llm(config)
+    return Models(tokenizer=llm.tokenizer, embedder=embedder, llm=llm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,28 +75,57 @@ class DocumentSpec:
     chunks: list[ChunkSpec]
 
 
-class Runtime:
-    """Admin, ingestion and retrieval on top of the indexed store and the models."""
+@dataclass(frozen=True, slots=True)
+class CutChunk:
+    """A chunk of an upsert batch once cut and tokenised; its vector when the client gave one."""
 
-    def __init__(self, config: ServerConfig, store: Store, models: Models) -> None:
+    text: str
+    token_ids: np.ndarray
+    vector: np.ndarray | None
+
+
+class Runtime:
+    """Admin, ingestion and retrieval on top of the indexed store, the models and the router."""
+
+    def __init__(self, config: ServerConfig, store: Store, models: Models, offload: Offload) -> None:
         self.config = config
         self.store = store
         self.indexed_store = IndexedStore(store)
         self.models = models
-        self.engine = Engine(models.llm, EngineConfig(kv_codec=config.kv_codec, cache_bytes=config.kv_cache_bytes))
         self.rate_limiter = RateLimiter()
         self.stopping = threading.Event()  # set at shutdown: model work ends at its next chunk or token
         self.compactor = Compactor(store, self.stopping)
+        self.capabilities = Capabilities()
+        self.node: WorkerNode | None = None  # the in-process worker, when no remote ones are configured
+        tls = config.worker_tls()
+        credentials = tls.credentials() if tls else None
+        workers: list[WorkerHandle] = [RemoteWorker(address, credentials) for address in config.worker_addresses]
+        if not workers:
+            engine = Engine(models.llm, EngineConfig(kv_codec=config.kv_codec, cache_bytes=config.kv_cache_bytes))
+            self.node = WorkerNode(models.llm, models.embedder, engine)
+            workers = [LocalWorker(self.node, offload, self.stored_kv)]
+        self.router = Router(workers, Routing(config.routing))
 
     @classmethod
-    def open(cls, config: ServerConfig, models: Models | None = None) -> "Runtime":
+    def open(cls, config: ServerConfig, offload: Offload, models: Models | None = None) -> "Runtime":
+        """Open the store, rebuild the index and load the models; the caller starts `router` (async)."""
         config.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(config.store_config())
-        runtime = cls(config, store, models or load_models(config.worker_config()))
+        models = models or load_models(config.worker_config(), with_llm=not config.worker_addresses)
+        runtime = cls(config, store, models, offload)
         runtime.indexed_store.rebuild_index()
         return runtime
 
+    def stop_model_work(self) -> None:
+        """At shutdown: answers and ingestion end at the model's next step with UNAVAILABLE (the
+        in-process worker's scheduler stops; model work of later steps is refused)."""
+        self.stopping.set()
+        if self.node is not None:
+            self.node.close()
+
     def close(self) -> None:
+        if self.node is not None:
+            self.node.close()
         self.compactor.join()
         self.store.close()
 
@@ -122,95 +162,68 @@ class Runtime:
 
     # ---- ingestion
 
-    def prepare(self, tenant: str, documents: list[DocumentSpec], cancelled: threading.Event | None = None) -> list[DocumentInput]:
-        """Chunk, embed and precompute KV (in the tenant's codec) for a batch (model work); nothing is written.
+    def cut(self, documents: list[DocumentSpec], cancelled: threading.Event) -> list[list[CutChunk]]:
+        """Each document's chunks with their token ids: its text cut by the chunker, or the chunks given.
 
-        Between embedding batches and between chunks' KV it stops with Unavailable once `cancelled`
-        is set (the caller went away) or the server is stopping, so abandoned work does not run on.
+        Between documents it stops with Unavailable once `cancelled` is set (the caller went away)
+        or the server is stopping: a large batch is seconds of tokenising.
         """
-        def go_on() -> None:
+        tokenizer = self.models.tokenizer
+        given = iter(token_ids(tokenizer, [c.text for doc in documents if not doc.text for c in doc.chunks]))
+        cut = []
+        for doc in documents:
             if self.stopping.is_set():
                 raise Unavailable("the server is shutting down; retry the batch")
-            if cancelled is not None and cancelled.is_set():
+            if cancelled.is_set():
                 raise Unavailable("the call was cancelled")
-
-        codec = self.store.get_tenant(tenant).settings.kv_codec
-        tokenizer = self.models.llm.tokenizer
-        given = iter(token_ids(tokenizer, [c.text for doc in documents if not doc.text for c in doc.chunks]))
-        pieces: list[list[tuple[str, np.ndarray, np.ndarray | None]]] = []
-        for doc in documents:
             if doc.text:
-                go_on()
-                cut = chunk_text(doc.text, tokenizer, self.config.chunk_tokens)
-                pieces.append([(c.text, c.token_ids, None) for c in cut])
+                cut.append([CutChunk(c.text, c.token_ids, None) for c in chunk_text(doc.text, tokenizer, self.config.chunk_tokens)])
             else:
-                pieces.append([(c.text, next(given), c.vector) for c in doc.chunks])
-        to_embed = [text for doc in pieces for text, _, vector in doc if vector is None]
-        embedded_batches = []
-        for start in range(0, len(to_embed), CANCEL_CHECK_TEXTS):
-            go_on()
-            embedded_batches.append(self.models.embedder.embed(to_embed[start : start + CANCEL_CHECK_TEXTS]))
-        embedded = (vector for batch in embedded_batches for vector in batch)
+                cut.append([CutChunk(c.text, next(given), c.vector) for c in doc.chunks])
+        return cut
 
-        def kv_blob(ids: np.ndarray) -> bytes | None:
-            if not self.config.precompute_kv:
-                return None
-            go_on()
-            return self.engine.encode_chunk_kv(ids, codec)
-
-        return [
-            DocumentInput(
-                external_id=doc.external_id,
-                metadata=doc.metadata,
-                chunks=[
-                    ChunkInput(
-                        text=text,
-                        token_ids=ids,
-                        vector=vector if vector is not None else next(embedded),
-                        kv_blob=kv_blob(ids),
-                    )
-                    for text, ids, vector in chunks
-                ],
-            )
-            for doc, chunks in zip(documents, pieces)
-        ]
+    def kv_codec(self, tenant: str) -> str:
+        """The codec the tenant's chunk KV is stored in ("": the server's default)."""
+        return self.store.get_tenant(tenant).settings.kv_codec or self.config.kv_codec
 
     def commit(self, tenant: str, documents: list[DocumentInput]) -> UpsertResult:
-        return self.indexed_store.commit(tenant, documents, self.engine.kv_fingerprint)
+        return self.indexed_store.commit(tenant, documents, self.router.kv_fingerprint)
 
     # ---- retrieval
 
     def embed_query(self, text: str, field: str = "query_text") -> np.ndarray:
+        """The server embeds text queries itself (a small model): a Search needs no worker."""
         if not text.strip():
             raise InvalidArgument(f"{field}: must not be empty")
         return self.models.embedder.embed([text])[0]
 
-    def answer(self, hits: list[Hit], question: str, mode: PrefillMode, max_new_tokens: int) -> Iterator[GeneratedToken]:
-        """Generate from the hits' chunks: their KV comes from the worker's cache, else the store.
+    def generate_job(self, tenant: str, hits: list[Hit], question: str, mode: PrefillMode, max_new_tokens: int) -> tuple[GenerateJob, str]:
+        """The work for a worker, and the capability that lets it fetch these chunks' stored KV (and no other)."""
+        fingerprint = self.router.kv_fingerprint
+        chunks = [
+            ChunkRef(
+                chunk_id=h.chunk.chunk_id,
+                kv_key=h.chunk.kv_key or blob_key(fingerprint, h.chunk.token_ids, h.chunk.owner).hex(),
+                token_ids=h.chunk.token_ids,
+                stored=h.chunk.has_kv,
+            )
+            for h in hits
+        ]
+        capability = self.capabilities.issue(c.chunk_id for c in chunks if c.stored)
+        return GenerateJob(chunks, question, mode, max_new_tokens, tenant), capability
 
-        The request is checked at this call; the stream ends with Unavailable at the next token
-        once the server is stopping.
-        """
-        chunks = [RetrievedChunk(h.chunk.chunk_id, h.chunk.token_ids, functools.partial(self._stored_kv, h.chunk.chunk_id)) for h in hits]
-        return self._until_stopping(self.engine.answer(chunks, question, mode, max_new_tokens))
-
-    def _until_stopping(self, tokens: Iterator[GeneratedToken]) -> Iterator[GeneratedToken]:
-        with contextlib.closing(tokens):
-            for token in tokens:
-                yield token
-                if self.stopping.is_set():
-                    raise Unavailable("the server is shutting down; ask again")
-
-    def _stored_kv(self, chunk_id: int) -> bytes | None:
-        """A chunk's stored KV for generation; one failing its checksum is a cache miss (the worker recomputes)."""
-        try:
-            return self.store.read_kv(chunk_id)
-        except Corrupted as exc:
-            log.warning("chunk %d: stored KV unusable (%s); recomputing it", chunk_id, exc)
-            return None
-
-    def prompt_tokens(self, hits: list[Hit], question: str) -> int:
-        return len(self.engine.layout.full(self.models.llm.tokenizer, [h.chunk.token_ids for h in hits], question))
+    def stored_kv(self, chunk_ids: list[int]) -> dict[int, bytes]:
+        """The chunks' stored KV blobs for a worker; one failing its checksum is left out (the worker recomputes it)."""
+        blobs = {}
+        for chunk_id in chunk_ids:
+            try:
+                blob = self.store.read_kv(chunk_id)
+            except Corrupted as exc:
+                log.warning("chunk %d: stored KV unusable (%s); recomputing it", chunk_id, exc)
+                continue
+            if blob is not None:
+                blobs[chunk_id] = blob
+        return blobs
 
     def kv_chunk_ids(self, tenant: str, chunk_ids: list[int]) -> list[int]:
         """The requested chunks that have KV, in request order; NotFound for any the tenant may not read."""
@@ -220,12 +233,10 @@ class Runtime:
                 raise NotFound(f"chunk_ids: chunk {chunk_id} not found")
         return [chunk_id for chunk_id in chunk_ids if readable[chunk_id].has_kv]
 
-    def read_kv(self, chunk_id: int) -> tuple[str, bytes]:
-        """A chunk's encoded KV blob and the codec its header names."""
+    def read_kv(self, chunk_id: int) -> tuple[str, bytes] | None:
+        """A chunk's encoded KV blob and the codec its header names; None if it has none (any more)."""
         blob = self.store.read_kv(chunk_id)
-        if blob is None:
-            raise NotFound(f"chunk_ids: chunk {chunk_id} has no KV")
-        return codec_of(blob), blob
+        return None if blob is None else (codec_of(blob), blob)
 
 
 def _checked(settings: TenantSettings) -> TenantSettings:

@@ -4,9 +4,7 @@ Authentication, authorisation and error-to-status mapping happen in `server.inte
 a servicer only reads the caller's tenant from `current_caller()`.
 """
 
-import asyncio
 import functools
-import threading
 import time
 from dataclasses import asdict
 from typing import AsyncIterator, Callable
@@ -22,24 +20,23 @@ from protos.tenantkv.v1 import (
     tenant_admin_pb2_grpc,
 )
 from server.convert import bounded_int, documents_from, hit_message, settings_from, settings_message, vector_from
+from server.ingestion import prepare
 from server.interceptor import current_caller
 from server.offload import Offload
 from server.paging import name_after, page_size, page_token
 from server.runtime import Runtime
 from store.errors import InvalidArgument, Unavailable
 from store.records import KeyScope, Tenant, TenantState, TenantStats
-from worker.blend import PrefillMode
+from worker.service import MODES
 
 KV_PIECE_BYTES = 3 << 20
 MAX_FETCH_IDS = 256
 MAX_TTL_SECONDS = 100 * 365 * 86_400  # a key's expiry stays a 64-bit millisecond count
 RIGHTS = {tenant_admin_pb2.KEY_RIGHT_READ: "read", tenant_admin_pb2.KEY_RIGHT_WRITE: "write"}
-SCOPES = {tenant_admin_pb2.KEY_SCOPE_ADMIN: KeyScope.ADMIN, tenant_admin_pb2.KEY_SCOPE_TENANT: KeyScope.TENANT}
-
-MODES = {
-    retrieval_pb2.GENERATION_MODE_FULL_PREFILL: PrefillMode.FULL_PREFILL,
-    retrieval_pb2.GENERATION_MODE_FULL_REUSE: PrefillMode.FULL_REUSE,
-    retrieval_pb2.GENERATION_MODE_BLEND: PrefillMode.BLEND,
+SCOPES = {
+    tenant_admin_pb2.KEY_SCOPE_ADMIN: KeyScope.ADMIN,
+    tenant_admin_pb2.KEY_SCOPE_TENANT: KeyScope.TENANT,
+    tenant_admin_pb2.KEY_SCOPE_WORKER: KeyScope.WORKER,
 }
 
 RuntimeSource = Callable[[], Runtime | None]
@@ -93,9 +90,9 @@ class TenantAdminServicer(_Servicer, tenant_admin_pb2_grpc.TenantAdminServicer):
     async def CreateApiKey(self, request, context):
         scope = SCOPES.get(request.scope)
         if scope is None:
-            raise InvalidArgument("scope: must be KEY_SCOPE_ADMIN or KEY_SCOPE_TENANT")
+            raise InvalidArgument("scope: must be KEY_SCOPE_ADMIN, KEY_SCOPE_TENANT or KEY_SCOPE_WORKER")
         if (scope is KeyScope.TENANT) != bool(request.tenant_id):
-            raise InvalidArgument("tenant_id: required for tenant keys and empty for admin keys")
+            raise InvalidArgument("tenant_id: required for tenant keys and empty for admin and worker keys")
         if any(r not in RIGHTS for r in request.rights):
             raise InvalidArgument("rights: only KEY_RIGHT_READ and KEY_RIGHT_WRITE")
         rights = frozenset(RIGHTS[r] for r in request.rights) or frozenset(RIGHTS.values())
@@ -147,11 +144,12 @@ _STATES = {
 
 class IngestServicer(_Servicer, ingest_pb2_grpc.IngestServicer):
     async def Upsert(self, request_iterator, context):
-        """Each request is one batch: chunked and embedded, then committed in one transaction.
+        """Each request is one batch: chunked, embedded and its KV precomputed by the workers, then
+        committed in one transaction.
 
         The caller's key is checked again at each batch (a cached lookup), so a key revoked while its
         stream is open stores nothing after the revocation. A cancelled or expired call stops its
-        model work at the next chunk and commits nothing more.
+        model work at the next step and commits nothing more.
         """
         caller = current_caller()
         tenant = caller.tenant
@@ -160,12 +158,7 @@ class IngestServicer(_Servicer, ingest_pb2_grpc.IngestServicer):
         async for request in request_iterator:
             self.runtime.store.authenticate(caller.token)
             specs = documents_from(request, self.runtime.store.dim, config.max_documents_per_batch, config.max_text_bytes)
-            cancelled = threading.Event()  # the model thread checks it between chunks
-            try:
-                prepared = await self.offload.model(self.runtime.prepare, tenant, specs, cancelled)
-            except asyncio.CancelledError:  # the caller went away or its deadline passed
-                cancelled.set()
-                raise
+            prepared = await prepare(self.runtime, self.offload, tenant, specs)
             result = await self.offload.io(self.runtime.commit, tenant, prepared)
             documents += result.documents
             chunks += len(result.added)
@@ -208,14 +201,15 @@ class RetrievalServicer(_Servicer, retrieval_pb2_grpc.RetrievalServicer):
         query = await self.offload.model(runtime.embed_query, request.question, "question")
         hits = await self.offload.io(runtime.indexed_store.search, tenant, query, k)
         retrieval_ms = (time.perf_counter() - started) * 1e3
-        # checks the prompt against the model's context before the first message leaves
-        tokens = await self.offload.model(runtime.answer, hits, request.question, mode, max_new)
-        yield retrieval_pb2.RetrieveAndGenerateResponse(chunks=retrieval_pb2.ChunksUsed(hits=[hit_message(h) for h in hits]))
-        prompt_tokens = await self.offload.model(runtime.prompt_tokens, hits, request.question)
+        job, capability = runtime.generate_job(tenant, hits, request.question, mode, max_new)
+        # the worker checks the prompt against the model's context before the first message leaves
+        generation = await runtime.router.generate(job, capability)
+        tokens = generation.tokens
         first_token_ms = 0.0
         generated = 0
         try:
-            while (token := await self.offload.model(next, tokens, None)) is not None:
+            yield retrieval_pb2.RetrieveAndGenerateResponse(chunks=retrieval_pb2.ChunksUsed(hits=[hit_message(h) for h in hits]))
+            async for token in tokens:
                 if generated == 0:
                     first_token_ms = (time.perf_counter() - started) * 1e3
                     decode_started = time.perf_counter()
@@ -223,15 +217,17 @@ class RetrievalServicer(_Servicer, retrieval_pb2_grpc.RetrievalServicer):
                 yield retrieval_pb2.RetrieveAndGenerateResponse(
                     token=retrieval_pb2.TokenDelta(token_id=token.token_id, text=token.text)
                 )
+                if runtime.stopping.is_set():
+                    raise Unavailable("the server is shutting down; ask again")
         finally:
-            await self.offload.model(tokens.close)
+            await tokens.aclose()
         total_ms = (time.perf_counter() - started) * 1e3
         decode_s = time.perf_counter() - decode_started if generated > 1 else 0.0
         yield retrieval_pb2.RetrieveAndGenerateResponse(
             stats=retrieval_pb2.GenerationStats(
                 retrieval_ms=retrieval_ms,
                 time_to_first_token_ms=first_token_ms,
-                prompt_tokens=prompt_tokens,
+                prompt_tokens=generation.prompt_tokens,
                 tokens_generated=generated,
                 tokens_per_s=(generated - 1) / decode_s if decode_s > 0 else 0.0,
                 total_ms=total_ms,
@@ -249,15 +245,26 @@ class RetrievalServicer(_Servicer, retrieval_pb2_grpc.RetrievalServicer):
 
 class KVCacheServicer(_Servicer, kv_cache_pb2_grpc.KVCacheServicer):
     async def Fetch(self, request, context) -> AsyncIterator[kv_cache_pb2.FetchResponse]:
-        """Each blob in pieces of at most 3 MiB, so messages stay under the 4 MiB limit."""
-        tenant = current_caller().tenant
+        """Each blob in pieces of at most 3 MiB, so messages stay under the 4 MiB limit.
+
+        A tenant key reads the chunks its tenant may read; a worker key only those the router's
+        capability names (the router authorised them for one request).
+        """
+        caller = current_caller()
         ids = list(request.chunk_ids)
         if not 1 <= len(ids) <= MAX_FETCH_IDS:
             raise InvalidArgument(f"chunk_ids: give 1 to {MAX_FETCH_IDS} ids, got {len(ids)}")
         if len(set(ids)) != len(ids):
             raise InvalidArgument("chunk_ids: name each chunk once")
-        for chunk_id in await self.offload.io(self.runtime.kv_chunk_ids, tenant, ids):
-            codec, blob = await self.offload.io(self.runtime.read_kv, chunk_id)
+        if caller.key.scope is KeyScope.WORKER:
+            self.runtime.capabilities.check(request.capability, ids)
+        else:
+            ids = await self.offload.io(self.runtime.kv_chunk_ids, caller.tenant, ids)
+        for chunk_id in ids:
+            found = await self.offload.io(self.runtime.read_kv, chunk_id)
+            if found is None:  # no KV, or deleted since
+                continue
+            codec, blob = found
             for offset in range(0, len(blob), KV_PIECE_BYTES):
                 piece = blob[offset : offset + KV_PIECE_BYTES]
                 yield kv_cache_pb2.FetchResponse(

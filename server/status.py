@@ -10,6 +10,7 @@ import grpc
 import kvcodec
 from store import errors
 from worker.errors import WorkerInputError
+from worker.scheduler import RequestCancelled
 
 STATUS_BY_ERROR: dict[type[Exception], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -22,6 +23,7 @@ STATUS_BY_ERROR: dict[type[Exception], grpc.StatusCode] = {
     errors.Corrupted: grpc.StatusCode.DATA_LOSS,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     WorkerInputError: grpc.StatusCode.INVALID_ARGUMENT,
+    RequestCancelled: grpc.StatusCode.UNAVAILABLE,  # model work cut short by a worker stopping
     kvcodec.CorruptBlobError: grpc.StatusCode.DATA_LOSS,
     NotImplementedError: grpc.StatusCode.UNIMPLEMENTED,  # what generated servicer stubs raise for a method left out
 }

@@ -45,18 +45,24 @@ class WarmUp:
 
 
 def warm_up(runtime: Runtime) -> WarmUp:
-    """Compile the index scan, run the embedder, and answer once blended and once by full prefill; logs the time."""
+    """Compile the index scan, run the embedder, and (with the in-process worker) answer once blended
+    and once by full prefill; logs the time. Remote workers warm up on their own."""
     started = time.perf_counter()
     _scan_tiny_index(runtime.indexed_store.index.dim, runtime.indexed_store.index.config)
     index_done = time.perf_counter()
     runtime.embed_query(QUESTION)
     embedder_done = time.perf_counter()
-    engine = Engine(runtime.models.llm, runtime.engine.config)
-    chunks = _synthetic_chunks(engine)
-    _answer(engine, chunks, PrefillMode.BLEND, max_new_tokens=2)  # a decode step too
-    blend_done = time.perf_counter()
-    _answer(engine, chunks, PrefillMode.FULL_PREFILL, max_new_tokens=1)
-    done = time.perf_counter()
+    blend_done = done = embedder_done
+    if runtime.node is not None:
+        engine = Engine(runtime.node.llm, runtime.node.engine.config)
+        try:
+            chunks = _synthetic_chunks(engine)
+            _answer(engine, chunks, PrefillMode.BLEND, max_new_tokens=2)  # a decode step too
+            blend_done = time.perf_counter()
+            _answer(engine, chunks, PrefillMode.FULL_PREFILL, max_new_tokens=1)
+            done = time.perf_counter()
+        finally:
+            engine.close()
     result = WarmUp(
         index_s=index_done - started,
         embedder_s=embedder_done - index_done,

@@ -41,7 +41,7 @@ class Chunks:
                     Chunk(
                         chunk_id=chunk_id, owner=record["owner"], external_id=record["external_id"], index=record["index"],
                         text=record["text"], token_ids=tokens, metadata=record["metadata"],
-                        readers=frozenset(record["readers"]), has_kv=record["kv"] is not None,
+                        readers=frozenset(record["readers"]), kv_key=record["kv"] or "",
                     )
                 )
             return chunks

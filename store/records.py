@@ -15,6 +15,7 @@ class TenantState(enum.Enum):
 class KeyScope(enum.Enum):
     ADMIN = 1
     TENANT = 2
+    WORKER = 3  # an inference worker: KVCache.Fetch with a capability, nothing else
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,11 @@ class Chunk:
     token_ids: np.ndarray | None  # int32 [n]; None where the reader did not ask for them
     metadata: dict
     readers: frozenset[str]  # owner plus granted tenants
-    has_kv: bool
+    kv_key: str  # hex key of its stored KV blob; "" when it has none
+
+    @property
+    def has_kv(self) -> bool:
+        return bool(self.kv_key)
 
 
 @dataclass(frozen=True, slots=True)

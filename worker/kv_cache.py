@@ -1,10 +1,41 @@
-"""Loaded chunk KV (dense, or packed when its codec quantises) kept in worker memory, bounded by bytes, least recently used out."""
+"""Loaded chunk KV (dense, or packed when its codec quantises) kept in worker memory, bounded by bytes, least recently used out.
 
+Every entry stored or removed is also an event with a sequence number (as vLLM's KV events
+`BlockStored`/`BlockRemoved`), so a router can follow what the cache holds
+from the events since the last sequence it saw, or from a snapshot when those are gone.
+"""
+
+import enum
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from dataclasses import dataclass
 from typing import Hashable
 
 from worker.blend import ChunkKV
+
+KEPT_EVENTS = 4096  # events a follower may be behind before it needs a snapshot
+
+
+class EventKind(enum.Enum):
+    STORED = 1
+    REMOVED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEvent:
+    sequence: int
+    kind: EventKind
+    key: str
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class CacheView:
+    """What the cache holds as of `sequence`: every entry (a snapshot) or the events after a given sequence."""
+
+    sequence: int
+    snapshot: dict[str, int] | None  # key -> bytes, when the caller asked from 0 or is too far behind
+    events: list[CacheEvent]
 
 
 class ChunkKVCache:
@@ -17,6 +48,8 @@ class ChunkKVCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self._sequence = 0
+        self._events: deque[CacheEvent] = deque(maxlen=KEPT_EVENTS)
 
     @property
     def nbytes(self) -> int:
@@ -24,6 +57,11 @@ class ChunkKVCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        """Held now, without counting a hit or a miss."""
+        with self._lock:
+            return key in self._items
 
     def get(self, key: Hashable) -> ChunkKV | None:
         with self._lock:
@@ -41,10 +79,26 @@ class ChunkKVCache:
             old = self._items.pop(key, None)
             if old is not None:
                 self._bytes -= old.nbytes
+                self._record(EventKind.REMOVED, key, old.nbytes)
             if chunk.nbytes > self.max_bytes:
                 return
             self._items[key] = chunk
             self._bytes += chunk.nbytes
+            self._record(EventKind.STORED, key, chunk.nbytes)
             while self._bytes > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
+                evicted_key, evicted = self._items.popitem(last=False)
                 self._bytes -= evicted.nbytes
+                self._record(EventKind.REMOVED, evicted_key, evicted.nbytes)
+
+    def view(self, since: int) -> CacheView:
+        """The events after sequence `since`, or a snapshot if `since` is 0, ahead of us, or older than the events kept."""
+        with self._lock:
+            oldest = self._events[0].sequence if self._events else self._sequence + 1
+            if since == 0 or since > self._sequence or since < oldest - 1:
+                snapshot = {str(key): chunk.nbytes for key, chunk in self._items.items()}
+                return CacheView(self._sequence, snapshot, [])
+            return CacheView(self._sequence, None, [e for e in self._events if e.sequence > since])
+
+    def _record(self, kind: EventKind, key: Hashable, nbytes: int) -> None:
+        self._sequence += 1
+        self._events.append(CacheEvent(self._sequence, kind, str(key), nbytes))

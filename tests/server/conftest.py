@@ -1,11 +1,15 @@
 """Fixtures for service tests: two tenants with keys, and small documents with known vectors."""
 
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from client.api import Client, DocumentText
+from server.config import ServerConfig
+from server.offload import Offload
+from server.runtime import Models, Runtime
 
 DIM = 384
 
@@ -28,6 +32,13 @@ def vector_documents(prefix: str, vectors: np.ndarray) -> list[DocumentText]:
         DocumentText(external_id=f"{prefix}-{i}", chunks=[f"{prefix} passage number {i}."], vectors=[v], metadata={"i": i})
         for i, v in enumerate(vectors)
     ]
+
+
+def open_runtime(config: ServerConfig, models: Models) -> Runtime:
+    """A runtime used in-process, without gRPC: its router has polled its in-process worker once."""
+    runtime = Runtime.open(config, Offload(), models)
+    asyncio.run(runtime.router.poll())
+    return runtime
 
 
 @pytest.fixture

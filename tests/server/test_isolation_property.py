@@ -6,7 +6,8 @@ NOT_FOUND for it, and the admin API counts each tenant's own and granted chunks.
 RetrieveAndGenerate questions with a random k (the chunks it uses must be the exact top k of what
 the caller may read, whatever the number of readable chunks) and rotate keys (a revoked key is
 refused at once).
-The model of what each tenant may read is plain Python sets.
+The model of what each tenant may read is plain Python sets. The machine runs once with the
+in-process worker and once with two worker services the router sends the questions to.
 """
 
 import shutil
@@ -22,7 +23,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from server.app import ServerThread
 from client.api import Client, DocumentText
 from server.config import ServerConfig
+from server.process import free_port
 from tests.server.conftest import unit_vectors
+from tests.workers import WorkerThread, wait_all_up
+from worker.serve import WorkerServiceConfig
 
 TENANTS = ["t0", "t1", "t2"]
 DOC_IDS = [f"d{i}" for i in range(6)]
@@ -34,12 +38,25 @@ QUESTION = "Which passage is this?"
 class IsolationMachine(RuleBasedStateMachine):
     models = None  # set by the test: the session's loaded models
     cache_dir: Path | None = None
+    workers = 0  # worker services; 0: the server's in-process worker
 
     @initialize()
     def start(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="tenantkv-prop-"))
-        self.config = ServerConfig(data_dir=self.tmp / "data", port=0, cache_dir=self.cache_dir, warm_up=False)
+        ports = [free_port() for _ in range(self.workers)]
+        self.config = ServerConfig(
+            data_dir=self.tmp / "data", port=free_port(), cache_dir=self.cache_dir, warm_up=False,
+            workers=",".join(f"127.0.0.1:{port}" for port in ports),
+        )
         self.server = ServerThread(self.config, self.models).start()
+        self.worker_threads = []
+        if ports:
+            with self._admin() as admin:
+                key = admin.create_api_key(worker=True).api_key
+            for port in ports:
+                config = WorkerServiceConfig(listen=f"127.0.0.1:{port}", store=self.server.address, api_key=key)
+                self.worker_threads.append(WorkerThread(config, self.models).start())
+            wait_all_up(self.server)
         self.question_vector = self.models.embedder.embed([QUESTION])[0]  # as the server embeds it
         self.keys: dict[str, str] = {}
         self.docs: dict[tuple[str, str], int] = {}  # (owner, doc) -> vector seed
@@ -53,6 +70,8 @@ class IsolationMachine(RuleBasedStateMachine):
                 self.alive.add(tenant)
 
     def teardown(self) -> None:
+        for worker in self.worker_threads:
+            worker.stop()
         self.server.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -142,8 +161,11 @@ class IsolationMachine(RuleBasedStateMachine):
 
     @rule()
     def restart(self) -> None:
+        """The server only: workers keep running and are admitted again by the new router."""
         self.server.stop()
         self.server = ServerThread(self.config, self.models).start()
+        if self.worker_threads:
+            wait_all_up(self.server)
 
     def readable(self, tenant: str) -> set[tuple[str, str]]:
         own = {k for k in self.docs if k[0] == tenant}
@@ -188,6 +210,18 @@ def test_tenant_isolation_state_machine(models, model_cache_dir) -> None:
     run_state_machine_as_test(
         IsolationMachine,
         settings=settings(max_examples=25, stateful_step_count=15, deadline=None, suppress_health_check=list(HealthCheck)),
+    )
+
+
+class IsolationWithWorkers(IsolationMachine):
+    workers = 2
+
+
+def test_tenant_isolation_state_machine_with_two_workers(models, model_cache_dir) -> None:
+    use_models(models, model_cache_dir)
+    run_state_machine_as_test(
+        IsolationWithWorkers,
+        settings=settings(max_examples=10, stateful_step_count=15, deadline=None, suppress_health_check=list(HealthCheck)),
     )
 
 

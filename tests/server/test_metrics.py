@@ -37,7 +37,8 @@ def test_metrics_count_calls_and_report_sizes(server_config, models) -> None:
     assert samples['tenantkv_tenant_requests_total{tenant="acme"}'] == 3
     assert samples['tenantkv_request_seconds_count{method="/tenantkv.v1.Ingest/Upsert"}'] == 1
     assert samples["tenantkv_index_vectors"] == 3 and samples["tenantkv_tenants"] == 1
-    assert samples["tenantkv_store_disk_bytes"] > 0 and "tenantkv_kv_cache_hits_total" in samples
+    assert samples["tenantkv_store_disk_bytes"] > 0 and samples['tenantkv_worker_up{worker="in-process"}'] == 1
+    assert 'tenantkv_kv_cache_hits_total{worker="in-process"}' in samples
 
 
 def test_a_call_the_client_cancels_counts_as_cancelled(server_config, models) -> None:

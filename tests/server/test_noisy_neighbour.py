@@ -13,6 +13,7 @@ import pytest
 from server.indexed_store import MIN_TRAIN_VECTORS
 from server.runtime import Runtime
 from store.records import ChunkInput, DocumentInput, TenantSettings
+from tests.server.conftest import open_runtime
 
 DIM = 384
 VICTIM = 2_500
@@ -55,7 +56,7 @@ def recall(runtime: Runtime, queries: np.ndarray, vectors: np.ndarray) -> float:
 
 @pytest.fixture
 def runtime(server_config, models):
-    opened = Runtime.open(dataclasses.replace(server_config, precompute_kv=False), models)
+    opened = open_runtime(dataclasses.replace(server_config, precompute_kv=False), models)
     yield opened
     opened.close()
 

@@ -121,7 +121,7 @@ def test_kv_is_precomputed_at_ingestion_and_fetched(server, alice) -> None:
     hits = alice.client.search(unit_vectors(1, seed=6)[0], k=2).hits
     fetched = alice.client.fetch_kv([h.chunk_id for h in hits])
     assert set(fetched) == {h.chunk_id for h in hits}
-    layout = server.server.runtime.engine.layout
+    layout = server.server.runtime.node.engine.layout
     for hit in hits:
         codec, blob = fetched[hit.chunk_id]
         tokens = len(server.server.runtime.models.llm.tokenizer.encode(hit.text, add_special_tokens=False))

@@ -3,19 +3,20 @@
 import logging
 
 from server.config import ServerConfig, load_config
-from server.runtime import Runtime
 from server.warmup import warm_up
+from tests.server.conftest import open_runtime
 
 
 def test_warm_up_times_each_step_and_touches_nothing_served(server_config: ServerConfig, models, caplog) -> None:
-    runtime = Runtime.open(server_config, models)
+    runtime = open_runtime(server_config, models)
     try:
         with caplog.at_level(logging.INFO, logger="server.warmup"):
             result = warm_up(runtime)
         assert min(result.index_s, result.embedder_s, result.blend_s, result.full_prefill_s) > 0
         assert f"warmed up in {result.total_s:.1f} s" in caplog.text
         assert len(runtime.indexed_store.index) == 0
-        assert (len(runtime.engine.cache), runtime.engine.cache.hits, runtime.engine.cache.misses) == (0, 0, 0)
+        cache = runtime.node.engine.cache
+        assert (len(cache), cache.hits, cache.misses) == (0, 0, 0)
     finally:
         runtime.close()
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/tenantkv/v1/kv_cache.proto\x12\x0btenantkv.v1\"!\n\x0c\x46\x65tchRequest\x12\x11\n\tchunk_ids\x18\x01 \x03(\x04\"q\n\rFetchResponse\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\x04\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x0c\n\x04last\x18\x06 \x01(\x08\x32K\n\x07KVCache\x12@\n\x05\x46\x65tch\x12\x19.tenantkv.v1.FetchRequest\x1a\x1a.tenantkv.v1.FetchResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/tenantkv/v1/kv_cache.proto\x12\x0btenantkv.v1\"5\n\x0c\x46\x65tchRequest\x12\x11\n\tchunk_ids\x18\x01 \x03(\x04\x12\x12\n\ncapability\x18\x02 \x01(\t\"q\n\rFetchResponse\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\x04\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x0c\n\x04last\x18\x06 \x01(\x08\x32K\n\x07KVCache\x12@\n\x05\x46\x65tch\x12\x19.tenantkv.v1.FetchRequest\x1a\x1a.tenantkv.v1.FetchResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.tenantkv.v1.kv_cache
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FETCHREQUEST']._serialized_start=50
-  _globals['_FETCHREQUEST']._serialized_end=83
-  _globals['_FETCHRESPONSE']._serialized_start=85
-  _globals['_FETCHRESPONSE']._serialized_end=198
-  _globals['_KVCACHE']._serialized_start=200
-  _globals['_KVCACHE']._serialized_end=275
+  _globals['_FETCHREQUEST']._serialized_end=103
+  _globals['_FETCHRESPONSE']._serialized_start=105
+  _globals['_FETCHRESPONSE']._serialized_end=218
+  _globals['_KVCACHE']._serialized_start=220
+  _globals['_KVCACHE']._serialized_end=295
 # @@protoc_insertion_point(module_scope)

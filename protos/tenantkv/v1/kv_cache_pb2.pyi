@@ -7,10 +7,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FetchRequest(_message.Message):
-    __slots__ = ("chunk_ids",)
+    __slots__ = ("chunk_ids", "capability")
     CHUNK_IDS_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITY_FIELD_NUMBER: _ClassVar[int]
     chunk_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, chunk_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    capability: str
+    def __init__(self, chunk_ids: _Optional[_Iterable[int]] = ..., capability: _Optional[str] = ...) -> None: ...
 
 class FetchResponse(_message.Message):
     __slots__ = ("chunk_id", "codec", "total_bytes", "offset", "data", "last")

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class KVCacheStub:
-    """Encoded KV blobs for a worker on another machine. Needs the read right.
+    """Encoded KV blobs for a worker on another machine. A tenant key needs the read right; a
+    worker key reads only the chunks a capability from the server's router names.
     """
 
     def __init__(self, channel):
@@ -43,7 +44,8 @@ class KVCacheStub:
 
 
 class KVCacheServicer:
-    """Encoded KV blobs for a worker on another machine. Needs the read right.
+    """Encoded KV blobs for a worker on another machine. A tenant key needs the read right; a
+    worker key reads only the chunks a capability from the server's router names.
     """
 
     def Fetch(self, request, context):
@@ -72,7 +74,8 @@ def add_KVCacheServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class KVCache:
-    """Encoded KV blobs for a worker on another machine. Needs the read right.
+    """Encoded KV blobs for a worker on another machine. A tenant key needs the read right; a
+    worker key reads only the chunks a capability from the server's router names.
     """
 
     @staticmethod

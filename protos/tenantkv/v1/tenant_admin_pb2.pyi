@@ -19,6 +19,7 @@ class KeyScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KEY_SCOPE_UNSPECIFIED: _ClassVar[KeyScope]
     KEY_SCOPE_ADMIN: _ClassVar[KeyScope]
     KEY_SCOPE_TENANT: _ClassVar[KeyScope]
+    KEY_SCOPE_WORKER: _ClassVar[KeyScope]
 
 class KeyRight(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -32,6 +33,7 @@ TENANT_STATE_DELETING: TenantState
 KEY_SCOPE_UNSPECIFIED: KeyScope
 KEY_SCOPE_ADMIN: KeyScope
 KEY_SCOPE_TENANT: KeyScope
+KEY_SCOPE_WORKER: KeyScope
 KEY_RIGHT_UNSPECIFIED: KeyRight
 KEY_RIGHT_READ: KeyRight
 KEY_RIGHT_WRITE: KeyRight

@@ -83,7 +83,7 @@ class Shortlists:
         """A new terminal holding `rows`, whose vectors sum to `total`."""
         slot = len(self.slot_of)
         if slot == len(self.nodes):
-            self._resize_slots(slot + slot // 16 + 4)  # little spare: each slot carries a sum of dim floats
+            self._resize_slots(slot + slot // 16 + 1)  # little spare: each slot carries a sum of dim floats
         start = self._allocate(max(len(rows), MIN_STRETCH))
         self.slot_of[node] = slot
         self.nodes[slot], self.starts[slot], self.lengths[slot] = node, start, len(rows)

@@ -42,7 +42,6 @@ from service import ingest_vectors, provision, search_load, tenant_name  # noqa:
 from server.app import ServerThread  # noqa: E402
 from server.backup import Backups  # noqa: E402
 from server.config import load_config  # noqa: E402
-from store.backup import backup  # noqa: E402
 from store.records import ChunkInput, DocumentInput  # noqa: E402
 
 SEARCH_CLIENTS = 4
@@ -89,7 +88,7 @@ def back_up_until(backups: Backups, done: threading.Event, seconds: list[float],
 def backups_of(store, root: Path, mb_per_s: float) -> Backups:
     """The server's backups of `store` under `root` at `mb_per_s` (0: unpaced). No compaction runs
     in this benchmark, so no compactor lock is needed to keep one out."""
-    back_up = functools.partial(backup, store._env, store.config.path / "segments", max_bytes_per_s=int(mb_per_s * 2**20))
+    back_up = functools.partial(store.backup, max_bytes_per_s=int(mb_per_s * 2**20))
     return Backups(root, back_up, threading.RLock())
 
 

@@ -96,6 +96,10 @@ class Client:
         """Rewrite the store's files with live data only (admin key)."""
         return self._call(self.admin.CompactStore, tenant_admin_pb2.CompactStoreRequest())
 
+    def backup_store(self, name: str) -> tenant_admin_pb2.BackupStoreResponse:
+        """A consistent backup, taken while the server serves, as `name` under its backup root (admin key)."""
+        return self._call(self.admin.BackupStore, tenant_admin_pb2.BackupStoreRequest(name=name))
+
     def list_tenants_page(self, page_size: int = 0, page_token: str = "", with_usage: bool = False) -> tenant_admin_pb2.ListTenantsResponse:
         """One page of tenants in name order (page_size 0: the server's default); its
         next_page_token asks for the next, and is empty after the last page."""

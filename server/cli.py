@@ -1,4 +1,4 @@
-"""The `tenantkv` command: serve, worker, admin, ingest and ask.
+"""The `tenantkv` command: serve, worker, admin, restore, ingest and ask.
 
 Client commands find the server in --server or TENANTKV_SERVER and their key in --api-key-file or
 TENANTKV_API_KEY. With --tenant and an admin key, ingest and ask mint a short-lived key for that
@@ -95,6 +95,16 @@ def _parser() -> argparse.ArgumentParser:
     p = admin_sub.add_parser("compact", help="rewrite the store's files with live data only, so deleted data is gone from disk")
     _client_options(p)
     p.set_defaults(run=_compact)
+    p = admin_sub.add_parser("backup", help="a consistent backup of the serving store, as NAME under the server's backup_root")
+    p.add_argument("name")
+    _client_options(p)
+    p.set_defaults(run=_backup)
+
+    restore = sub.add_parser("restore", help="lay out an empty data directory from a backup (checked against its manifest)")
+    restore.add_argument("backup_dir", type=Path)
+    restore.add_argument("data_dir", type=Path)
+    restore.add_argument("--config", type=Path, help="the TOML file the server will start with (its dim must match)")
+    restore.set_defaults(run=_restore)
 
     ingest = sub.add_parser("ingest", help="upsert a JSONL file of documents, resumable")
     ingest.add_argument("file", type=Path, help='one JSON object a line: {"id", "text" | "chunks" [, "vectors"], "metadata"}')
@@ -231,6 +241,26 @@ def _keys_create(args) -> int:
 def _keys_revoke(args) -> int:
     with _client(args) as client:
         client.revoke_api_key(args.key_id)
+    return 0
+
+
+def _backup(args) -> int:
+    with _client(args) as client:
+        _print(client.backup_store(args.name))
+    return 0
+
+
+def _restore(args) -> int:
+    from server.backup import restore_data_dir
+    from store.errors import TenantKVError
+
+    config = dataclasses.replace(load_config(args.config), data_dir=args.data_dir)
+    try:
+        manifest = restore_data_dir(args.backup_dir, config)
+    except TenantKVError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"data_dir": str(args.data_dir), "tenants": manifest.tenants, "chunks": manifest.chunks, "bytes": manifest.total_bytes}))
     return 0
 
 

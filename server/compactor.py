@@ -18,6 +18,11 @@ class Compactor:
         self._queued = False  # a background compaction is waiting for its turn
         self._thread: threading.Thread | None = None  # the newest background compaction
 
+    @property
+    def lock(self) -> threading.RLock:
+        """Held while a compaction runs; a backup takes it too, so the two never interleave."""
+        return self._lock
+
     def compact(self) -> Compaction:
         """Rewrite the store's files with live data only, so what was deleted cannot be read back
         from disk; writes wait meanwhile, reads go on."""

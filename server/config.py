@@ -56,6 +56,8 @@ class ServerConfig:
     worker_tls_ca: Path | None = None
     worker_tls_cert: Path | None = None
     worker_tls_key: Path | None = None
+    backup_root: Path | None = None  # TenantAdmin.BackupStore writes only under it; None: backups off
+    backup_max_mb_per_s: int = 64  # a backup's copy rate, so Search keeps its latency; 0: unpaced
 
     @property
     def admin_key_path(self) -> Path:

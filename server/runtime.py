@@ -5,6 +5,7 @@ model work goes through the router (`server.router`), to the in-process worker o
 Tenant data is written only through `IndexedStore`, which keeps the store and the index in step.
 """
 
+import functools
 import logging
 import os
 import threading
@@ -14,6 +15,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from kvcodec import CODECS, codec_of
+from server.backup import Backups
 from server.capability import Capabilities
 from server.compactor import Compactor
 from server.config import ServerConfig
@@ -95,6 +97,8 @@ class Runtime:
         self.rate_limiter = RateLimiter()
         self.stopping = threading.Event()  # set at shutdown: model work ends at its next chunk or token
         self.compactor = Compactor(store, self.stopping)
+        back_up = functools.partial(store.backup, max_bytes_per_s=config.backup_max_mb_per_s << 20)
+        self.backups = Backups(config.backup_root, back_up, self.compactor.lock)
         self.capabilities = Capabilities()
         self.node: WorkerNode | None = None  # the in-process worker, when no remote ones are configured
         tls = config.worker_tls()
@@ -127,7 +131,8 @@ class Runtime:
         if self.node is not None:
             self.node.close()
         self.compactor.join()
-        self.store.close()
+        with self.compactor.lock:  # never closed under a running backup
+            self.store.close()
 
     def ensure_admin_key(self) -> str | None:
         """Create an admin key on first start and write it to a file only its owner can read."""

@@ -120,6 +120,15 @@ class TenantAdminServicer(_Servicer, tenant_admin_pb2_grpc.TenantAdminServicer):
         report = await self.offload.io(self.runtime.compactor.compact)
         return tenant_admin_pb2.CompactStoreResponse(bytes_before=report.bytes_before, bytes_after=report.bytes_after, seconds=report.seconds)
 
+    async def BackupStore(self, request, context):
+        report = await self.offload.io(self.runtime.backups.back_up, request.name)
+        manifest = report.manifest
+        return tenant_admin_pb2.BackupStoreResponse(
+            path=str(report.path), files=len(manifest.files), bytes=manifest.total_bytes, tenants=manifest.tenants,
+            chunks=manifest.chunks, kv_blobs=manifest.kv_blobs, schema=manifest.schema,
+            created_unix_ms=manifest.created_unix_ms, seconds=report.seconds,
+        )
+
     async def _tenant_message(self, tenant: Tenant) -> tenant_admin_pb2.Tenant:
         return tenant_message(tenant, await self.offload.io(self.runtime.store.tenant_stats, tenant.name))
 

@@ -17,11 +17,13 @@ no logic of its own beyond a tenant's deletion, the one call that spans every ki
 A new kind of record gets a module of its own here, with its named database in `env.DB_NAMES`.
 """
 
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import lmdb
 import numpy as np
 
+from store.backup import Manifest, backup as backup_store
 from store.chunks import Chunks
 from store.compaction import Compaction, compact
 from store.config import StoreConfig
@@ -161,3 +163,9 @@ class Store:
     def compact(self) -> Compaction:
         """Rewrite the LMDB file and the KV segments with live data only (writes wait meanwhile)."""
         return compact(self._env, self._blobs)
+
+    # ---- backup
+
+    def backup(self, destination: Path, max_bytes_per_s: int = 0) -> Manifest:
+        """A consistent copy of the store into `destination` (new or empty) while it keeps serving."""
+        return backup_store(self._env, self.config.path / "segments", destination, max_bytes_per_s)

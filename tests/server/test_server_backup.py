@@ -2,19 +2,19 @@
 directory restored from a backup of a serving server starts a server that holds what was
 acknowledged, with each tenant seeing only what it may read."""
 
-import functools
 import threading
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 from client.api import Client
 from server.app import ServerThread
 from server.backup import Backups, restore_data_dir
+from server.cli import main
 from server.config import ServerConfig
-from store.backup import backup
 from store.config import StoreConfig
 from store.errors import AlreadyExists, Corrupted, FailedPrecondition, InvalidArgument
 from store.records import ChunkInput, DocumentInput
@@ -23,7 +23,7 @@ from tests.server.conftest import unit_vectors, vector_documents
 
 
 def store_backups(store: Store, root: Path | None, lock: threading.RLock) -> Backups:
-    return Backups(root, functools.partial(backup, store._env, store.config.path / "segments"), lock)
+    return Backups(root, store.backup, lock)
 
 
 @pytest.fixture
@@ -107,3 +107,26 @@ def test_a_server_starts_from_a_restored_backup_of_a_serving_server(server, admi
             assert {h.external_id for h in alice.search(vectors[0], k=10).hits} == {"a-0", "a-1", "a-2", "a-3"}
             assert {h.external_id for h in bob.search(vectors[4], k=10).hits} == {"b-0", "b-1", "a-3"}
             assert np.isclose(alice.search(vectors[2], k=1).hits[0].score, 1.0, atol=1e-5)
+
+
+def test_backup_store_over_grpc_and_restore_from_the_command_line(server_config, models, tmp_path: Path, capsys) -> None:
+    config = replace(server_config, backup_root=tmp_path / "backups")
+    with ServerThread(config, models) as server, Client(server.address, config.admin_key_path.read_text().strip()) as admin:
+        admin.create_tenant("acme")
+        reply = admin.backup_store("nightly")
+        assert reply.tenants == 1 and Path(reply.path) == (tmp_path / "backups" / "nightly").resolve()
+        for name, code in [("../x", grpc.StatusCode.INVALID_ARGUMENT), ("nightly", grpc.StatusCode.ALREADY_EXISTS)]:
+            with pytest.raises(grpc.RpcError) as err:
+                admin.backup_store(name)
+            assert err.value.code() == code
+    assert main(["restore", reply.path, str(tmp_path / "restored")]) == 0
+    assert '"tenants": 1' in capsys.readouterr().out
+    (Path(reply.path) / "lmdb" / "data.mdb").write_bytes(b"damaged")
+    assert main(["restore", reply.path, str(tmp_path / "again")]) == 1
+    assert "data.mdb" in capsys.readouterr().err
+
+
+def test_backup_store_is_refused_without_a_backup_root(server, admin) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        admin.backup_store("nightly")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION

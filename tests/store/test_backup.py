@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from store.backup import MANIFEST, Manifest, backup, read_manifest, restore
+from store.backup import MANIFEST, read_manifest, restore
 from store.config import StoreConfig
 from store.errors import Corrupted, FailedPrecondition, NotFound
 from store.records import ChunkInput, DocumentInput
@@ -23,10 +23,6 @@ from tests.store.canary import files_holding, stored_bytes
 DIM = 8
 BATCH_DOCS = 3  # documents a batch writes, in one transaction
 TENANTS = ("alice", "bob")  # batches alternate between them; carol reads only what alice grants
-
-
-def back_up(store: Store, destination: Path) -> Manifest:
-    return backup(store._env, store.config.path / "segments", destination)
 
 
 KV_BYTES = 2000
@@ -115,7 +111,7 @@ def test_a_backup_under_writes_restores_every_batch_acknowledged_before_it_and_n
     writer.start()
     writer.wait_for(20)
     acked_before = set(granted) | set(writer.acked)
-    manifest = back_up(store, tmp_path / "backup")
+    manifest = store.backup(tmp_path / "backup")
     assert len(writer.acked) + len(granted) > len(acked_before), "no write was acknowledged while the backup ran"
     writer.wait_for(len(writer.acked) + 5)
     writer.stop.set()
@@ -141,7 +137,7 @@ def test_a_backup_holds_no_byte_of_a_chunk_deleted_before_it(store: Store, tmp_p
     canary = stored_bytes(store, gone).named()
     store.delete_documents(owner_of(1), ["b1-1"])
     assert files_holding(store.config.path, canary), "the deleted chunk's bytes should still be in the store's files"
-    back_up(store, tmp_path / "backup")
+    store.backup(tmp_path / "backup")
     assert files_holding(tmp_path / "backup", canary) == {}
     restore(tmp_path / "backup", tmp_path / "restored")
     with open_store(tmp_path / "restored") as restored:
@@ -168,7 +164,7 @@ def test_a_backup_taken_while_compactions_run_restores_everything(store: Store, 
     compactor.start()
     try:
         for i in range(5):
-            back_up(store, tmp_path / f"backup{i}")
+            store.backup(tmp_path / f"backup{i}")
     finally:
         stop.set()
         compactor.join()
@@ -185,9 +181,9 @@ def test_a_backup_taken_while_compactions_run_restores_everything(store: Store, 
 def test_a_paced_backup_holds_its_rate(store: Store, tmp_path: Path) -> None:
     for n in range(20):
         store.upsert(owner_of(n), batch(n, kv_bytes=50_000))
-    size = back_up(store, tmp_path / "fast").total_bytes
+    size = store.backup(tmp_path / "fast").total_bytes
     started = time.perf_counter()
-    paced = backup(store._env, store.config.path / "segments", tmp_path / "paced", max_bytes_per_s=size * 2)
+    paced = store.backup(tmp_path / "paced", max_bytes_per_s=size * 2)
     assert time.perf_counter() - started >= 0.45
     assert paced.total_bytes == size
     restore(tmp_path / "paced", tmp_path / "restored")
@@ -225,7 +221,7 @@ DAMAGE = {
 def test_restore_refuses_a_damaged_backup_naming_the_file(store: Store, tmp_path: Path, damage: str) -> None:
     for n in range(4):
         store.upsert(owner_of(n), batch(n))
-    back_up(store, tmp_path / "backup")
+    store.backup(tmp_path / "backup")
     locate, harm, says = DAMAGE[damage]
     path = locate(tmp_path / "backup")
     harm(path)
@@ -236,7 +232,7 @@ def test_restore_refuses_a_damaged_backup_naming_the_file(store: Store, tmp_path
 
 
 def test_a_manifest_naming_a_path_outside_the_backup_is_refused(store: Store, tmp_path: Path) -> None:
-    back_up(store, tmp_path / "backup")
+    store.backup(tmp_path / "backup")
     manifest = tmp_path / "backup" / MANIFEST
     manifest.write_text(manifest.read_text().replace('"lmdb/data.mdb"', '"../../etc/passwd"'))
     with pytest.raises(Corrupted, match="passwd"):
@@ -247,8 +243,8 @@ def test_backup_and_restore_refuse_a_non_empty_directory(store: Store, tmp_path:
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "something").write_text("x")
     with pytest.raises(FailedPrecondition, match="not empty"):
-        back_up(store, tmp_path / "busy")
-    back_up(store, tmp_path / "backup")
+        store.backup(tmp_path / "busy")
+    store.backup(tmp_path / "backup")
     with pytest.raises(FailedPrecondition, match="not an empty directory"):
         restore(tmp_path / "backup", tmp_path / "busy")
     assert (tmp_path / "busy" / "something").read_text() == "x"
@@ -271,7 +267,7 @@ def test_a_backup_killed_midway_is_refused_by_restore(store: Store, tmp_path: Pa
         with open_store(Path({str(tmp_path / "store")!r})) as store:
             for i in range(1000):
                 print("start", i, flush=True)
-                back_up(store, Path({str(tmp_path)!r}) / f"backup{{i}}")
+                store.backup(Path({str(tmp_path)!r}) / f"backup{{i}}")
         """
     )
     process = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])

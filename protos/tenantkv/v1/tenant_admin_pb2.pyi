@@ -229,3 +229,31 @@ class CompactStoreResponse(_message.Message):
     bytes_after: int
     seconds: float
     def __init__(self, bytes_before: _Optional[int] = ..., bytes_after: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class BackupStoreRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class BackupStoreResponse(_message.Message):
+    __slots__ = ("path", "files", "bytes", "tenants", "chunks", "kv_blobs", "schema", "created_unix_ms", "seconds")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    KV_BLOBS_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    files: int
+    bytes: int
+    tenants: int
+    chunks: int
+    kv_blobs: int
+    schema: int
+    created_unix_ms: int
+    seconds: float
+    def __init__(self, path: _Optional[str] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ..., tenants: _Optional[int] = ..., chunks: _Optional[int] = ..., kv_blobs: _Optional[int] = ..., schema: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...

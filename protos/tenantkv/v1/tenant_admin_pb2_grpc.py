@@ -85,6 +85,11 @@ class TenantAdminStub:
                 request_serializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.CompactStoreRequest.SerializeToString,
                 response_deserializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.CompactStoreResponse.FromString,
                 _registered_method=True)
+        self.BackupStore = channel.unary_unary(
+                '/tenantkv.v1.TenantAdmin/BackupStore',
+                request_serializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.BackupStoreRequest.SerializeToString,
+                response_deserializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.BackupStoreResponse.FromString,
+                _registered_method=True)
 
 
 class TenantAdminServicer:
@@ -158,6 +163,14 @@ class TenantAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BackupStore(self, request, context):
+        """A consistent backup of the store, taken while it serves, into a new directory `name` under the
+        server's configured backup root (docs/operations.md); `tenantkv restore` lays a data dir from it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TenantAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -210,6 +223,11 @@ def add_TenantAdminServicer_to_server(servicer, server):
                     servicer.CompactStore,
                     request_deserializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.CompactStoreRequest.FromString,
                     response_serializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.CompactStoreResponse.SerializeToString,
+            ),
+            'BackupStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.BackupStore,
+                    request_deserializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.BackupStoreRequest.FromString,
+                    response_serializer=protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.BackupStoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -483,6 +501,33 @@ class TenantAdmin:
             '/tenantkv.v1.TenantAdmin/CompactStore',
             protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.CompactStoreRequest.SerializeToString,
             protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.CompactStoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackupStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantkv.v1.TenantAdmin/BackupStore',
+            protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.BackupStoreRequest.SerializeToString,
+            protos_dot_tenantkv_dot_v1_dot_tenant__admin__pb2.BackupStoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

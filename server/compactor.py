@@ -4,6 +4,7 @@ import logging
 import threading
 
 from store.compaction import Compaction
+from store.errors import Unavailable
 from store.store import Store
 
 log = logging.getLogger(__name__)
@@ -12,7 +13,7 @@ log = logging.getLogger(__name__)
 class Compactor:
     def __init__(self, store: Store, stopping: threading.Event) -> None:
         self.store = store
-        self.stopping = stopping  # set at shutdown: a queued compaction does not start
+        self.stopping = stopping  # set at shutdown: a queued compaction does not start, a running one stops at its next step
         self._lock = threading.RLock()  # one compaction at a time
         self._queue_lock = threading.Lock()  # guards the two below
         self._queued = False  # a background compaction is waiting for its turn
@@ -25,9 +26,10 @@ class Compactor:
 
     def compact(self) -> Compaction:
         """Rewrite the store's files with live data only, so what was deleted cannot be read back
-        from disk; writes wait meanwhile, reads go on."""
+        from disk; reads go on, writes wait only for short moments. Unavailable if the server
+        starts stopping first: the store is left consistent and the next compaction finishes."""
         with self._lock:
-            report = self.store.compact()
+            report = self.store.compact(self.stopping.is_set)
         log.info(
             "store compacted in %.2f s: %d -> %d bytes (LMDB %d -> %d, KV segments %d -> %d)",
             report.seconds, report.bytes_before, report.bytes_after, report.lmdb_bytes_before,
@@ -53,6 +55,8 @@ class Compactor:
                 return
             try:
                 self.compact()
+            except Unavailable:
+                log.info("background compaction cut short: the server is stopping; the next one finishes it")
             except Exception:  # noqa: BLE001 - the thread's end: log it; the next deletion or CompactStore retries
                 log.exception("background compaction failed; deleted data stays on disk until the next one")
 

@@ -85,6 +85,26 @@ class _RemapGuard:
                 self._cond.notify_all()
 
 
+class _JournaledTxn:
+    """A write transaction that notes in `journal` each (database, key) it puts or deletes."""
+
+    __slots__ = ("_txn", "_journal")
+
+    def __init__(self, txn: lmdb.Transaction, journal: set[tuple[object, bytes]]) -> None:
+        self._txn, self._journal = txn, journal
+
+    def put(self, key: bytes, value: bytes, *, db: object, **options) -> bool:
+        self._journal.add((db, bytes(key)))
+        return self._txn.put(key, value, db=db, **options)
+
+    def delete(self, key: bytes, *, db: object) -> bool:
+        self._journal.add((db, bytes(key)))
+        return self._txn.delete(key, db=db)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._txn, name)
+
+
 class Env:
     """One LMDB environment (`lmdb`) and its named databases (`db`); one writer at a time
     (`write_lock`), readers alongside, a map that doubles whenever a write fills it, and a
@@ -98,6 +118,7 @@ class Env:
         self._open(map_size)
         self.write_lock = threading.Lock()
         self._guard = _RemapGuard()
+        self._journal: set[tuple[object, bytes]] | None = None  # what writes touch while a compacting copy is made
 
     def _open(self, map_size: int) -> None:
         self.lmdb = lmdb.open(str(self._path), map_size=map_size, max_dbs=len(DB_NAMES) + 2, sync=self._sync, subdir=True, max_readers=512)
@@ -118,7 +139,7 @@ class Env:
         while True:
             try:
                 with self._guard.shared(), self.lmdb.begin(write=True) as txn:
-                    return fn(txn)
+                    return fn(txn if self._journal is None else _JournaledTxn(txn, self._journal))
             except lmdb.MapFullError:
                 with self.exclusive():
                     self.lmdb.set_mapsize(self.lmdb.info()["map_size"] * 2)
@@ -132,31 +153,60 @@ class Env:
     def file_bytes(self) -> int:
         return (self._path / "data.mdb").stat().st_size
 
-    def compact_locked(self) -> None:
-        """Replace the file by a compacting copy of it, for a caller that holds `write_lock`.
+    def compact(self) -> None:
+        """Replace the file by a compacting copy of it.
 
         LMDB reuses freed pages but never clears them, so deleted records stay readable in the
-        file; the copy holds the live pages only. Readers go on during the copy and wait during
-        the swap, which keeps the old file linked so that freeing it happens after. Crash-safe:
-        the copy is durable before one rename puts it in place, and the rename is durable before
-        the caller lets writes in again; what a crash leaves of a copy goes at the next open.
+        file; the copy holds the live pages only. Writes go on while the copy is made (each
+        notes the keys it touches); then, writes waiting, the copy catches up on those keys and
+        is swapped in. Readers wait only during the swap, which keeps the old file linked so
+        that freeing it happens after. A map resize during the copy waits for its end.
+        Crash-safe: the copy is durable before one rename puts it in place, and the rename is
+        durable before writes go on; what a crash leaves of a copy goes at the next open.
         """
         self._copy_dir.mkdir()
         try:
-            copy, data = self._copy_dir / "data.mdb", self._path / "data.mdb"
-            self.lmdb.copy(str(self._copy_dir), compact=True)
-            if self._sync:
-                fsync_path(copy)
-            with self.exclusive():
-                map_size = self.lmdb.info()["map_size"]
-                self.lmdb.close()
-                os.link(data, self._copy_dir / "replaced.mdb")
-                os.replace(copy, data)
-                self._open(map_size)
-            if self._sync:
-                fsync_path(self._path)
+            with self.write_lock:
+                self._journal = set()
+            try:
+                with self._guard.shared():
+                    self.lmdb.copy(str(self._copy_dir), compact=True)
+                with self.write_lock:
+                    self._catch_up(self._journal)
+                    self._swap_in(self._copy_dir / "data.mdb")
+            finally:
+                self._journal = None
         finally:
             shutil.rmtree(self._copy_dir, ignore_errors=True)
+
+    def _catch_up(self, journal: set[tuple[object, bytes]]) -> None:
+        """Bring the copy's value of each key in `journal` to the file's, durably (writes wait)."""
+        names = {handle: name for name, handle in self.db.items()}
+        copy = lmdb.open(str(self._copy_dir), map_size=self.lmdb.info()["map_size"], max_dbs=len(DB_NAMES) + 2, sync=self._sync, subdir=True)
+        try:
+            dbs = {name: copy.open_db(name.encode()) for name in DB_NAMES}
+            with self._guard.shared(), self.lmdb.begin() as live, copy.begin(write=True) as txn:
+                for handle, key in journal:
+                    name = names[handle]
+                    value = live.get(key, db=self.db[name])
+                    if value is None:
+                        txn.delete(key, db=dbs[name])
+                    else:
+                        txn.put(key, value, db=dbs[name])
+        finally:
+            copy.close()
+
+    def _swap_in(self, copy: Path) -> None:
+        if self._sync:
+            fsync_path(copy)
+        with self.exclusive():
+            map_size = self.lmdb.info()["map_size"]
+            self.lmdb.close()
+            os.link(self._path / "data.mdb", self._copy_dir / "replaced.mdb")
+            os.replace(copy, self._path / "data.mdb")
+            self._open(map_size)
+        if self._sync:
+            fsync_path(self._path)
 
     def prefix_keys(self, txn: lmdb.Transaction, db: str, prefix: bytes) -> Iterator[bytes]:
         """The keys of `db` that start with `prefix`, in order."""

@@ -3,8 +3,8 @@
 A blob is keyed by SHA-256(model fingerprint | token ids | owner tenant), so identical chunks of
 one tenant share it and no tenant shares with another. Its bytes are appended and fsynced before
 the transaction that records them commits; the owner's kv_bytes counts each blob once, from its
-first reference until its last one goes. A dropped blob's bytes stay in its segment until
-`compact_locked` rewrites the segment's live blobs elsewhere and removes the file.
+first reference until its last one goes. A dropped blob's bytes stay in its segment until a
+compaction (`store.compaction`) moves the segment's live blobs elsewhere and removes the file.
 """
 
 import hashlib
@@ -18,8 +18,6 @@ from store.env import Env, dumps
 from store.records import KVRef
 from store.segments import SegmentLog
 from store.tenants import Tenants
-
-COPY_BATCH_BYTES = 64 << 20  # blob bytes a compaction holds in memory and moves in one transaction
 
 
 def blob_key(fingerprint: str, token_ids: np.ndarray, owner: str) -> bytes:
@@ -76,33 +74,18 @@ class KVBlobs:
     def segment_bytes(self) -> int:
         return self._segments.total_bytes()
 
-    def compact_locked(self) -> None:
-        """Copy the live blobs of every segment that holds dead bytes into the newest segment and
-        remove those segments, for a caller that holds `env.write_lock` (no record changes meanwhile).
+    def live(self, txn: lmdb.Transaction) -> Iterator[tuple[bytes, KVRef]]:
+        """Every blob record's key and where its bytes lie."""
+        for key, raw in txn.cursor(db=self._env.db["kvblobs"]):
+            yield key, _ref(orjson.loads(raw))
 
-        Crash-safe in three steps: the copies are durable first, then a transaction a batch
-        points their records at them, then the old files go. A crash in between leaves bytes no
-        record points to, in a segment the next compaction finds stale. A blob is copied as it
-        lies, with its record's checksum, so one that was corrupt still reads as corrupt.
-        """
-        live = self._env.read(lambda txn: {key: _ref(orjson.loads(raw)) for key, raw in txn.cursor(db=self._env.db["kvblobs"])})
-        stale = self._segments.stale(live.values())
-        if not stale:
-            return
-        if self._segments.current in stale:
-            self._segments.seal()
-        moving = [(key, ref) for key, ref in live.items() if ref.segment in stale]
-        for batch in _batches(moving, COPY_BATCH_BYTES):
-            copies = self._segments.append([self._segments.read(ref, check=False) for _, ref in batch])
-            self._env.write_locked(lambda txn: self._move(txn, [key for key, _ in batch], copies))
-        with self._env.exclusive():
-            pass  # a barrier: the reads that located a blob before its move have ended
-        self._segments.remove(stale)
-
-    def _move(self, txn: lmdb.Transaction, keys: list[bytes], copies: list[KVRef]) -> None:
-        for key, copy in zip(keys, copies):
-            blob = orjson.loads(txn.get(key, db=self._env.db["kvblobs"]))
-            blob.update(segment=copy.segment, offset=copy.offset)
+    def move(self, txn: lmdb.Transaction, key: bytes, old: KVRef, new: KVRef) -> None:
+        """Point the blob's record at a copy of its bytes, if the record still points at `old`
+        (a write may have dropped it, or dropped it and added it again elsewhere, since the copy)."""
+        raw = txn.get(key, db=self._env.db["kvblobs"])
+        blob = orjson.loads(raw) if raw is not None else None
+        if blob is not None and (blob["segment"], blob["offset"]) == (old.segment, old.offset):
+            blob.update(segment=new.segment, offset=new.offset)
             txn.put(key, dumps(blob), db=self._env.db["kvblobs"])
 
     def close(self) -> None:
@@ -111,17 +94,3 @@ class KVBlobs:
 
 def _ref(blob: dict) -> KVRef:
     return KVRef(blob["segment"], blob["offset"], blob["length"], blob["crc32"])
-
-
-def _batches(moving: list[tuple[bytes, KVRef]], max_bytes: int) -> Iterator[list[tuple[bytes, KVRef]]]:
-    """`moving` cut into runs of about `max_bytes` of blobs (at least one blob each)."""
-    batch: list[tuple[bytes, KVRef]] = []
-    size = 0
-    for item in moving:
-        if batch and size + item[1].length > max_bytes:
-            yield batch
-            batch, size = [], 0
-        batch.append(item)
-        size += item[1].length
-    if batch:
-        yield batch

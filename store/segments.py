@@ -2,8 +2,8 @@
 
 A frame is `magic (4 bytes) | payload length (u32) | crc32 of payload (u32) | payload`. LMDB keeps
 (segment, offset of the payload, length, crc32). A blob whose last reference goes away stays in
-its segment until a compaction (`KVBlobs.compact_locked`) copies the segment's live blobs into
-the newest segment and removes the file.
+its segment until a compaction (`store.compaction`) copies the segment's live blobs into the
+newest segment and removes the file.
 """
 
 import os
@@ -97,29 +97,35 @@ class SegmentLog:
     def total_bytes(self) -> int:
         return sum(p.stat().st_size for p in self._dir.glob("*.seg"))
 
-    def stale(self, live: Iterable[KVRef]) -> list[int]:
-        """The segments holding bytes that none of the `live` blobs occupies: dropped blobs, or
-        copies a crashed compaction wrote before any record pointed to them."""
+    def stale(self, live: Iterable[KVRef], through: int) -> list[int]:
+        """The segments up to number `through` holding bytes that none of the `live` blobs
+        occupies: dropped blobs, or copies a stopped or crashed compaction wrote before any record
+        pointed to them. Later segments are left out: appends may be filling them."""
         used: Counter[int] = Counter()
         for ref in live:
             used[ref.segment] += FRAME.size + ref.length
-        return sorted(int(p.stem) for p in self._dir.glob("*.seg") if used[int(p.stem)] < p.stat().st_size)
+        numbers = (int(p.stem) for p in self._dir.glob("*.seg"))
+        return sorted(n for n in numbers if n <= through and used[n] < self._path(n).stat().st_size)
 
-    def seal(self) -> None:
-        """Send the next append to a new segment, so the current one can be removed."""
+    def seal(self) -> int:
+        """Send the next append to a new segment unless the current one is empty; returns the
+        newest segment no append will go to, so its bytes can be judged and it can be removed."""
         with self._lock:
-            self._current += 1
-            self._size = 0
+            if self._size > 0:
+                self._current += 1
+                self._size = 0
+            return self._current - 1
 
     def remove(self, numbers: list[int]) -> None:
         """Delete segments no record points into any more, once no read located a blob in them
         before (`Env.exclusive`): their open descriptors are closed here."""
         with self._lock:
-            for number in numbers:
-                fd = self._readers.pop(number, None)
-                if fd is not None:
-                    os.close(fd)
-                self._path(number).unlink(missing_ok=True)
+            closing = [self._readers.pop(number, None) for number in numbers]
+        for fd in closing:
+            if fd is not None:
+                os.close(fd)
+        for number in numbers:  # outside the lock: appends go on meanwhile (never into these)
+            self._path(number).unlink(missing_ok=True)
         if self._sync:
             fsync_path(self._dir)
 

@@ -18,14 +18,14 @@ A new kind of record gets a module of its own here, with its named database in `
 """
 
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import lmdb
 import numpy as np
 
 from store.backup import Manifest, backup as backup_store
 from store.chunks import Chunks
-from store.compaction import Compaction, compact
+from store.compaction import Compaction, compact, never
 from store.config import StoreConfig
 from store.documents import Documents
 from store.env import Env
@@ -56,12 +56,12 @@ class Store:
         config.path.mkdir(parents=True, exist_ok=True)
         self.config = config
         self._env = Env(config.path / "lmdb", config.map_size, config.sync)
-        segments = SegmentLog(config.path / "segments", config.max_segment_bytes, config.sync)
+        self._segments = SegmentLog(config.path / "segments", config.max_segment_bytes, config.sync)
         open_schema(self._env, config.dim)
         self.dim = config.dim
         self._tenants = Tenants(self._env, self.dim)
         self._keys = Keys(self._env, self._tenants)
-        self._blobs = KVBlobs(self._env, self._tenants, segments)
+        self._blobs = KVBlobs(self._env, self._tenants, self._segments)
         self._chunks = Chunks(self._env, self._tenants, self._blobs, self.dim)
         self._documents = Documents(self._env, self._tenants, self._blobs, self._chunks, self.dim)
 
@@ -160,9 +160,10 @@ class Store:
 
     # ---- compaction
 
-    def compact(self) -> Compaction:
-        """Rewrite the LMDB file and the KV segments with live data only (writes wait meanwhile)."""
-        return compact(self._env, self._blobs)
+    def compact(self, stop: Callable[[], bool] = never) -> Compaction:
+        """Rewrite the LMDB file and the KV segments with live data only; writes wait only for short
+        moments; Unavailable, the store left consistent, if `stop()` turns true before the end."""
+        return compact(self._env, self._blobs, self._segments, stop)
 
     # ---- backup
 

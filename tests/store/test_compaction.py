@@ -1,16 +1,20 @@
 """Compaction against a real store in tmp_path: a deleted chunk's bytes are on disk until it runs
-and nowhere after; live data, KV included, survives it, concurrent work, reopening and a crash."""
+and nowhere after; live data, KV included, survives it, writes between its steps, a stop part
+way, reopening and a crash at any moment."""
 
 import subprocess
 import sys
 import textwrap
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from store import compaction
 from store.config import StoreConfig
+from store.errors import Unavailable
 from store.records import ChunkInput, DocumentInput
 from store.store import Store
 from tests.store.canary import files_holding, stored_bytes
@@ -129,12 +133,11 @@ def test_compaction_under_reads_and_writes_loses_nothing_acknowledged(config: St
             writer = pool.submit(write)
             reader = pool.submit(read, writer)
             compactions = 0
-            while not writer.done():
+            while not writer.done() or compactions < 2:  # writes go on during a compaction: it may outlast them
                 store.compact()
                 compactions += 1
             writer.result()
             assert reader.result() > 0
-        assert compactions >= 2
         store.compact()
         live = {i: d for i, d in acknowledged.items() if i not in deleted}
         for chunk_id, doc in live.items():
@@ -144,16 +147,119 @@ def test_compaction_under_reads_and_writes_loses_nothing_acknowledged(config: St
         assert {c.chunk_id for c in store.readable_chunks("alice", sorted(acknowledged))} == set(live)
 
 
-def test_a_compaction_killed_at_any_moment_loses_nothing(config: StoreConfig) -> None:
+def _half_deleted(store: Store, n: int, seed: int) -> tuple[dict[int, DocumentInput], dict[str, DocumentInput]]:
+    """`n` one-chunk documents of which every other one is deleted: (live by chunk id, deleted by external id)."""
+    store.create_tenant("alice")
+    docs = {f"h{i}": canary(f"h{i}", seed + i) for i in range(n)}
+    ids = {name: int(store.upsert("alice", [doc]).added[0]) for name, doc in docs.items()}
+    deleted = {name: docs[name] for name in list(docs)[::2]}
+    store.delete_documents("alice", list(deleted))
+    return {ids[name]: doc for name, doc in docs.items() if name not in deleted}, deleted
+
+
+def _needles(doc: DocumentInput) -> dict[str, bytes]:
+    return {"kv": doc.chunks[0].kv_blob, "text": doc.chunks[0].text.encode()}
+
+
+def test_writes_go_on_between_the_steps_of_a_compaction(config: StoreConfig, monkeypatch) -> None:
+    """At every step boundary a writer upserts a document and deletes one whose blob is being
+    moved; each write finishes while the compaction runs, and after it every acknowledged write
+    reads back and the next compaction leaves nothing of what was deleted."""
+    monkeypatch.setattr(compaction, "COPY_BATCH_BYTES", 1)  # one blob a step
+    small = StoreConfig(path=config.path, dim=DIM, max_segment_bytes=16384)
+    with Store(small) as store, ThreadPoolExecutor(1) as writer:
+        live, deleted = _half_deleted(store, 24, seed=200)
+        written: list[int] = []
+
+        def write() -> None:
+            doc = canary(f"new{len(written)}", 300 + len(written))
+            chunk_id = int(store.upsert("alice", [doc]).added[0])
+            live[chunk_id] = doc
+            victim = live.pop(min(live))  # the oldest: its blob lies in a segment being compacted, or moved
+            store.delete_documents("alice", [victim.external_id])
+            deleted[victim.external_id] = victim
+            written.append(chunk_id)
+
+        def write_meanwhile() -> bool:
+            writer.submit(write).result(timeout=30)  # TimeoutError had it waited for the compaction
+            return False
+
+        moving = len(live)  # every segment holds a deleted blob: all live blobs move, one a step
+        store.compact(stop=write_meanwhile)
+        assert len(written) == moving + 1  # a write before each move and before the LMDB step
+        for chunk_id, doc in live.items():
+            _assert_reads_back(store, "alice", chunk_id, doc)
+        store.compact()
+        for doc in deleted.values():
+            assert files_holding(config.path, _needles(doc)) == {}
+    with Store(small) as store:
+        for chunk_id, doc in live.items():
+            _assert_reads_back(store, "alice", chunk_id, doc)
+
+
+@pytest.mark.parametrize("steps", [0, 1, 3])
+def test_a_stopped_compaction_leaves_the_store_whole_and_the_next_one_finishes(config: StoreConfig, monkeypatch, steps: int) -> None:
+    monkeypatch.setattr(compaction, "COPY_BATCH_BYTES", 1)
+    small = StoreConfig(path=config.path, dim=DIM, max_segment_bytes=16384)
+    with Store(small) as store:
+        live, deleted = _half_deleted(store, 16, seed=400)
+        asked = []
+
+        def stop() -> bool:
+            asked.append(True)
+            return len(asked) > steps
+
+        with pytest.raises(Unavailable):
+            store.compact(stop=stop)
+        assert len(asked) == steps + 1
+        for chunk_id, doc in live.items():
+            _assert_reads_back(store, "alice", chunk_id, doc)
+    with Store(small) as store:
+        for chunk_id, doc in live.items():
+            _assert_reads_back(store, "alice", chunk_id, doc)
+        store.compact()
+        for doc in deleted.values():
+            assert files_holding(config.path, _needles(doc)) == {}
+        for chunk_id, doc in live.items():
+            _assert_reads_back(store, "alice", chunk_id, doc)
+
+
+# A compaction in the child's loop between writes (each write waits for it), or in a thread of
+# its own beside them, moving one blob a step, so kills land inside its unlocked steps too.
+COMPACTING = {
+    "between_writes": "def compact_each(store): store.compact()",
+    "beside_writes": textwrap.dedent(
+        """
+        def compact_forever(store):
+            while True:
+                store.compact()
+        def compact_each(store):
+            if not hasattr(compact_each, "thread"):
+                compaction.COPY_BATCH_BYTES = 1
+                compact_each.thread = threading.Thread(target=compact_forever, args=(store,), daemon=True)
+                compact_each.thread.start()
+        """
+    ),
+}
+
+
+@pytest.mark.parametrize("compacting", COMPACTING)
+@pytest.mark.parametrize("delay_ms", [0, 7, 23])
+def test_a_compaction_killed_at_any_moment_loses_nothing(config: StoreConfig, compacting: str, delay_ms: int) -> None:
     """A child upserts, deletes and compacts in a loop and is SIGKILLed; every write it acknowledged
     reads back, and the next compaction leaves no deleted byte and no half-made copy behind."""
     child = textwrap.dedent(
         f"""
         import sys
+        import threading
         from pathlib import Path
+        from store import compaction
         from store.config import StoreConfig
         from store.store import Store
         from tests.store.test_compaction import canary
+        """
+    ) + COMPACTING[compacting] + textwrap.dedent(
+        f"""
         with Store(StoreConfig(path=Path({str(config.path)!r}), dim={DIM}, max_segment_bytes=16384)) as store:
             store.create_tenant("alice")
             for i in range(10_000):
@@ -162,7 +268,7 @@ def test_a_compaction_killed_at_any_moment_loses_nothing(config: StoreConfig) ->
                 if i % 2:
                     store.delete_documents("alice", [f"k{{i}}"])
                     print("del", i, flush=True)
-                store.compact()
+                compact_each(store)
         """
     )
     process = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
@@ -170,9 +276,10 @@ def test_a_compaction_killed_at_any_moment_loses_nothing(config: StoreConfig) ->
     for line in process.stdout:
         verb, i = line.split()
         (acked if verb == "ack" else dropped).add(int(i))
-        if len(acked) == 41:  # after "ack 40": even documents are never deleted, so no delete is in flight
+        if len(acked) == 41:  # after "ack 40": every delete of an earlier document has been printed
             break
     assert len(acked) == 41, f"the child stopped early (exit {process.poll()})"
+    threading.Event().wait(delay_ms / 1000)  # later lines go unread: only what was read is checked
     process.kill()
     process.wait()
     with Store(StoreConfig(path=config.path, dim=DIM, max_segment_bytes=16384)) as store:
@@ -183,5 +290,4 @@ def test_a_compaction_killed_at_any_moment_loses_nothing(config: StoreConfig) ->
             _assert_reads_back(store, "alice", chunk_id, canary(f"k{i}", i))
         store.compact()
         for i in dropped:
-            doc = canary(f"k{i}", i)
-            assert files_holding(config.path, {"kv": doc.chunks[0].kv_blob, "text": doc.chunks[0].text.encode()}) == {}
+            assert files_holding(config.path, _needles(canary(f"k{i}", i))) == {}

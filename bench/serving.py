@@ -133,14 +133,6 @@ def tenant_keys(server: ServerProcess, create: bool = False) -> dict[str, str]:
         return {tenant_of(t): admin.create_api_key(tenant_of(t)).api_key for t in range(TENANTS)}
 
 
-class SizedWorker(WorkerProcess):
-    """A `tenantkv worker` whose KV cache holds `kv_cache_bytes` of decoded KV."""
-
-    def __init__(self, store: str, api_key: str, kv_cache_bytes: int, port: int) -> None:
-        super().__init__(store, api_key, port=port)
-        self._args += ["--kv-cache-bytes", str(kv_cache_bytes)]
-
-
 @dataclass
 class Fleet:
     server: ServerProcess
@@ -188,7 +180,7 @@ def fleet(data_dir: Path, remote_workers: int, kv_cache_bytes: int, routing: str
         if ports:
             with Client(server.address, server.admin_key) as admin:
                 key = admin.create_api_key(worker=True).api_key
-            workers = [SizedWorker(server.address, key, kv_cache_bytes, port) for port in ports]
+            workers = [WorkerProcess(server.address, key, port=port, kv_cache_bytes=kv_cache_bytes) for port in ports]
             with ThreadPoolExecutor(len(workers)) as pool:
                 list(pool.map(lambda w: stack.enter_context(started(w)), workers))
         running = Fleet(server, workers, metrics_port)

@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--api-key-file", type=Path, help="a worker key (admin keys create --worker); default: TENANTKV_API_KEY")
     worker.add_argument("--kv-cache-bytes", type=int, default=1 << 30, help="decoded chunk KV kept in memory")
     worker.add_argument("--kv-codec", default="fp16", help="the codec of KV precomputed without one named")
+    worker.add_argument("--max-batch-size", type=int, default=16, help="answers the scheduler batches at once")
+    worker.add_argument("--step-tokens", type=int, default=512, help="tokens of model work a scheduler step")
+    worker.add_argument("--ingest-batch-tokens", type=int, default=4096, help="padded tokens of chunk KV computed in one pass")
     worker.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "tenantkv", help="converted copies of GGUF models")
     worker.add_argument("--tls-cert", type=Path, help="this worker's certificate (PEM); with --tls-key, serve over TLS")
     worker.add_argument("--tls-key", type=Path)
@@ -180,6 +183,7 @@ def _worker(args) -> int:
     from client.tls import ServerTLS
     from worker.config import WorkerConfig  # imports torch and the models only for this command
     from worker.engine import EngineConfig
+    from worker.scheduler import SchedulerConfig
     from worker.serve import WorkerServiceConfig, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -193,7 +197,11 @@ def _worker(args) -> int:
         store=args.store,
         api_key=key,
         models=WorkerConfig(cache_dir=args.cache_dir, device=args.device),
-        engine=EngineConfig(kv_codec=args.kv_codec, cache_bytes=args.kv_cache_bytes),
+        engine=EngineConfig(
+            kv_codec=args.kv_codec,
+            cache_bytes=args.kv_cache_bytes,
+            scheduler=SchedulerConfig(args.max_batch_size, args.step_tokens, args.ingest_batch_tokens),
+        ),
         tls=ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
         store_tls=ClientTLS(args.store_ca) if args.store_ca else None,
         insecure=args.insecure,

@@ -10,6 +10,8 @@ from client.tls import ClientTLS, ServerTLS
 from store.config import StoreConfig
 from store.errors import InvalidArgument
 from worker.config import WorkerConfig
+from worker.engine import EngineConfig
+from worker.scheduler import SchedulerConfig
 
 ENV_PREFIX = "TENANTKV_"
 
@@ -38,6 +40,11 @@ class ServerConfig:
     precompute_kv: bool = True  # each chunk's KV at ingestion, so questions reuse it
     kv_codec: str = "fp16"
     kv_cache_bytes: int = 1 << 30  # decoded chunk KV kept in worker memory
+    # The in-process worker's scheduler (worker/scheduler.py): answers batched at once, tokens of
+    # model work a step, padded tokens of chunk KV computed in one pass.
+    max_batch_size: int = 16
+    step_tokens: int = 512
+    ingest_batch_tokens: int = 4096
     admin_key_file: Path | None = None  # defaults to <data_dir>/admin.key
     metrics_port: int = -1  # Prometheus /metrics on host:port; 0: any free port; -1: none
     warm_up: bool = True  # run the index scan, embedder and both prefills once before SERVING (server/warmup.py)
@@ -78,6 +85,10 @@ class ServerConfig:
 
     def worker_tls(self) -> ClientTLS | None:
         return ClientTLS(self.worker_tls_ca, self.worker_tls_cert, self.worker_tls_key) if self.worker_tls_ca else None
+
+    def engine_config(self) -> EngineConfig:
+        scheduler = SchedulerConfig(self.max_batch_size, self.step_tokens, self.ingest_batch_tokens)
+        return EngineConfig(kv_codec=self.kv_codec, cache_bytes=self.kv_cache_bytes, scheduler=scheduler)
 
     def store_config(self) -> StoreConfig:
         return StoreConfig(path=self.data_dir / "store", dim=self.dim)

@@ -17,12 +17,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_serving(address: str, timeout_s: float) -> None:
-    """Poll the health service until it says SERVING; TimeoutError after `timeout_s`."""
+def wait_serving(address: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
+    """Poll the health service until it says SERVING; TimeoutError after `timeout_s`, at once if `process` exits."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise TimeoutError(f"{address}: the process exited with {process.returncode} before serving")
             try:
                 if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
                     return
@@ -54,7 +56,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve"], env=self._env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
-        wait_serving(self.address, timeout_s)
+        _wait_or_kill(self.process, self.address, timeout_s)
         return self
 
     def memory_bytes(self) -> dict[str, int]:
@@ -82,11 +84,15 @@ class ServerProcess:
 class WorkerProcess:
     """Starts `python -m server.cli worker` on `port` with a worker key, fetching KV from the server at `store`."""
 
-    def __init__(self, store: str, api_key: str, port: int | None = None, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self, store: str, api_key: str, port: int | None = None, cache_dir: Path | None = None, kv_cache_bytes: int | None = None
+    ) -> None:
         self.port = port or free_port()
         self._args = [sys.executable, "-m", "server.cli", "worker", "--store", store, "--listen", self.address, "--device", "cpu"]
         if cache_dir is not None:
             self._args += ["--cache-dir", str(cache_dir)]
+        if kv_cache_bytes is not None:
+            self._args += ["--kv-cache-bytes", str(kv_cache_bytes)]
         self._env = {**os.environ, "TENANTKV_API_KEY": api_key}
         self.process: subprocess.Popen | None = None
 
@@ -96,7 +102,7 @@ class WorkerProcess:
 
     def start(self, timeout_s: float = 180) -> "WorkerProcess":
         self.process = subprocess.Popen(self._args, env=self._env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_serving(self.address, timeout_s)
+        _wait_or_kill(self.process, self.address, timeout_s)
         return self
 
     def kill(self) -> None:
@@ -114,3 +120,13 @@ class WorkerProcess:
     def __exit__(self, *exc) -> None:
         if self.process is not None and self.process.poll() is None:
             self.kill()
+
+
+def _wait_or_kill(process: subprocess.Popen, address: str, timeout_s: float) -> None:
+    """Until the child serves; one that does not in time is killed, so no caller leaves it behind."""
+    try:
+        wait_serving(address, timeout_s, process)
+    except TimeoutError:
+        process.kill()
+        process.wait(timeout=30)
+        raise

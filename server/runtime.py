@@ -32,7 +32,7 @@ from worker.blend import PrefillMode
 from worker.chunker import chunk_text, token_ids
 from worker.config import WorkerConfig
 from worker.embedder import Embedder
-from worker.engine import Engine, EngineConfig
+from worker.engine import Engine
 from worker.llm import LLM, load_llm
 from worker.node import ChunkRef, GenerateJob, WorkerNode
 from worker.tokenizer import load_tokenizer
@@ -105,7 +105,7 @@ class Runtime:
         credentials = tls.credentials() if tls else None
         workers: list[WorkerHandle] = [RemoteWorker(address, credentials) for address in config.worker_addresses]
         if not workers:
-            engine = Engine(models.llm, EngineConfig(kv_codec=config.kv_codec, cache_bytes=config.kv_cache_bytes))
+            engine = Engine(models.llm, config.engine_config())
             self.node = WorkerNode(models.llm, models.embedder, engine)
             workers = [LocalWorker(self.node, offload, self.stored_kv)]
         self.router = Router(workers, Routing(config.routing))

@@ -9,8 +9,7 @@ import grpc
 
 import kvcodec
 from store import errors
-from worker.errors import WorkerInputError
-from worker.scheduler import RequestCancelled
+from worker.errors import RequestCancelled, WorkerInputError
 
 STATUS_BY_ERROR: dict[type[Exception], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,

@@ -80,25 +80,22 @@ class LocalWorker:
         )
 
     async def _stream(self, tokens: Iterator[GeneratedToken]) -> AsyncIterator[GeneratedToken]:
-        with self.node.pending():
-            try:
-                while (token := await asyncio.to_thread(next, tokens, None)) is not None:
-                    yield token
-            finally:
-                tokens.close()
+        try:
+            while (token := await asyncio.to_thread(next, tokens, None)) is not None:
+                yield token
+        finally:
+            tokens.close()
 
     async def embed(self, texts: list[str]) -> np.ndarray:
-        with self.node.pending():
-            return await self._offload.model(self.node.embed, texts)
+        return await self._offload.model(self.node.embed, texts)
 
     async def precompute_kv(self, token_lists: list[np.ndarray], codec: str) -> list[bytes]:
         cancel = threading.Event()  # set if the caller goes away: the model stops at its next step
-        with self.node.pending():
-            try:
-                return await asyncio.to_thread(self.node.precompute_kv, token_lists, codec, cancel)
-            except asyncio.CancelledError:
-                cancel.set()
-                raise
+        try:
+            return await asyncio.to_thread(self.node.precompute_kv, token_lists, codec, cancel)
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
 
     async def status(self, since: int) -> WorkerStatus:
         return self.node.status(since)

@@ -1,7 +1,7 @@
-"""The worker's typed errors: input a model cannot serve, told apart from our own bugs.
+"""The worker's typed errors: input a model cannot serve, and work its engine stopped, told apart from our own bugs.
 
 The worker imports nothing of the server; `server.status` maps these classes to gRPC codes.
-They subclass ValueError, so callers that predate them still catch them.
+Input errors subclass ValueError, so callers that predate them still catch them.
 """
 
 
@@ -12,6 +12,10 @@ class WorkerInputError(ValueError):
 
 class ContextOverflow(WorkerInputError):
     """The prompt plus the tokens to generate need more positions than the model has."""
+
+
+class RequestCancelled(RuntimeError):
+    """The request was cancelled, or its engine's scheduler closed, before it finished."""
 
 
 def check_positions(needed: int, max_positions: int) -> None:

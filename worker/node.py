@@ -7,7 +7,6 @@ through a `KVFetcher` the caller provides (the store in-process, `KVCache.Fetch`
 capability from the router otherwise).
 """
 
-import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -60,8 +59,8 @@ class Generation:
 @dataclass(frozen=True, slots=True)
 class WorkerStatus:
     kv_fingerprint: str
-    queue_depth: int  # requests waiting for the model
-    active_requests: int  # requests the model is working on
+    queue_depth: int  # answers waiting for a slot in the scheduler's batch
+    active_requests: int  # answers in prefill or decode
     cache: CacheView
     cache_hits: int
     cache_misses: int
@@ -74,21 +73,8 @@ class WorkerNode:
         self.llm = llm
         self.embedder = embedder
         self.engine = engine
-        self._lock = threading.Lock()  # guards the counters below
-        self._pending = 0  # calls accepted and not finished
-        self._active = 0  # of those, the ones the model is working on
+        self._lock = threading.Lock()  # guards the counter below
         self._fetched_bytes = 0
-
-    @contextlib.contextmanager
-    def pending(self) -> Iterator[None]:
-        """Count a call from its arrival to its end (the transport enters it before waiting for the model)."""
-        with self._lock:
-            self._pending += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._pending -= 1
 
     def generate(self, job: GenerateJob, fetch: KVFetcher) -> Generation:
         """Check the request (ContextOverflow and the like raise here, before any token), fetch
@@ -114,18 +100,8 @@ class WorkerNode:
             cache_hits=len(held),
             fetched_chunks=len(blobs),
             fetched_bytes=fetched_bytes,
-            tokens=self._active_while(tokens),
+            tokens=tokens,
         )
-
-    def _active_while(self, tokens: Iterator[GeneratedToken]) -> Iterator[GeneratedToken]:
-        with self._lock:
-            self._active += 1
-        try:
-            yield from tokens
-        finally:
-            tokens.close()
-            with self._lock:
-                self._active -= 1
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """float32 [len(texts), dim], unit rows."""
@@ -143,11 +119,11 @@ class WorkerNode:
     def status(self, since: int) -> WorkerStatus:
         cache = self.engine.cache
         with self._lock:
-            pending, active, fetched = self._pending, self._active, self._fetched_bytes
+            fetched = self._fetched_bytes
         return WorkerStatus(
             kv_fingerprint=self.engine.kv_fingerprint,
-            queue_depth=max(0, pending - active),
-            active_requests=active,
+            queue_depth=self.engine.scheduler.waiting_count,
+            active_requests=self.engine.scheduler.active_count,
             cache=cache.view(since),
             cache_hits=cache.hits,
             cache_misses=cache.misses,

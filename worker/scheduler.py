@@ -33,6 +33,7 @@ from typing import Generic, Iterator, TypeVar
 import torch
 
 from worker.blend import Prefill
+from worker.errors import RequestCancelled
 from worker.generate import GeneratedToken, Greedy
 from worker.llama import KVBuffer, Steps
 from worker.llm import LLM
@@ -40,10 +41,6 @@ from worker.llm import LLM
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class RequestCancelled(RuntimeError):
-    """The request was cancelled, or the scheduler closed, before it finished."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,9 @@ import numpy as np
 
 from protos.tenantkv.v1 import retrieval_pb2, worker_pb2, worker_pb2_grpc
 from worker.blend import PrefillMode
-from worker.errors import WorkerInputError
+from worker.errors import RequestCancelled, WorkerInputError
 from worker.kv_cache import EventKind
 from worker.node import ChunkRef, GenerateJob, KVFetcher, WorkerNode
-from worker.scheduler import RequestCancelled
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self._fetcher_for = fetcher_for
         self._embedding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenantkv-worker-embed")
 
-    async def Generate(self, request, context) -> AsyncIterator[worker_pb2.GenerateResponse]:
+    async def Generate(self, request, context) -> None:
+        """Written with `context.write`, so a router that cancels interrupts this task and the
+        request's slot is freed here at once (a generator caught between yields closes only at GC)."""
         mode = MODES.get(request.mode)
         if mode is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"mode: unknown generation mode {request.mode}")
@@ -54,14 +55,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             max_new_tokens=request.max_new_tokens,
             tenant=request.tenant,
         )
-        with self.node.pending():
-            try:
-                generation = await asyncio.to_thread(self.node.generate, job, self._fetcher_for(request.capability))
-            except WorkerInputError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            tokens = generation.tokens
-            try:
-                yield worker_pb2.GenerateResponse(
+        try:
+            generation = await asyncio.to_thread(self.node.generate, job, self._fetcher_for(request.capability))
+        except WorkerInputError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        tokens = generation.tokens
+        try:
+            await context.write(
+                worker_pb2.GenerateResponse(
                     accepted=worker_pb2.GenerateAccepted(
                         prompt_tokens=generation.prompt_tokens,
                         cache_hits=generation.cache_hits,
@@ -69,32 +70,31 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                         fetched_bytes=generation.fetched_bytes,
                     )
                 )
-                while (token := await asyncio.to_thread(next, tokens, None)) is not None:
-                    yield worker_pb2.GenerateResponse(token=retrieval_pb2.TokenDelta(token_id=token.token_id, text=token.text))
-            except RequestCancelled as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"the worker is stopping: {exc}")
-            finally:
-                tokens.close()
+            )
+            while (token := await asyncio.to_thread(next, tokens, None)) is not None:
+                await context.write(worker_pb2.GenerateResponse(token=retrieval_pb2.TokenDelta(token_id=token.token_id, text=token.text)))
+        except RequestCancelled as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the worker is stopping: {exc}")
+        finally:
+            tokens.close()
 
     async def Embed(self, request, context) -> worker_pb2.EmbedResponse:
-        with self.node.pending():
-            vectors = await asyncio.get_running_loop().run_in_executor(self._embedding, self.node.embed, list(request.texts))
+        vectors = await asyncio.get_running_loop().run_in_executor(self._embedding, self.node.embed, list(request.texts))
         return worker_pb2.EmbedResponse(vectors=[worker_pb2.Embedding(values=v.tolist()) for v in vectors])
 
     async def PrecomputeKV(self, request, context) -> AsyncIterator[worker_pb2.PrecomputeKVResponse]:
         """Batched on the model; a caller that goes away stops the work at the model's next step."""
         cancel = threading.Event()
         token_lists = [np.array(c.ids, dtype=np.int64) for c in request.chunks]
-        with self.node.pending():
-            try:
-                blobs = await asyncio.to_thread(self.node.precompute_kv, token_lists, request.codec, cancel)
-            except asyncio.CancelledError:
-                cancel.set()
-                raise
-            except WorkerInputError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            except RequestCancelled as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"the worker is stopping: {exc}")
+        try:
+            blobs = await asyncio.to_thread(self.node.precompute_kv, token_lists, request.codec, cancel)
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+        except WorkerInputError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except RequestCancelled as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the worker is stopping: {exc}")
         for chunk, blob in enumerate(blobs):
             for offset in range(0, len(blob), PIECE_BYTES):
                 piece = blob[offset : offset + PIECE_BYTES]

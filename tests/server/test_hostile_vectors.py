@@ -53,6 +53,7 @@ def test_poisoned_vectors_are_normalised_and_survive_retrain_and_restart(vector_
             evil.upsert([vector_documents("evil", poisoned(10, seed=2))])
             good.upsert(vector_documents("good", good_vectors)[1000 * b : 1000 * (b + 1)] for b in (1, 2))
         runtime = server.server.runtime
+        runtime.indexed_store.wait_for_retraining()  # it trains in the background
         assert runtime.indexed_store.index.trained_on >= MIN_TRAIN_VECTORS and runtime.indexed_store.training_failures == 0  # a retrain ran
         check_serving(server.address, good_key, evil_key, good_vectors)
     with ServerThread(vector_only_config, models) as server:

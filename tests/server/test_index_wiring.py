@@ -25,6 +25,7 @@ def test_index_trains_on_growth_and_survives_restart(server_config, models) -> N
             big.upsert([docs[i : i + 500] for i in range(0, len(docs), 500)])
             small.upsert([vector_documents("s", vectors[:3])])
             runtime = server.server.runtime
+            runtime.indexed_store.wait_for_retraining()  # it trains in the background
             assert len(runtime.indexed_store.index.tree.centroids) > 1  # trained: more than the root
             assert big.search(vectors[1234], k=1).hits[0].external_id == "v-1234"
             assert {h.external_id for h in small.search(vectors[0], k=10).hits} == {"s-0", "s-1", "s-2"}

@@ -68,6 +68,7 @@ def test_a_flood_of_adversarial_vectors_keeps_the_victims_recall(runtime: Runtim
     victim, queries = drawn[:VICTIM], drawn[VICTIM:]
     for start in range(0, VICTIM, 500):
         runtime.commit("victim", documents("v", victim[start : start + 500], start))
+    runtime.indexed_store.wait_for_retraining()  # it trains in the background
     assert runtime.indexed_store.index.trained_on >= MIN_TRAIN_VECTORS
     before = recall(runtime, queries, victim)
     trained_before = runtime.indexed_store.index.trained_on
@@ -75,6 +76,7 @@ def test_a_flood_of_adversarial_vectors_keeps_the_victims_recall(runtime: Runtim
     flood = adversarial(10 * VICTIM, seed=2)
     for start in range(0, len(flood), 2_500):
         runtime.commit("attacker", documents("a", flood[start : start + 2_500], start))
+    runtime.indexed_store.wait_for_retraining()
     assert runtime.indexed_store.index.trained_on != trained_before and runtime.indexed_store.training_failures == 0  # the flood forced a retrain
 
     after = recall(runtime, queries, victim)

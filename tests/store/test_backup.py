@@ -263,7 +263,7 @@ def test_a_backup_killed_midway_is_refused_by_restore(store: Store, tmp_path: Pa
     child = textwrap.dedent(
         f"""
         from pathlib import Path
-        from tests.store.test_backup import back_up, open_store
+        from tests.store.test_backup import open_store
         with open_store(Path({str(tmp_path / "store")!r})) as store:
             for i in range(1000):
                 print("start", i, flush=True)
@@ -276,6 +276,7 @@ def test_a_backup_killed_midway_is_refused_by_restore(store: Store, tmp_path: Pa
             break
     cut = tmp_path / "backup2"
     while not any((cut / "segments").glob("*.seg")):
+        assert process.poll() is None, "the backing-up child died"
         time.sleep(0.001)
     process.kill()
     process.wait()

@@ -12,7 +12,8 @@ from worker.blend import PrefillMode
 from worker.engine import Engine, EngineConfig, RetrievedChunk
 from worker.generate import Greedy
 from worker.llama import run_steps
-from worker.scheduler import RequestCancelled, Scheduler, SchedulerConfig, StepReport
+from worker.errors import RequestCancelled
+from worker.scheduler import Scheduler, SchedulerConfig, StepReport
 
 PASSAGES = [
     "The Seine flows through Paris and into the English Channel at Le Havre.",

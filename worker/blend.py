@@ -73,8 +73,7 @@ class Blender:
         self.system = forward.check_tokens(system, "system")
         if len(self.system) == 0:
             raise ValueError("system: the shared prefix must have at least one token")
-        self._prefix = forward.new_buffer(len(self.system))
-        forward.forward(self.system, self._prefix)
+        self._prefix = forward.prefix_kv(self.system)
 
     def _buffer_with_prefix(self, capacity: int) -> KVBuffer:
         kv = self.forward.new_buffer(capacity)

@@ -13,6 +13,7 @@ and returns its result, so one scheduler loop can interleave a long prefill with
 decode steps between layers. `decode` runs one token for many sequences at once.
 """
 
+import threading
 from dataclasses import dataclass
 from typing import Generator, TypeVar
 
@@ -91,6 +92,8 @@ class LlamaForward:
         self.device = self.embed.device
         self.inv_freq = inverse_frequencies(RopeConfig.from_hf(config)).to(self.device)
         self.layers = [self._layer_weights(layer) for layer in inner.layers]
+        self._prefixes: dict[tuple[int, ...], KVBuffer] = {}  # prompt prefix -> its KV, shared read-only
+        self._prefixes_lock = threading.Lock()
 
     @staticmethod
     def _layer_weights(layer) -> LayerWeights:
@@ -113,6 +116,18 @@ class LlamaForward:
             up=mlp.up_proj.weight.detach(),
             down=mlp.down_proj.weight.detach(),
         )
+
+    def prefix_kv(self, ids: torch.Tensor) -> KVBuffer:
+        """The KV of `ids` from position 0, computed once per model and token sequence: every engine
+        over these weights shares the prompt prefix's, so a server restart does not compute it again.
+        Callers only read it."""
+        key = tuple(ids.tolist())
+        with self._prefixes_lock:
+            kv = self._prefixes.get(key)
+            if kv is None:
+                kv = self._prefixes[key] = self.new_buffer(len(ids))
+                self.forward(ids, kv)
+        return kv
 
     def new_buffer(self, capacity: int) -> KVBuffer:
         return KVBuffer(self.layers_count, self.kv_heads, self.head_dim, capacity, self.dtype, self.device)

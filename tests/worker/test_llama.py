@@ -134,3 +134,15 @@ def test_batched_decode_equals_each_sequence_alone(models) -> None:
     assert [kv.length for kv in batched] == [n + 3 for n in lengths]
     with pytest.raises(ValueError, match="ids"):
         forward.decode(tokens[:2], batched)
+
+
+def test_a_prompt_prefix_kv_is_computed_once_per_model_and_equals_a_fresh_one(models) -> None:
+    forward = models.llm.forward
+    ids = random_ids(40, seed=9)
+    shared = forward.prefix_kv(ids)
+    assert forward.prefix_kv(ids.clone()) is shared and forward.prefix_kv(ids[:39]) is not shared
+    fresh = forward.new_buffer(40)
+    forward.forward(ids, fresh)
+    assert shared.length == 40
+    torch.testing.assert_close(shared.keys, fresh.keys, atol=0, rtol=0)
+    torch.testing.assert_close(shared.values, fresh.values, atol=0, rtol=0)

@@ -73,9 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("tenant_id")
         if action in ("create", "update"):
             p.add_argument("--max-chunks", type=int, default=0, help="0: unlimited")
-            p.add_argument("--max-kv-bytes", type=int, default=0, help="0: unlimited")
+            p.add_argument("--max-kv-bytes", type=int, default=0, help="budget of stored KV; the coldest is dropped beyond it; 0: unlimited")
             p.add_argument("--requests-per-second", type=float, default=0.0, help="0: unlimited")
             p.add_argument("--kv-codec", default="", help="fp16, int8, kivi4, kivi2, ecq; default: the server's")
+            p.add_argument("--kv-policy", default="", help="eager, lazy, admit_on_reuse, none; default: the server's")
+            p.add_argument("--kv-admit-after", type=int, default=0, help="admit_on_reuse: retrievals before the KV is kept; 0: the default")
+            p.add_argument("--kv-share-group", default="", help="share one KV salt (and identical chunks' blobs) with this group's tenants")
         _client_options(p)
         p.set_defaults(run=_tenants, action=action)
     p = tenants.add_parser("list", help="every tenant in name order, one JSON line each, fetched a page at a time")
@@ -227,6 +230,9 @@ def _tenants(args) -> int:
                 max_kv_bytes=args.max_kv_bytes,
                 requests_per_second=args.requests_per_second,
                 kv_codec=args.kv_codec,
+                kv_policy=args.kv_policy,
+                kv_admit_after=args.kv_admit_after,
+                kv_share_group=args.kv_share_group,
             )
             change = client.create_tenant if args.action == "create" else client.update_tenant
             _print(change(args.tenant_id, settings))

@@ -105,6 +105,9 @@ def settings_from(message: tenant_admin_pb2.TenantSettings) -> TenantSettings:
         max_kv_bytes=message.max_kv_bytes,
         requests_per_second=message.requests_per_second,
         kv_codec=message.kv_codec,
+        kv_policy=message.kv_policy,
+        kv_admit_after=message.kv_admit_after,
+        kv_share_group=message.kv_share_group,
     )
 
 
@@ -114,6 +117,9 @@ def settings_message(settings: TenantSettings) -> tenant_admin_pb2.TenantSetting
         max_kv_bytes=settings.max_kv_bytes,
         requests_per_second=settings.requests_per_second,
         kv_codec=settings.kv_codec,
+        kv_policy=settings.kv_policy,
+        kv_admit_after=settings.kv_admit_after,
+        kv_share_group=settings.kv_share_group,
     )
 
 

@@ -18,14 +18,20 @@ class KeyScope(enum.Enum):
     WORKER = 3  # an inference worker: KVCache.Fetch with a capability, nothing else
 
 
+KV_POLICIES = ("eager", "lazy", "admit_on_reuse", "none")
+
+
 @dataclass(frozen=True, slots=True)
 class TenantSettings:
-    """A tenant's quotas (0: unlimited) and its KV codec ("": the server's default)."""
+    """A tenant's quotas (0: unlimited) and how its KV is kept ("" or 0: the server's default)."""
 
     max_chunks: int = 0
-    max_kv_bytes: int = 0  # encoded KV blobs the tenant owns
+    max_kv_bytes: int = 0  # budget of the KV blobs the tenant references; the coldest go beyond it
     requests_per_second: float = 0.0  # data-plane calls, with a burst of one second's worth
     kv_codec: str = ""
+    kv_policy: str = ""  # one of KV_POLICIES: when a chunk's KV is stored
+    kv_admit_after: int = 0  # admit_on_reuse: retrievals within the window before the KV is stored
+    kv_share_group: str = ""  # tenants of one group share one KV salt; "": the tenant's own
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ import numpy as np
 
 from store.env import dumps
 from store.errors import InvalidArgument
-from store.records import DocumentInput, KeyScope, TenantSettings
+from store.records import KV_POLICIES, DocumentInput, KeyScope, TenantSettings
 from store.vectors import unit_rows
 
 TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -24,13 +24,17 @@ def check_tenant_name(name: str, field: str = "tenant_id") -> str:
 
 
 def check_settings(settings: TenantSettings) -> None:
-    for field in ("max_chunks", "max_kv_bytes"):
+    for field in ("max_chunks", "max_kv_bytes", "kv_admit_after"):
         value = getattr(settings, field)
         if not isinstance(value, int) or value < 0:
             raise InvalidArgument(f"settings.{field}: must be a non-negative integer (0: unlimited), got {value!r}")
     rate = settings.requests_per_second
     if not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate < 0:
         raise InvalidArgument(f"settings.requests_per_second: must be finite and non-negative (0: unlimited), got {rate!r}")
+    if settings.kv_policy and settings.kv_policy not in KV_POLICIES:
+        raise InvalidArgument(f"settings.kv_policy: unknown {settings.kv_policy!r}; known: {list(KV_POLICIES)} or empty for the default")
+    if settings.kv_share_group and not TENANT_NAME.fullmatch(settings.kv_share_group):
+        raise InvalidArgument(f"settings.kv_share_group: {settings.kv_share_group!r} must match [a-z0-9][a-z0-9_-]{{0,62}} or be empty")
 
 
 def check_external_id(external_id: str, field: str = "external_id") -> str:

@@ -8,12 +8,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ChunkInput(_message.Message):
-    __slots__ = ("text", "vector")
+    __slots__ = ("text", "vector", "token_ids", "kv_size")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    KV_SIZE_FIELD_NUMBER: _ClassVar[int]
     text: str
     vector: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, text: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    kv_size: int
+    def __init__(self, text: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., token_ids: _Optional[_Iterable[int]] = ..., kv_size: _Optional[int] = ...) -> None: ...
+
+class KVPiece(_message.Message):
+    __slots__ = ("external_id", "chunk", "offset", "data")
+    EXTERNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    external_id: str
+    chunk: int
+    offset: int
+    data: bytes
+    def __init__(self, external_id: _Optional[str] = ..., chunk: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Document(_message.Message):
     __slots__ = ("external_id", "text", "chunks", "metadata")
@@ -28,10 +44,12 @@ class Document(_message.Message):
     def __init__(self, external_id: _Optional[str] = ..., text: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkInput, _Mapping]]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("documents",)
+    __slots__ = ("documents", "kv_pieces")
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    KV_PIECES_FIELD_NUMBER: _ClassVar[int]
     documents: _containers.RepeatedCompositeFieldContainer[Document]
-    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
+    kv_pieces: _containers.RepeatedCompositeFieldContainer[KVPiece]
+    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., kv_pieces: _Optional[_Iterable[_Union[KVPiece, _Mapping]]] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("documents", "chunks", "batches")

@@ -52,7 +52,9 @@ class IngestServicer:
     """
 
     def Upsert(self, request_iterator, context):
-        """Each streamed request is one batch, committed in one transaction. The response comes
+        """A request with documents starts a batch; when its chunks announce precomputed KV
+        (ChunkInput.kv_size), the requests that follow carry those blobs' pieces, and the batch
+        commits, in one transaction, once every announced byte has arrived. The response comes
         after every batch is durable. Re-sending the same external ids replaces those documents,
         so a retried stream is idempotent.
         """

@@ -57,16 +57,22 @@ class TenantStats(_message.Message):
     def __init__(self, documents: _Optional[int] = ..., chunks: _Optional[int] = ..., granted_chunks: _Optional[int] = ..., text_bytes: _Optional[int] = ..., vector_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., api_keys: _Optional[int] = ...) -> None: ...
 
 class TenantSettings(_message.Message):
-    __slots__ = ("max_chunks", "max_kv_bytes", "requests_per_second", "kv_codec")
+    __slots__ = ("max_chunks", "max_kv_bytes", "requests_per_second", "kv_codec", "kv_policy", "kv_admit_after", "kv_share_group")
     MAX_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     MAX_KV_BYTES_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     KV_CODEC_FIELD_NUMBER: _ClassVar[int]
+    KV_POLICY_FIELD_NUMBER: _ClassVar[int]
+    KV_ADMIT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    KV_SHARE_GROUP_FIELD_NUMBER: _ClassVar[int]
     max_chunks: int
     max_kv_bytes: int
     requests_per_second: float
     kv_codec: str
-    def __init__(self, max_chunks: _Optional[int] = ..., max_kv_bytes: _Optional[int] = ..., requests_per_second: _Optional[float] = ..., kv_codec: _Optional[str] = ...) -> None: ...
+    kv_policy: str
+    kv_admit_after: int
+    kv_share_group: str
+    def __init__(self, max_chunks: _Optional[int] = ..., max_kv_bytes: _Optional[int] = ..., requests_per_second: _Optional[float] = ..., kv_codec: _Optional[str] = ..., kv_policy: _Optional[str] = ..., kv_admit_after: _Optional[int] = ..., kv_share_group: _Optional[str] = ...) -> None: ...
 
 class Tenant(_message.Message):
     __slots__ = ("tenant_id", "state", "created_unix_ms", "stats", "settings")

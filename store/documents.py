@@ -10,7 +10,7 @@ from store.chunks import Chunks
 from store.env import U32, U64, Env, dumps
 from store.errors import InvalidArgument, NotFound
 from store.kvblobs import KVBlobs, blob_key
-from store.records import DocumentInput, KVRef, UpsertResult
+from store.records import ChunkInput, DocumentInput, KVRef, UpsertResult
 from store.tenants import Tenants
 from store.validate import check_documents, check_external_id
 
@@ -30,7 +30,7 @@ class Documents:
         """
         vectors = check_documents(documents, self._dim)
         kv_keys = [
-            [blob_key(kv_fingerprint, c.token_ids, tenant) if c.kv_blob is not None else None for c in d.chunks]
+            [blob_key(kv_fingerprint, c.token_ids, kv_salt(tenant, c)) if c.kv_blob is not None else None for c in d.chunks]
             for d in documents
         ]
         blobs = {k: c.kv_blob for d, keys in zip(documents, kv_keys) for c, k in zip(d.chunks, keys) if k}
@@ -69,7 +69,7 @@ class Documents:
                 txn.put(key, vectors[len(added) + index].tobytes(), db=self._env.db["vectors"])
                 for reader in reader_numbers:
                     txn.put(U32.pack(reader) + key, b"", db=self._env.db["readable"])
-            txn.put(doc_key, dumps(dict(chunks=ids, grantees=grantees)), db=self._env.db["docs"])
+            txn.put(doc_key, dumps(dict(chunks=ids, grantees=grantees, content_hash=doc.content_hash)), db=self._env.db["docs"])
             added.extend(ids)
             added_readers.extend([reader_numbers] * len(ids))
             usage["documents"] += 1
@@ -137,6 +137,16 @@ class Documents:
             keys.append(key)
         return keys
 
+    def unchanged(self, tenant: str, documents: list[tuple[str, str]]) -> list[str]:
+        """The external ids of `documents` ((external id, content hash) pairs) stored with that same, non-empty hash."""
+
+        def read(txn: lmdb.Transaction) -> list[str]:
+            number = self._tenants.record(txn, tenant)["number"]
+            stored = (txn.get(_doc_key(number, check_external_id(e)), db=self._env.db["docs"]) for e, _ in documents)
+            return [e for (e, h), raw in zip(documents, stored) if h and raw and orjson.loads(raw).get("content_hash") == h]
+
+        return self._env.read(read)
+
     def chunk_ids(self, tenant: str, external_ids: list[str]) -> np.ndarray:
         def ids(txn: lmdb.Transaction) -> np.ndarray:
             keys = self._owned_doc_keys(txn, tenant, external_ids)
@@ -200,6 +210,12 @@ class Documents:
             self._set_grant(txn, doc_key, grantee, grantee_number, grant=False)
             revoked.append(chunk_id)
         return revoked
+
+
+def kv_salt(tenant: str, chunk: ChunkInput) -> str:
+    """What a chunk's blob key is salted with: its owner, so tenants never share a blob; a blob
+    the caller uploaded only ever with itself, so nothing computed elsewhere dedupes onto a claim."""
+    return f"upload:{tenant}" if chunk.kv_uploaded else tenant
 
 
 def _doc_key(owner_number: int, external_id: str) -> bytes:

@@ -8,7 +8,7 @@ transaction, and the caller is told only after the commit. The named databases:
     meta       b"schema", b"dim", b"next_chunk", b"next_tenant"
     tenants    name -> JSON {number, state, created, documents, chunks, text_bytes, kv_bytes, api_keys, settings}
     keys       key_id -> JSON {sha256, scope, tenant, rights, created, expires}    (never the secret)
-    docs       owner number (u32) | external id -> JSON {chunks: [ids], grantees: [names]}
+    docs       owner number (u32) | external id -> JSON {chunks: [ids], grantees: [names], content_hash}
     chunks     chunk id (u64) -> JSON {owner, external_id, index, text, metadata, readers, kv}
     tokens     chunk id -> int32 token ids
     vectors    chunk id -> float32 [dim], unit norm

@@ -70,6 +70,7 @@ class ChunkInput:
     token_ids: np.ndarray  # int32 [n]
     vector: np.ndarray  # float32 [dim]
     kv_blob: bytes | None = None
+    kv_uploaded: bool = False  # the blob is the caller's claim: stored under its own salt, never shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,7 @@ class DocumentInput:
     external_id: str
     metadata: dict
     chunks: list[ChunkInput]
+    content_hash: str = ""  # the caller's, kept so a re-run can skip it unchanged (`Store.unchanged`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,6 +135,10 @@ class Store:
     def upsert(self, tenant: str, documents: list[DocumentInput], kv_fingerprint: str = "") -> UpsertResult:
         return self._documents.upsert(tenant, documents, kv_fingerprint)
 
+    def unchanged(self, tenant: str, documents: list[tuple[str, str]]) -> list[str]:
+        """Which (external id, content hash) pairs are stored with that hash."""
+        return self._documents.unchanged(tenant, documents)
+
     def delete_documents(self, tenant: str, external_ids: list[str]) -> np.ndarray:
         return self._documents.delete(tenant, external_ids)
 

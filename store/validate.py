@@ -14,6 +14,7 @@ from store.vectors import unit_rows
 TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_EXTERNAL_ID_BYTES = 256  # LMDB keys are at most 511 bytes
 MAX_METADATA_BYTES = 16 << 10
+MAX_CONTENT_HASH_BYTES = 128
 RIGHTS = frozenset({"read", "write"})
 
 
@@ -77,6 +78,8 @@ def check_documents(documents: list[DocumentInput], dim: int) -> np.ndarray:
             raise InvalidArgument(f"documents[{i}].metadata: must be a JSON object")
         if len(dumps(doc.metadata)) > MAX_METADATA_BYTES:
             raise InvalidArgument(f"documents[{i}].metadata: more than {MAX_METADATA_BYTES} bytes as JSON")
+        if not isinstance(doc.content_hash, str) or len(doc.content_hash.encode()) > MAX_CONTENT_HASH_BYTES:
+            raise InvalidArgument(f"documents[{i}].content_hash: text of at most {MAX_CONTENT_HASH_BYTES} bytes")
         if not doc.chunks:
             raise InvalidArgument(f"documents[{i}].chunks: a document needs at least one chunk")
         for j, chunk in enumerate(doc.chunks):

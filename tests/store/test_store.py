@@ -231,6 +231,23 @@ def test_kv_blobs_are_shared_within_a_tenant_and_refcounted(store: Store) -> Non
     assert store.read_kv(999) is None
 
 
+def test_an_uploaded_blob_is_never_shared_with_a_computed_one(store: Store) -> None:
+    computed = doc("a", kv=True)
+    chunk = computed.chunks[0]
+    uploaded = DocumentInput("b", {}, [ChunkInput(chunk.text, chunk.token_ids, chunk.vector, chunk.kv_blob, kv_uploaded=True)])
+    store.upsert("alice", [computed, uploaded], kv_fingerprint="model-1")
+    assert store.tenant_stats("alice").kv_bytes == 2 * len(chunk.kv_blob)  # same tokens, two blobs
+
+
+def test_unchanged_names_documents_stored_with_the_same_hash(store: Store) -> None:
+    a, b, c = (DocumentInput(d.external_id, {}, d.chunks, content_hash=h) for d, h in ((doc("a"), "h1"), (doc("b"), "h2"), (doc("c"), "")))
+    store.upsert("alice", [a, b, c])
+    assert store.unchanged("alice", [("a", "h1"), ("b", "other"), ("c", ""), ("d", "h1")]) == ["a"]
+    assert store.unchanged("bob", [("a", "h1")]) == []  # another tenant's document of that name
+    with pytest.raises(InvalidArgument, match="content_hash"):
+        store.upsert("alice", [DocumentInput("e", {}, doc("e").chunks, content_hash="x" * 129)])
+
+
 def test_vectors_are_stored_at_unit_norm(store: Store) -> None:
     """However large a finite vector is, the store keeps and hands back its direction at unit norm."""
     huge = np.sign(vec(7)) * np.float32(3e38)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/tenantkv/v1/ingest.proto\x12\x0btenantkv.v1\x1a\x1cgoogle/protobuf/struct.proto\"N\n\nChunkInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x03(\x02\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x0f\n\x07kv_size\x18\x04 \x01(\x04\"K\n\x07KVPiece\x12\x13\n\x0b\x65xternal_id\x18\x01 \x01(\t\x12\r\n\x05\x63hunk\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x81\x01\n\x08\x44ocument\x12\x13\n\x0b\x65xternal_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\'\n\x06\x63hunks\x18\x03 \x03(\x0b\x32\x17.tenantkv.v1.ChunkInput\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"b\n\rUpsertRequest\x12(\n\tdocuments\x18\x01 \x03(\x0b\x32\x15.tenantkv.v1.Document\x12\'\n\tkv_pieces\x18\x02 \x03(\x0b\x32\x14.tenantkv.v1.KVPiece\"D\n\x0eUpsertResponse\x12\x11\n\tdocuments\x18\x01 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\r\"%\n\rDeleteRequest\x12\x14\n\x0c\x65xternal_ids\x18\x01 \x03(\t\"(\n\x0e\x44\x65leteResponse\x12\x16\n\x0e\x64\x65leted_chunks\x18\x01 \x01(\x04\x32\x90\x01\n\x06Ingest\x12\x43\n\x06Upsert\x12\x1a.tenantkv.v1.UpsertRequest\x1a\x1b.tenantkv.v1.UpsertResponse(\x01\x12\x41\n\x06\x44\x65lete\x12\x1a.tenantkv.v1.DeleteRequest\x1a\x1b.tenantkv.v1.DeleteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/tenantkv/v1/ingest.proto\x12\x0btenantkv.v1\x1a\x1cgoogle/protobuf/struct.proto\"N\n\nChunkInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x03(\x02\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x0f\n\x07kv_size\x18\x04 \x01(\x04\"K\n\x07KVPiece\x12\x13\n\x0b\x65xternal_id\x18\x01 \x01(\t\x12\r\n\x05\x63hunk\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x97\x01\n\x08\x44ocument\x12\x13\n\x0b\x65xternal_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\'\n\x06\x63hunks\x18\x03 \x03(\x0b\x32\x17.tenantkv.v1.ChunkInput\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0c\x63ontent_hash\x18\x05 \x01(\t\"b\n\rUpsertRequest\x12(\n\tdocuments\x18\x01 \x03(\x0b\x32\x15.tenantkv.v1.Document\x12\'\n\tkv_pieces\x18\x02 \x03(\x0b\x32\x14.tenantkv.v1.KVPiece\"D\n\x0eUpsertResponse\x12\x11\n\tdocuments\x18\x01 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\r\"%\n\rDeleteRequest\x12\x14\n\x0c\x65xternal_ids\x18\x01 \x03(\t\"(\n\x0e\x44\x65leteResponse\x12\x16\n\x0e\x64\x65leted_chunks\x18\x01 \x01(\x04\"@\n\x10UnchangedRequest\x12\x14\n\x0c\x65xternal_ids\x18\x01 \x03(\t\x12\x16\n\x0e\x63ontent_hashes\x18\x02 \x03(\t\")\n\x11UnchangedResponse\x12\x14\n\x0c\x65xternal_ids\x18\x01 \x03(\t2\xdc\x01\n\x06Ingest\x12\x43\n\x06Upsert\x12\x1a.tenantkv.v1.UpsertRequest\x1a\x1b.tenantkv.v1.UpsertResponse(\x01\x12\x41\n\x06\x44\x65lete\x12\x1a.tenantkv.v1.DeleteRequest\x1a\x1b.tenantkv.v1.DeleteResponse\x12J\n\tUnchanged\x12\x1d.tenantkv.v1.UnchangedRequest\x1a\x1e.tenantkv.v1.UnchangedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,15 +37,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KVPIECE']._serialized_start=158
   _globals['_KVPIECE']._serialized_end=233
   _globals['_DOCUMENT']._serialized_start=236
-  _globals['_DOCUMENT']._serialized_end=365
-  _globals['_UPSERTREQUEST']._serialized_start=367
-  _globals['_UPSERTREQUEST']._serialized_end=465
-  _globals['_UPSERTRESPONSE']._serialized_start=467
-  _globals['_UPSERTRESPONSE']._serialized_end=535
-  _globals['_DELETEREQUEST']._serialized_start=537
-  _globals['_DELETEREQUEST']._serialized_end=574
-  _globals['_DELETERESPONSE']._serialized_start=576
-  _globals['_DELETERESPONSE']._serialized_end=616
-  _globals['_INGEST']._serialized_start=619
-  _globals['_INGEST']._serialized_end=763
+  _globals['_DOCUMENT']._serialized_end=387
+  _globals['_UPSERTREQUEST']._serialized_start=389
+  _globals['_UPSERTREQUEST']._serialized_end=487
+  _globals['_UPSERTRESPONSE']._serialized_start=489
+  _globals['_UPSERTRESPONSE']._serialized_end=557
+  _globals['_DELETEREQUEST']._serialized_start=559
+  _globals['_DELETEREQUEST']._serialized_end=596
+  _globals['_DELETERESPONSE']._serialized_start=598
+  _globals['_DELETERESPONSE']._serialized_end=638
+  _globals['_UNCHANGEDREQUEST']._serialized_start=640
+  _globals['_UNCHANGEDREQUEST']._serialized_end=704
+  _globals['_UNCHANGEDRESPONSE']._serialized_start=706
+  _globals['_UNCHANGEDRESPONSE']._serialized_end=747
+  _globals['_INGEST']._serialized_start=750
+  _globals['_INGEST']._serialized_end=970
 # @@protoc_insertion_point(module_scope)

@@ -32,16 +32,18 @@ class KVPiece(_message.Message):
     def __init__(self, external_id: _Optional[str] = ..., chunk: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Document(_message.Message):
-    __slots__ = ("external_id", "text", "chunks", "metadata")
+    __slots__ = ("external_id", "text", "chunks", "metadata", "content_hash")
     EXTERNAL_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
     external_id: str
     text: str
     chunks: _containers.RepeatedCompositeFieldContainer[ChunkInput]
     metadata: _struct_pb2.Struct
-    def __init__(self, external_id: _Optional[str] = ..., text: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkInput, _Mapping]]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    content_hash: str
+    def __init__(self, external_id: _Optional[str] = ..., text: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkInput, _Mapping]]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., content_hash: _Optional[str] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("documents", "kv_pieces")
@@ -72,3 +74,17 @@ class DeleteResponse(_message.Message):
     DELETED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     deleted_chunks: int
     def __init__(self, deleted_chunks: _Optional[int] = ...) -> None: ...
+
+class UnchangedRequest(_message.Message):
+    __slots__ = ("external_ids", "content_hashes")
+    EXTERNAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASHES_FIELD_NUMBER: _ClassVar[int]
+    external_ids: _containers.RepeatedScalarFieldContainer[str]
+    content_hashes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, external_ids: _Optional[_Iterable[str]] = ..., content_hashes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UnchangedResponse(_message.Message):
+    __slots__ = ("external_ids",)
+    EXTERNAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    external_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, external_ids: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -45,6 +45,11 @@ class IngestStub:
                 request_serializer=protos_dot_tenantkv_dot_v1_dot_ingest__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=protos_dot_tenantkv_dot_v1_dot_ingest__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.Unchanged = channel.unary_unary(
+                '/tenantkv.v1.Ingest/Unchanged',
+                request_serializer=protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UnchangedRequest.SerializeToString,
+                response_deserializer=protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UnchangedResponse.FromString,
+                _registered_method=True)
 
 
 class IngestServicer:
@@ -69,6 +74,14 @@ class IngestServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Unchanged(self, request, context):
+        """Which of these documents are stored with this same content hash, so a resumed bulk job
+        skips their chunking, embedding and KV compute. Needs the read right.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +94,11 @@ def add_IngestServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=protos_dot_tenantkv_dot_v1_dot_ingest__pb2.DeleteRequest.FromString,
                     response_serializer=protos_dot_tenantkv_dot_v1_dot_ingest__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Unchanged': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unchanged,
+                    request_deserializer=protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UnchangedRequest.FromString,
+                    response_serializer=protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UnchangedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -138,6 +156,33 @@ class Ingest:
             '/tenantkv.v1.Ingest/Delete',
             protos_dot_tenantkv_dot_v1_dot_ingest__pb2.DeleteRequest.SerializeToString,
             protos_dot_tenantkv_dot_v1_dot_ingest__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unchanged(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantkv.v1.Ingest/Unchanged',
+            protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UnchangedRequest.SerializeToString,
+            protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UnchangedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,6 +19,8 @@ from protos.tenantkv.v1 import (
 )
 
 MAX_MESSAGE_BYTES = 4 << 20
+KV_PIECE_BYTES = 2 << 20  # an uploaded blob travels in pieces of at most this, one request each
+MAX_UNCHANGED = 4096  # documents an Unchanged request may name (the server's bound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,72 @@ class DocumentText:
             for text, vector in zip(self.chunks, vectors)
         ]
         return ingest_pb2.Document(external_id=self.external_id, text=self.text, chunks=chunks, metadata=metadata)
+
+    def blobs(self) -> Iterator[ingest_pb2.KVPiece]:
+        """Nothing: the server computes this document's KV itself."""
+        return iter(())
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkUpload:
+    """A chunk cut, embedded and (optionally) KV-encoded by the caller, as the server would have.
+
+    `token_ids` must equal what the server's chunker and tokenizer produce for `text`; `kv_blob`,
+    when given, is a kvcodec blob of those tokens under the server's model fingerprint and the
+    tenant's codec (the server checks both, and recomputes a sample of uploads).
+    """
+
+    text: str
+    vector: np.ndarray  # float32 [dim]
+    token_ids: Sequence[int] | np.ndarray
+    kv_blob: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentUpload:
+    """A document for `Client.upsert` whose chunks the caller prepared (the bulk-ingest path).
+
+    `content_hash` (at most 128 bytes, the caller's) is kept with the document, so a re-run can ask
+    `Client.unchanged` which documents are already stored unchanged and skip them.
+    """
+
+    external_id: str
+    chunks: Sequence[ChunkUpload]
+    metadata: dict = field(default_factory=dict)
+    content_hash: str = ""
+
+    def message(self) -> ingest_pb2.Document:
+        metadata = struct_pb2.Struct()
+        metadata.update(self.metadata)
+        chunks = [
+            ingest_pb2.ChunkInput(
+                text=c.text,
+                vector=np.asarray(c.vector, np.float32).tolist(),
+                token_ids=np.asarray(c.token_ids, np.int64).tolist(),
+                kv_size=0 if c.kv_blob is None else len(c.kv_blob),
+            )
+            for c in self.chunks
+        ]
+        return ingest_pb2.Document(external_id=self.external_id, chunks=chunks, metadata=metadata, content_hash=self.content_hash)
+
+    def blobs(self) -> Iterator[ingest_pb2.KVPiece]:
+        """Each uploaded blob in pieces of at most KV_PIECE_BYTES, in order of offset."""
+        for index, chunk in enumerate(self.chunks):
+            if chunk.kv_blob is None:
+                continue
+            blob = memoryview(chunk.kv_blob)
+            for offset in range(0, len(blob), KV_PIECE_BYTES):
+                data = bytes(blob[offset : offset + KV_PIECE_BYTES])
+                yield ingest_pb2.KVPiece(external_id=self.external_id, chunk=index, offset=offset, data=data)
+
+
+def upsert_requests(batches: Iterable[Sequence["DocumentText | DocumentUpload"]]) -> Iterator[ingest_pb2.UpsertRequest]:
+    """Each batch as one request with its documents, then one request per piece of its uploaded blobs."""
+    for batch in batches:
+        yield ingest_pb2.UpsertRequest(documents=[d.message() for d in batch])
+        for document in batch:
+            for piece in document.blobs():
+                yield ingest_pb2.UpsertRequest(kv_pieces=[piece])
 
 
 def bearer(api_key: str) -> tuple[tuple[str, str], ...]:
@@ -146,10 +214,25 @@ class Client:
 
     # ---- data plane (the tenant comes from the key)
 
-    def upsert(self, batches: Iterable[Sequence[DocumentText]]) -> ingest_pb2.UpsertResponse:
-        """Stream batches; each is committed in one transaction. Returns once all are durable."""
-        requests = (ingest_pb2.UpsertRequest(documents=[d.message() for d in batch]) for batch in batches)
-        return self.ingest.Upsert(requests, metadata=self._metadata, timeout=self._timeout)
+    def upsert(self, batches: Iterable[Sequence[DocumentText | DocumentUpload]]) -> ingest_pb2.UpsertResponse:
+        """Stream batches; each is committed in one transaction. Returns once all are durable.
+
+        A batch may mix `DocumentText` (the server chunks, embeds and computes KV) and
+        `DocumentUpload` (the caller's chunks, vectors, token ids and KV blobs, which follow their
+        batch in pieces). A refused batch raises INVALID_ARGUMENT naming documents[i].chunks[j] and
+        the field, and nothing of it is stored; batches before it stay stored.
+        """
+        return self.ingest.Upsert(upsert_requests(batches), metadata=self._metadata, timeout=self._timeout)
+
+    def unchanged(self, pairs: Sequence[tuple[str, str]]) -> list[str]:
+        """The external ids among (external id, content hash) `pairs` stored with that same hash
+        (read right), asked MAX_UNCHANGED at a time."""
+        unchanged: list[str] = []
+        for start in range(0, len(pairs), MAX_UNCHANGED):
+            part = pairs[start : start + MAX_UNCHANGED]
+            request = ingest_pb2.UnchangedRequest(external_ids=[e for e, _ in part], content_hashes=[h for _, h in part])
+            unchanged.extend(self._call(self.ingest.Unchanged, request).external_ids)
+        return unchanged
 
     def delete(self, external_ids: Sequence[str]) -> int:
         return self._call(self.ingest.Delete, ingest_pb2.DeleteRequest(external_ids=external_ids)).deleted_chunks

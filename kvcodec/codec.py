@@ -42,7 +42,17 @@ CODECS: dict[str, Codec] = {c.name: c for c in _REGISTRY}
 _BY_ID = {c.codec_id: c for c in _REGISTRY}
 
 
-def encode(kv: torch.Tensor, codec: str) -> bytes:
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """What a blob's header says about it."""
+
+    codec: str
+    shape: tuple[int, ...]  # [layers, 2, kv_heads, tokens, head_dim]
+    fingerprint: str  # the model's KV fingerprint it was computed with; "": not recorded
+
+
+def encode(kv: torch.Tensor, codec: str, fingerprint: str = "") -> bytes:
+    """`kv` encoded in `codec`, its header naming the model's KV `fingerprint` it was computed with."""
     if codec not in CODECS:
         raise ValueError(f"codec: unknown {codec!r}; known: {sorted(CODECS)}")
     if not isinstance(kv, torch.Tensor) or not kv.is_floating_point():
@@ -50,7 +60,7 @@ def encode(kv: torch.Tensor, codec: str) -> bytes:
     if kv.ndim != 5 or kv.shape[1] != 2:
         raise ValueError(f"kv: expected [layers, 2, kv_heads, tokens, head_dim], got {tuple(kv.shape)}")
     spec = CODECS[codec]
-    header = Header(spec.codec_id, spec.version, torch.float16, tuple(kv.shape), b"")
+    header = Header(spec.codec_id, spec.version, torch.float16, tuple(kv.shape), b"", fingerprint)
     return pack(header, spec.implementation.encode(kv))
 
 
@@ -73,7 +83,13 @@ def decode_packed(blob: bytes) -> torch.Tensor | PackedKV:
 
 def codec_of(blob: bytes) -> str:
     """The codec named in a blob's header (checks the header and payload checksum too)."""
-    return _codec_for(unpack(blob)[0]).name
+    return blob_info(blob).codec
+
+
+def blob_info(blob: bytes) -> BlobInfo:
+    """A blob's header, checked with its payload checksum (CorruptBlobError), payload not parsed."""
+    header = unpack(blob)[0]
+    return BlobInfo(_codec_for(header).name, header.shape, header.fingerprint)
 
 
 def _codec_for(header: Header) -> Codec:

@@ -5,7 +5,7 @@ import struct
 import pytest
 import torch
 
-from kvcodec import CODECS, CorruptBlobError, codec_of, decode, encode
+from kvcodec import CODECS, BlobInfo, CorruptBlobError, blob_info, codec_of, decode, encode, fp16
 from kvcodec.header import HEADER_VERSION, Header, pack
 
 SHAPE = (30, 2, 3, 37, 64)  # SmolLM2: layers, keys/values, kv heads, tokens (odd), head dim
@@ -127,3 +127,17 @@ def test_lossy_corruption_is_detected(codec: str) -> None:
 def test_kv_layout_is_checked() -> None:
     with pytest.raises(ValueError, match="kv"):
         encode(torch.randn(2, 3, 1, 4, 64), "kivi4")
+
+
+def test_header_names_the_fingerprint_and_version_one_blobs_name_none(kv: torch.Tensor) -> None:
+    blob = encode(kv, "int8", fingerprint="0123456789abcdef")
+    assert blob_info(blob) == BlobInfo("int8", SHAPE, "0123456789abcdef")
+    assert blob_info(encode(kv, "fp16")).fingerprint == ""
+    values = torch.arange(6, dtype=torch.float16).reshape(2, 3)
+    v1 = bytearray(pack(Header(CODECS["fp16"].codec_id, 1, torch.float16, (2, 3), b""), fp16.encode(values)))
+    del v1[-len(fp16.encode(values)) - 13]  # version 1 has no fingerprint length byte
+    v1[4] = 1
+    assert blob_info(bytes(v1)) == BlobInfo("fp16", (2, 3), "")
+    assert torch.equal(decode(bytes(v1)), values)
+    with pytest.raises(CorruptBlobError, match="truncated"):
+        blob_info(blob[:40])

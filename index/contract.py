@@ -1,10 +1,11 @@
 """The contract every tenant index implements, and the argument checks they share."""
 
-from typing import Literal, Protocol
+from typing import Callable, Literal, Protocol
 
 import numpy as np
 
 Metric = Literal["ip", "l2"]
+IdPredicate = Callable[[np.ndarray], np.ndarray]  # int64 chunk ids [n] -> bool [n]: which may be returned
 
 
 class TenantIndex(Protocol):
@@ -20,8 +21,9 @@ class TenantIndex(Protocol):
 
     def remove(self, ids: np.ndarray) -> None: ...
 
-    def search(self, queries: np.ndarray, tenant: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(distances float32 [nq, k], ids int64 [nq, k]); -1 pads ids where fewer than k are readable.
+    def search(self, queries: np.ndarray, tenant: int, k: int, where: IdPredicate | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(distances float32 [nq, k], ids int64 [nq, k]); -1 pads ids where fewer than k are readable
+        (and, with `where`, satisfy it).
 
         For "ip" distances are similarities, best first (descending); for "l2" squared distances, ascending.
         """

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index.contract import Metric, check_ids, check_k, check_tenant, check_vectors
+from index.contract import IdPredicate, Metric, check_ids, check_k, check_tenant, check_vectors
 from index.cuts import Cuts
 from index.readers import Readers
 from index.topk import ids_of, top_k, top_k_in_terminals
@@ -197,17 +197,33 @@ class CuratorIndex:
 
     # ---- searching
 
-    def search(self, queries: np.ndarray, tenant: int, k: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, tenant: int, k: int, where: IdPredicate | None = None, ef: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """With `where`, the scan counts only the rows that satisfy it towards `ef` (so a selective
+        filter scans further), and scans exactly when no more than `ef` of the tenant's rows do."""
         queries = check_vectors(queries, self.dim, "queries")
         k = check_k(k)
         ef = max(k, self.config.ef if ef is None else check_k(ef))
         sub = self._cuts.tenants.get(check_tenant(tenant))
+        exact = max(self.config.exact_threshold, ef)
         if sub is None:
             distances, found = top_k(queries, self._table.vectors, np.empty(0, np.int64), k, self.config.metric)
+        elif where is None:
+            cover = sub.size if sub.size <= exact else ef
+            distances, found = top_k_in_terminals(queries, self._table.vectors, *sub.lists.search_arrays(), cover, k, self.config.metric)
         else:
-            cover = sub.size if sub.size <= max(self.config.exact_threshold, ef) else ef
-            arrays = sub.lists.search_arrays()
-            distances, found = top_k_in_terminals(queries, self._table.vectors, *arrays, cover, k, self.config.metric)
+            sums, scale, starts, lengths, rows = sub.lists.search_arrays()
+            tenant_rows = np.concatenate([rows[s : s + n] for s, n in zip(starts.tolist(), lengths.tolist())] or [rows[:0]])
+            matching = tenant_rows[where(self._table.ids[tenant_rows])]
+            if len(matching) <= exact:
+                distances, found = top_k(queries, self._table.vectors, matching, k, self.config.metric)
+            else:
+                allowed = np.zeros(len(self._table.ids), dtype=np.bool_)
+                allowed[matching] = True
+                distances, found = top_k_in_terminals(
+                    queries, self._table.vectors, sums, scale, starts, lengths, rows, ef, k, self.config.metric, allowed
+                )
         return distances, ids_of(self._table.ids, found)
 
     # ---- accounting and persistence

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from index.contract import Metric, check_ids, check_k, check_tenant, check_vectors
+from index.contract import IdPredicate, Metric, check_ids, check_k, check_tenant, check_vectors
 from index.topk import ids_of, top_k
 from index.vectors import VectorTable
 
@@ -63,9 +63,11 @@ class FlatTenantIndex:
                 self._readers[tenant].discard(row)
                 self._cached_rows.pop(tenant, None)
 
-    def search(self, queries: np.ndarray, tenant: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, tenant: int, k: int, where: IdPredicate | None = None) -> tuple[np.ndarray, np.ndarray]:
         queries = check_vectors(queries, self.dim, "queries")
         rows = self._tenant_rows(check_tenant(tenant))
+        if where is not None:
+            rows = rows[where(self._table.ids[rows])]
         distances, found = top_k(queries, self._table.vectors, rows, check_k(k), self.metric)
         return distances, ids_of(self._table.ids, found)
 

@@ -26,13 +26,15 @@ def top_k(queries: np.ndarray, table: np.ndarray, rows: np.ndarray, k: int, metr
 
 def top_k_in_terminals(
     queries: np.ndarray, table: np.ndarray, sums: np.ndarray, scale: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
-    rows: np.ndarray, cover: int, k: int, metric: Metric,
+    rows: np.ndarray, cover: int, k: int, metric: Metric, allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per query: rank the terminals by their centroid (`sums[t] * scale[t]`: a direction for "ip",
     a mean for "l2"), scan their rows (`rows[starts[t]:starts[t] + lengths[t]]`) best first until
-    `cover` rows are seen, and keep the top k."""
+    `cover` rows are seen, and keep the top k. With `allowed` (bool per table row), only allowed
+    rows are scored and counted towards `cover`: a selective filter widens the scan."""
     l2 = metric == "l2"
-    scores, found = _scan(np.ascontiguousarray(queries, dtype=np.float32), table, sums, scale, starts, lengths, rows, cover, k, l2)
+    allowed = np.empty(0, dtype=np.bool_) if allowed is None else allowed
+    scores, found = _scan(np.ascontiguousarray(queries, dtype=np.float32), table, sums, scale, starts, lengths, rows, cover, k, l2, allowed)
     return (-scores if l2 else scores), found
 
 
@@ -113,7 +115,7 @@ def _rank(sums, scale, t, query, l2):
 
 
 @numba.njit(cache=True, fastmath=True)
-def _scan(queries, table, sums, scale, starts, lengths, rows, cover, k, l2):
+def _scan(queries, table, sums, scale, starts, lengths, rows, cover, k, l2, allowed):
     nq = queries.shape[0]
     terminals = sums.shape[0]
     best = np.full((nq, k), -np.inf, dtype=np.float32)
@@ -127,6 +129,14 @@ def _scan(queries, table, sums, scale, starts, lengths, rows, cover, k, l2):
         for t in np.argsort(ranking):
             j = starts[t]
             end = j + lengths[t]
+            if len(allowed):
+                for j in range(starts[t], end):
+                    if allowed[rows[j]]:
+                        keep_best(found[q], best[q], k, rows[j], _score(table, rows[j], query, l2))
+                        seen += 1
+                if seen >= cover:
+                    break
+                continue
             while j + 4 <= end:
                 s0, s1, s2, s3 = _score4(table, rows[j], rows[j + 1], rows[j + 2], rows[j + 3], query, l2)
                 keep_best(found[q], best[q], k, rows[j], s0)  # the buffers start full of -inf placeholders

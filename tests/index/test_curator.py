@@ -1,5 +1,6 @@
 """CuratorIndex against FlatTenantIndex as the oracle: random adds, grants, revokes, removes, save/load."""
 
+import functools
 import shutil
 import threading
 import tempfile
@@ -9,14 +10,17 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from hypothesis import given
 from hypothesis.stateful import invariant, rule, run_state_machine_as_test
 
+from index.attributes import Attributes
 from index.curator import CuratorConfig, CuratorIndex
+from index.filters import Equals, Not, Range
 from index.readers import Readers
 from index.cuts import Cuts
 from index.flat import FlatTenantIndex
 from index.tree import TreeConfig
-from tests.index.oracle import DIM, POOL, QUERIES, OracleMachine, clustered, tenants
+from tests.index.oracle import DIM, POOL, QUERIES, TENANTS, OracleMachine, clustered, tenants
 
 SMALL = CuratorConfig(tree=TreeConfig(fanout=4, leaf_size=16, max_depth=3), split_threshold=8, exact_threshold=8, ef=32)
 
@@ -301,3 +305,53 @@ def test_deleted_rows_are_reused_and_emptied_terminals_give_their_memory_back() 
     curator.add(np.arange(100_000, 139_900), vectors[:39_900], 0)
     assert curator._table.capacity == 40_000
     assert curator.memory_bytes() <= 1.05 * before
+
+
+@pytest.mark.parametrize("selectivity", [0.5, 0.1, 0.01])
+def test_filtered_search_keeps_recall_at_every_selectivity(selectivity: float) -> None:
+    """Default settings on clustered data: the filtered top 10 against the exact filtered top 10,
+    with another tenant's rows carrying the same metadata values and lying nearest (they never come back)."""
+    curator, vectors = large_tenant(20_000)
+    flat = FlatTenantIndex(DIM)
+    flat.add(np.arange(20_000), vectors[:20_000], 0)
+    others = np.arange(20_000, 20_100)
+    for index in (curator, flat):
+        index.add(others, vectors[others], 1)
+    attributes = Attributes()
+    rng = np.random.default_rng(5)
+    attributes.add(np.arange(20_100), [{"bucket": int(b)} for b in rng.integers(0, 1000, 20_100)])
+    where = Range("bucket", lt=1000 * selectivity)
+    matches = functools.partial(attributes.matching, where)
+    queries = vectors[others]  # the other tenant's own vectors: its rows are every query's nearest
+    _, truth = flat.search(queries, 0, 10, where=matches)
+    _, found = curator.search(queries, 0, 10, where=matches)
+    returned = found[found >= 0]
+    assert matches(returned).all() and (returned < 20_000).all()
+    recall = np.mean([len(set(f) & set(t[t >= 0])) / (t >= 0).sum() for f, t in zip(found.tolist(), truth)])
+    assert recall >= 0.95
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(0, 5), min_size=len(POOL), max_size=len(POOL)), st.lists(st.tuples(tenants, st.integers(0, len(POOL) - 1)), max_size=60), tenants, st.integers(0, 5))
+def test_filtered_search_returns_only_readable_matching_chunks(owners, grants, tenant, value) -> None:
+    """Random owners, grants and a filter: every hit is readable and matches; at exhaustive effort
+    the hits are the oracle's."""
+    curator, flat = CuratorIndex(DIM, SMALL), FlatTenantIndex(DIM)
+    curator.train(POOL)
+    attributes = Attributes()
+    attributes.add(np.arange(len(POOL)), [{"v": o % 3} for o in owners])
+    owners = np.array(owners) % TENANTS
+    for index in (curator, flat):
+        for owner in np.unique(owners):
+            ids = np.flatnonzero(owners == owner)
+            index.add(ids, POOL[ids], int(owner))
+        for grantee, chunk in grants:
+            index.grant(np.array([chunk]), grantee)
+    matches = functools.partial(attributes.matching, Not(Equals("v", value % 3)))
+    readable = set(np.flatnonzero(owners == tenant).tolist()) | {c for g, c in grants if g == tenant}
+    _, found = curator.search(QUERIES, tenant, 10, where=matches)
+    hits = found[found >= 0]
+    assert set(hits.tolist()) <= readable and matches(hits).all()
+    _, exhaustive = curator.search(QUERIES, tenant, 10, where=matches, ef=len(POOL))
+    _, truth = flat.search(QUERIES, tenant, 10, where=matches)
+    np.testing.assert_array_equal(np.sort(exhaustive, 1), np.sort(truth, 1))

@@ -42,6 +42,7 @@ class Chunks:
                         chunk_id=chunk_id, owner=record["owner"], external_id=record["external_id"], index=record["index"],
                         text=record["text"], token_ids=tokens, metadata=record["metadata"],
                         readers=frozenset(record["readers"]), kv_key=record["kv"] or "",
+                        kv_fingerprint=record.get("kv_fp") if record["kv"] else "",
                     )
                 )
             return chunks
@@ -50,6 +51,7 @@ class Chunks:
 
     def read_kv(self, chunk_id: int) -> bytes | None:
         """A chunk's KV blob, None if it has none; Corrupted if its bytes fail the checksum.
+        Counts as a read of the blob by the chunk's owner, for eviction (`store.access`).
 
         Its bytes are read inside the transaction that located them, so a compaction cannot
         remove their segment in between.
@@ -57,10 +59,13 @@ class Chunks:
 
         def read(txn: lmdb.Transaction) -> bytes | None:
             raw = txn.get(U64.pack(chunk_id), db=self._env.db["chunks"])
-            kv = orjson.loads(raw)["kv"] if raw is not None else None
-            if kv is None:
+            record = orjson.loads(raw) if raw is not None else None
+            if record is None or record["kv"] is None:
                 return None
-            return self._blobs.read(self._blobs.locate(txn, bytes.fromhex(kv)))
+            key = bytes.fromhex(record["kv"])
+            blob = self._blobs.read(self._blobs.locate(txn, key))
+            self._blobs.access.touch(record["owner"], key)
+            return blob
 
         return self._env.read(read)
 

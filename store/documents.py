@@ -6,20 +6,22 @@ import lmdb
 import numpy as np
 import orjson
 
+from store.budget import Budget, fits
 from store.chunks import Chunks
 from store.env import U32, U64, Env, dumps
 from store.errors import InvalidArgument, NotFound
-from store.kvblobs import KVBlobs, blob_key
-from store.records import ChunkInput, DocumentInput, KVRef, UpsertResult
+from store.kvblobs import KVBlobs, blob_key, kv_salt
+from store.records import DocumentInput, KVRef, UpsertResult
 from store.tenants import Tenants
 from store.validate import check_documents, check_external_id
 
 
 class Documents:
-    def __init__(self, env: Env, tenants: Tenants, blobs: KVBlobs, chunks: Chunks, dim: int) -> None:
+    def __init__(self, env: Env, tenants: Tenants, blobs: KVBlobs, budget: Budget, chunks: Chunks, dim: int) -> None:
         self._env = env
         self._tenants = tenants
         self._blobs = blobs
+        self._budget = budget
         self._chunks = chunks
         self._dim = dim
 
@@ -27,18 +29,23 @@ class Documents:
         """Insert or replace documents in one transaction; their KV blobs are durable before it commits.
 
         A replaced document keeps its grants: its new chunks are readable by the same tenants.
+        KV never fails a write: a blob larger than the tenant's whole KV budget is not stored, and
+        the tenant's coldest blobs are evicted until it is within its budget.
         """
         vectors = check_documents(documents, self._dim)
+        settings = self._tenants.settings(tenant)
         kv_keys = [
-            [blob_key(kv_fingerprint, c.token_ids, kv_salt(tenant, c)) if c.kv_blob is not None else None for c in d.chunks]
+            [blob_key(kv_fingerprint, c.token_ids, kv_salt(tenant, settings, c.kv_uploaded)) if fits(c.kv_blob, settings) else None for c in d.chunks]
             for d in documents
         ]
         blobs = {k: c.kv_blob for d, keys in zip(documents, kv_keys) for c, k in zip(d.chunks, keys) if k}
         with self._env.write_lock:
             refs = self._blobs.append_new(blobs)
-            return self._env.write_locked(lambda txn: self._upsert(txn, tenant, documents, vectors, kv_keys, refs))
+            return self._env.write_locked(lambda txn: self._upsert(txn, tenant, documents, vectors, kv_keys, kv_fingerprint, refs))
 
-    def _upsert(self, txn, tenant: str, documents: list[DocumentInput], vectors: np.ndarray, kv_keys, refs: dict[bytes, KVRef]) -> UpsertResult:
+    def _upsert(
+        self, txn, tenant: str, documents: list[DocumentInput], vectors: np.ndarray, kv_keys, kv_fingerprint: str, refs: dict[bytes, KVRef]
+    ) -> UpsertResult:
         number = self._tenants.record(txn, tenant)["number"]
         next_chunk = int(txn.get(b"next_chunk", b"1", db=self._env.db["meta"]))
         added, added_readers, replaced = [], [], []
@@ -58,11 +65,13 @@ class Documents:
                 next_chunk += 1
                 ids.append(chunk_id)
                 if kv_key is not None:
-                    self._blobs.ref(txn, kv_key, refs.get(kv_key), tenant)
+                    self._blobs.ref(txn, kv_key, refs.get(kv_key), tenant, chunk_id)
                 value = dict(
                     owner=tenant, external_id=doc.external_id, index=index, text=chunk.text,
                     metadata=doc.metadata, readers=readers, kv=kv_key.hex() if kv_key else None,
                 )
+                if kv_key is not None:
+                    value["kv_fp"] = kv_fingerprint
                 key = U64.pack(chunk_id)
                 txn.put(key, dumps(value), db=self._env.db["chunks"])
                 txn.put(key, np.asarray(chunk.token_ids, dtype=np.int32).tobytes(), db=self._env.db["tokens"])
@@ -81,6 +90,7 @@ class Documents:
             self._drop_chunks(txn, chunk_ids)
         txn.put(b"next_chunk", str(next_chunk).encode(), db=self._env.db["meta"])
         self._tenants.check_quotas(txn, tenant)
+        self._budget.fit(txn, tenant, frozenset(k for keys in kv_keys for k in keys if k))
         removed = [chunk_id for chunk_ids in replaced for chunk_id in chunk_ids]
         return UpsertResult(np.array(added, dtype=np.int64), np.array(removed, dtype=np.int64), len(documents), added_readers, vectors)
 
@@ -105,7 +115,7 @@ class Documents:
                 if reader_record is not None:
                     txn.delete(U32.pack(reader_record["number"]) + key, db=self._env.db["readable"])
             if chunk["kv"]:
-                self._blobs.unref(txn, bytes.fromhex(chunk["kv"]), owner)
+                self._blobs.unref(txn, bytes.fromhex(chunk["kv"]), owner, chunk_id)
             for db in ("chunks", "tokens", "vectors"):
                 txn.delete(key, db=self._env.db[db])
         if owner is not None:
@@ -210,12 +220,6 @@ class Documents:
             self._set_grant(txn, doc_key, grantee, grantee_number, grant=False)
             revoked.append(chunk_id)
         return revoked
-
-
-def kv_salt(tenant: str, chunk: ChunkInput) -> str:
-    """What a chunk's blob key is salted with: its owner, so tenants never share a blob; a blob
-    the caller uploaded only ever with itself, so nothing computed elsewhere dedupes onto a claim."""
-    return f"upload:{tenant}" if chunk.kv_uploaded else tenant
 
 
 def _doc_key(owner_number: int, external_id: str) -> bytes:

@@ -6,17 +6,18 @@ Writes follow one rule: payload first, then the record that points to it, in one
 transaction, and the caller is told only after the commit. The named databases:
 
     meta       b"schema", b"dim", b"next_chunk", b"next_tenant"
-    tenants    name -> JSON {number, state, created, documents, chunks, text_bytes, kv_bytes, api_keys, settings}
+    tenants    name -> JSON {number, state, created, settings, and the usage counts of `store.tenants.USAGE`}
     keys       key_id -> JSON {sha256, scope, tenant, rights, created, expires}    (never the secret)
     docs       owner number (u32) | external id -> JSON {chunks: [ids], grantees: [names], content_hash}
-    chunks     chunk id (u64) -> JSON {owner, external_id, index, text, metadata, readers, kv}
+    chunks     chunk id (u64) -> JSON {owner, external_id, index, text, metadata, readers, kv, kv_fp (with kv)}
     tokens     chunk id -> int32 token ids
     vectors    chunk id -> float32 [dim], unit norm
     readable   reader number (u32) | chunk id (u64) -> b""   (what a tenant may read: own and granted)
-    kvblobs    SHA-256(model fingerprint | token ids | salt) -> JSON {segment, offset, length, crc32, refs}
+    kvblobs    SHA-256(model fingerprint | token ids | salt) -> JSON {segment, offset, length, crc32, refs: {tenant: count}}
+    kvrefs     tenant number (u32) | blob key (32) | chunk id (u64) -> b""   (each chunk's reference to its blob)
 
-The KV salt is the owner tenant, so identical chunks of one tenant share a blob and nothing is
-shared across tenants (no cross-tenant timing signal).
+The KV salt is the owner tenant or its sharing group (`store.kvblobs.kv_salt`), so identical
+chunks share a blob within a tenant or a group and never across (no cross-tenant timing signal).
 """
 
 import os
@@ -31,7 +32,7 @@ from typing import Callable, Iterator, TypeVar
 import lmdb
 import orjson
 
-DB_NAMES = ("meta", "tenants", "keys", "docs", "chunks", "tokens", "vectors", "readable", "kvblobs")
+DB_NAMES = ("meta", "tenants", "keys", "docs", "chunks", "tokens", "vectors", "readable", "kvblobs", "kvrefs")
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 

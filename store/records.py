@@ -55,6 +55,17 @@ class TenantStats:
 
 
 @dataclass(frozen=True, slots=True)
+class KVUsage:
+    """A tenant's KV economics, for metrics."""
+
+    tenant: str
+    stored_bytes: int  # the KV blobs its chunks refer to, each charged in full once
+    dedup_saved_bytes: int  # bytes of blobs its writes referred to that were stored already (its own or its group's)
+    evictions: int  # blobs it lost to its budget
+    evicted_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class ApiKey:
     key_id: str
     scope: KeyScope
@@ -100,6 +111,7 @@ class Chunk:
     metadata: dict
     readers: frozenset[str]  # owner plus granted tenants
     kv_key: str  # hex key of its stored KV blob; "" when it has none
+    kv_fingerprint: str | None = ""  # the model fingerprint its blob was computed under; "" without a blob, None if stored before fingerprints were kept
 
     @property
     def has_kv(self) -> bool:

@@ -6,15 +6,19 @@ SCHEMA_VERSION and adds its migration here.
 """
 
 import logging
+from typing import Callable
 
 import lmdb
 import numpy as np
+import orjson
 
-from store.env import U64, Env
+from store.env import U64, Env, dumps
 from store.errors import FailedPrecondition
+from store.kvblobs import ref_key
 from store.vectors import safe_rows
 
-SCHEMA_VERSION = 2  # 2: every stored vector has unit norm
+# 2: every stored vector has unit norm; 3: KV blobs count references per tenant, listed in kvrefs
+SCHEMA_VERSION = 3
 MIGRATION_BATCH = 4096  # chunks a migration transaction rewrites
 
 log = logging.getLogger(__name__)
@@ -33,46 +37,86 @@ def open_schema(env: Env, dim: int) -> None:
             txn.put(b"dim", str(dim).encode(), db=meta)
             return SCHEMA_VERSION
         schema = int(txn.get(b"schema", db=meta))
-        if schema not in (1, SCHEMA_VERSION):
-            raise FailedPrecondition(f"store schema {schema} is not one this version reads (1 or {SCHEMA_VERSION})")
+        if not 1 <= schema <= SCHEMA_VERSION:
+            raise FailedPrecondition(f"store schema {schema} is not one this version reads (1 to {SCHEMA_VERSION})")
         if int(stored) != dim:
             raise FailedPrecondition(f"dim: the store holds {int(stored)}-d vectors, not {dim}-d")
         return schema
 
-    if env.write(stamp_or_check) == 1:
+    schema = env.write(stamp_or_check)
+    if schema < 2:
         _migrate_to_unit_vectors(env)
+    if schema < 3:
+        _migrate_to_tenant_refs(env)
+
+
+def _in_batches(env: Env, db: str, rewrite: Callable[[lmdb.Transaction, list[tuple[bytes, bytes]]], None], finish: Callable[[lmdb.Transaction], None]) -> None:
+    """Run `rewrite` over every (key, value) of `db`, `MIGRATION_BATCH` of them a transaction,
+    then `finish` in the transaction that finds no more.
+
+    A migration so made is crash-safe when `rewrite` is idempotent and `finish` moves the schema
+    version: a crash before the last transaction redoes the whole pass at the next start.
+    """
+
+    def step(txn: lmdb.Transaction, after: bytes | None) -> bytes | None:
+        cursor = txn.cursor(db=env.db[db])
+        found = cursor.set_range(after + b"\0") if after is not None else cursor.first()
+        rows = []
+        if found:
+            for key, value in cursor:
+                rows.append((bytes(key), bytes(value)))
+                if len(rows) == MIGRATION_BATCH:
+                    break
+        if not rows:
+            finish(txn)
+            return None
+        rewrite(txn, rows)
+        return rows[-1][0]
+
+    last = env.write(lambda txn: step(txn, None))
+    while last is not None:
+        last = env.write(lambda txn: step(txn, last))
 
 
 def _migrate_to_unit_vectors(env: Env) -> None:
-    """Schema 1 to 2: scale every stored vector to unit norm, one batch of chunks a transaction.
-
-    Crash-safe because it is idempotent: the version moves to 2 in the last transaction only,
-    so a crash before it redoes the whole pass at the next start. A vector that cannot be made
-    unit (zero, or not finite: schema 1 took any finite vector) is stored as zeros and logged.
-    """
+    """Schema 1 to 2: scale every stored vector to unit norm. A vector that cannot be made unit
+    (zero, or not finite: schema 1 took any finite vector) is stored as zeros and logged."""
     unusable = 0
 
-    def scale(txn: lmdb.Transaction, after: int) -> int:
-        """Scale the batch of vectors after chunk `after`; returns the last chunk id scaled, 0 when done."""
+    def scale(txn: lmdb.Transaction, rows: list[tuple[bytes, bytes]]) -> None:
         nonlocal unusable
-        cursor = txn.cursor(db=env.db["vectors"])
-        keys, rows = [], []
-        if cursor.set_range(U64.pack(after + 1)):
-            for key, value in cursor:
-                keys.append(key)
-                rows.append(np.frombuffer(value, dtype=np.float32))
-                if len(keys) == MIGRATION_BATCH:
-                    break
-        if not keys:
-            txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=env.db["meta"])
-            return 0
-        fixed, zeroed = safe_rows(np.stack(rows))
+        fixed, zeroed = safe_rows(np.stack([np.frombuffer(value, dtype=np.float32) for _, value in rows]))
         unusable += zeroed
-        for key, row in zip(keys, fixed):
+        for (key, _), row in zip(rows, fixed):
             txn.put(key, row.tobytes(), db=env.db["vectors"])
-        return U64.unpack(keys[-1])[0]
 
-    last = env.write(lambda txn: scale(txn, 0))
-    while last:
-        last = env.write(lambda txn: scale(txn, last))
-    log.info("store schema 1 -> %d: vectors scaled to unit norm; %d zero or not finite, stored as zeros", SCHEMA_VERSION, unusable)
+    _in_batches(env, "vectors", scale, lambda txn: txn.put(b"schema", b"2", db=env.db["meta"]))
+    log.info("store schema 1 -> 2: vectors scaled to unit norm; %d zero or not finite, stored as zeros", unusable)
+
+
+def _migrate_to_tenant_refs(env: Env) -> None:
+    """Schema 2 to 3: a KV blob's reference count becomes a count per tenant, and each chunk's
+    reference gets its `kvrefs` key. Until now a blob was salted with its owner, so every chunk
+    referring to it belongs to one tenant: its count moves whole to that owner."""
+    numbers = env.read(lambda txn: {bytes(name).decode(): orjson.loads(value)["number"] for name, value in txn.cursor(db=env.db["tenants"])})
+
+    def reref(txn: lmdb.Transaction, rows: list[tuple[bytes, bytes]]) -> None:
+        for chunk_key, value in rows:
+            chunk = orjson.loads(value)
+            if not chunk["kv"]:
+                continue
+            key = bytes.fromhex(chunk["kv"])
+            txn.put(ref_key(numbers[chunk["owner"]], key, U64.unpack(chunk_key)[0]), b"", db=env.db["kvrefs"])
+            blob = orjson.loads(txn.get(key, db=env.db["kvblobs"]))
+            if isinstance(blob["refs"], int):
+                blob["refs"] = {chunk["owner"]: blob["refs"]}
+                txn.put(key, dumps(blob), db=env.db["kvblobs"])
+
+    def finish(txn: lmdb.Transaction) -> None:
+        orphans = [key for key, value in txn.cursor(db=env.db["kvblobs"]) if isinstance(orjson.loads(value)["refs"], int)]
+        for key in orphans:  # counted references no chunk holds: nothing can read them
+            txn.delete(key, db=env.db["kvblobs"])
+        txn.put(b"schema", b"3", db=env.db["meta"])
+        log.info("store schema 2 -> 3: KV references counted per tenant; %d blob records no chunk referred to dropped", len(orphans))
+
+    _in_batches(env, "chunks", reref, finish)

@@ -8,7 +8,10 @@ no logic of its own beyond a tenant's deletion, the one call that spans every ki
     validate   checks of what callers hand in, before any transaction
     tenants    tenant records, settings (cached) and usage counts; quotas
     keys       API keys: create, verify (cached), revoke
-    kvblobs    KV blob records and reference counts; the blobs' bytes in `segments`
+    kvblobs    KV blob records, their salts and per-tenant reference counts; the blobs' bytes in `segments`
+    access     how recently and often each tenant read each blob (memory only)
+    budget     each tenant's KV byte budget: the coldest blobs evicted beyond it
+    chunkkv    KV attached to stored chunks after ingestion (a policy's miss), or dropped
     documents  upsert, delete and grants of documents and their chunks
     chunks     reading chunks back: for a tenant, their KV blobs, for an index rebuild
     cache      the read cache behind verified keys and tenant settings
@@ -24,6 +27,8 @@ import lmdb
 import numpy as np
 
 from store.backup import Manifest, backup as backup_store
+from store.budget import Budget
+from store.chunkkv import ChunkKV
 from store.chunks import Chunks
 from store.compaction import Compaction, compact, never
 from store.config import StoreConfig
@@ -38,6 +43,7 @@ from store.records import (
     DocumentInput,
     IndexEntries,
     KeyScope,
+    KVUsage,
     Tenant,
     TenantDeletion,
     TenantSettings,
@@ -47,6 +53,7 @@ from store.records import (
 from store.schema import open_schema
 from store.segments import SegmentLog
 from store.tenants import Tenants
+from store.validate import check_settings
 
 
 class Store:
@@ -62,8 +69,10 @@ class Store:
         self._tenants = Tenants(self._env, self.dim)
         self._keys = Keys(self._env, self._tenants)
         self._blobs = KVBlobs(self._env, self._tenants, self._segments)
+        self._budget = Budget(self._env, self._tenants, self._blobs, config.kv_eviction)
         self._chunks = Chunks(self._env, self._tenants, self._blobs, self.dim)
-        self._documents = Documents(self._env, self._tenants, self._blobs, self._chunks, self.dim)
+        self._chunk_kv = ChunkKV(self._env, self._tenants, self._blobs, self._budget)
+        self._documents = Documents(self._env, self._tenants, self._blobs, self._budget, self._chunks, self.dim)
 
     def close(self) -> None:
         self._blobs.close()
@@ -81,7 +90,18 @@ class Store:
         return self._tenants.create(name, settings)
 
     def update_tenant(self, name: str, settings: TenantSettings) -> Tenant:
-        return self._tenants.update(name, settings)
+        """New settings, in one transaction with the evictions a lower KV budget calls for. A lower
+        chunk quota applies to later writes; a new sharing group salts new blobs only."""
+        check_settings(settings)
+
+        def update(txn: lmdb.Transaction) -> Tenant:
+            tenant = self._tenants.update(txn, name, settings)
+            self._budget.fit(txn, name)
+            return tenant
+
+        tenant = self._env.write(update)
+        self._tenants.forget_settings()
+        return tenant
 
     def get_tenant(self, name: str) -> Tenant:
         return self._tenants.get(name)
@@ -95,6 +115,10 @@ class Store:
 
     def count_tenants(self) -> int:
         return self._tenants.count()
+
+    def kv_usage(self) -> list[KVUsage]:
+        """Each tenant's KV bytes stored, bytes deduplication saved it and evictions, for metrics."""
+        return self._tenants.kv_usage()
 
     def list_tenants_with_stats(self, after: str = "", limit: int | None = None) -> list[tuple[Tenant, TenantStats]]:
         """`list_tenants` with each tenant's usage, from one read transaction."""
@@ -157,7 +181,22 @@ class Store:
         return self._chunks.readable(tenant, chunk_ids, with_tokens)
 
     def read_kv(self, chunk_id: int) -> bytes | None:
+        """A chunk's KV blob (None without one); counts as a read for its owner's eviction order."""
         return self._chunks.read_kv(chunk_id)
+
+    def attach_kv(self, tenant: str, blobs: list[tuple[int, bytes]], kv_fingerprint: str) -> list[int]:
+        """Give chunks `tenant` may read the KV blobs computed for them (under the owner's salt and
+        budget); returns the chunk ids given one. See `store.chunkkv.ChunkKV.attach`."""
+        return self._chunk_kv.attach(tenant, blobs, kv_fingerprint)
+
+    def drop_kv(self, chunk_ids: Sequence[int]) -> list[int]:
+        """Take the chunks' KV blobs away (computed under another model); returns the ids that had one."""
+        return self._chunk_kv.drop(list(chunk_ids))
+
+    def kv_key(self, owner: str, token_ids: np.ndarray, kv_fingerprint: str) -> bytes:
+        """The blob key a chunk of `owner` with these tokens gets for KV computed under
+        `kv_fingerprint` now: what a worker's cache keys that KV by (deduplicated chunks share it)."""
+        return self._chunk_kv.key(owner, token_ids, kv_fingerprint)
 
     def iter_index_entries(self, batch: int = 4096) -> Iterator[IndexEntries]:
         return self._chunks.index_entries(batch)

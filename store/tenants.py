@@ -11,8 +11,12 @@ import orjson
 from store.cache import ReadCache
 from store.env import U32, Env, dumps, now_ms
 from store.errors import AlreadyExists, InvalidArgument, NotFound, QuotaExceeded
-from store.records import Tenant, TenantSettings, TenantState, TenantStats
+from store.records import KVUsage, Tenant, TenantSettings, TenantState, TenantStats
 from store.validate import check_settings, check_tenant_name
+
+
+# A tenant record's usage counts, kept in step by the record modules' own transactions.
+USAGE = ("documents", "chunks", "text_bytes", "kv_bytes", "api_keys", "kv_dedup_bytes", "kv_evictions", "kv_evicted_bytes")
 
 
 class Tenants:
@@ -36,19 +40,21 @@ class Tenants:
         return record
 
     def add_usage(self, txn: lmdb.Transaction, name: str, **amounts: int) -> None:
-        """Add `amounts` (negative to subtract) to the tenant's usage counts: documents, chunks, text_bytes, kv_bytes, api_keys."""
+        """Add `amounts` (negative to subtract) to the tenant's usage counts (`USAGE`)."""
+        if not any(amounts.values()):
+            return
         record = self.record(txn, name)
         for field, amount in amounts.items():
-            record[field] += amount
+            record[field] = record.get(field, 0) + amount
         self._put(txn, name, record)
 
     def check_quotas(self, txn: lmdb.Transaction, name: str) -> None:
-        """Raise (aborting the transaction) when it leaves the tenant above a storage quota."""
+        """Raise (aborting the transaction) when it leaves the tenant above its chunk quota.
+        KV bytes have a budget instead (`store.budget`): what goes beyond it is evicted."""
         record = self.record(txn, name)
-        settings = _tenant(name, record).settings
-        for quota, used, limit in (("max_chunks", record["chunks"], settings.max_chunks), ("max_kv_bytes", record["kv_bytes"], settings.max_kv_bytes)):
-            if limit and used > limit:
-                raise QuotaExceeded(f"{quota}: this batch would bring tenant {name!r} to {used}, above its quota of {limit}")
+        used, limit = record["chunks"], record["settings"].get("max_chunks", 0)
+        if limit and used > limit:
+            raise QuotaExceeded(f"max_chunks: this batch would bring tenant {name!r} to {used}, above its quota of {limit}")
 
     def drop(self, txn: lmdb.Transaction, name: str) -> None:
         """Delete the tenant's record; the caller removes what refers to it in the same transaction
@@ -72,28 +78,20 @@ class Tenants:
                 raise AlreadyExists(f"tenant_id: tenant {name!r} exists already")
             number = int(txn.get(b"next_tenant", b"1", db=self._env.db["meta"]))
             txn.put(b"next_tenant", str(number + 1).encode(), db=self._env.db["meta"])
-            record = dict(
-                number=number, state=TenantState.ACTIVE.value, created=now_ms(), documents=0, chunks=0,
-                text_bytes=0, kv_bytes=0, api_keys=0, settings=asdict(settings),
-            )
+            record = dict(number=number, state=TenantState.ACTIVE.value, created=now_ms(), settings=asdict(settings), **dict.fromkeys(USAGE, 0))
             self._put(txn, name, record)
             return _tenant(name, record)
 
         return self._env.write(create)
 
-    def update(self, name: str, settings: TenantSettings) -> Tenant:
-        """Replace the tenant's settings. Lower quotas apply to later writes; nothing stored is dropped."""
-        check_settings(settings)
-
-        def update(txn: lmdb.Transaction) -> Tenant:
-            record = self.record(txn, name)
-            record["settings"] = asdict(settings)
-            self._put(txn, name, record)
-            return _tenant(name, record)
-
-        tenant = self._env.write(update)
-        self.forget_settings()
-        return tenant
+    def update(self, txn: lmdb.Transaction, name: str, settings: TenantSettings) -> Tenant:
+        """Replace the tenant's settings (checked by the caller, who calls `forget_settings` after
+        the commit). A lower chunk quota applies to later writes; a lower KV budget is the
+        caller's to enforce in the same transaction; a new sharing group salts new blobs only."""
+        record = self.record(txn, name)
+        record["settings"] = asdict(settings)
+        self._put(txn, name, record)
+        return _tenant(name, record)
 
     def get(self, name: str) -> Tenant:
         return _tenant(name, self._env.read(lambda txn: self.record(txn, name)))
@@ -116,6 +114,17 @@ class Tenants:
 
         def scan(txn: lmdb.Transaction) -> list[tuple[Tenant, TenantStats]]:
             return [(_tenant(name, record), self._stats(txn, record)) for name, record in self._scan(txn, after, limit)]
+
+        return self._env.read(scan)
+
+    def kv_usage(self) -> list[KVUsage]:
+        """Every tenant's KV figures, from the tenant records alone (one scan, no chunk counted)."""
+
+        def scan(txn: lmdb.Transaction) -> list[KVUsage]:
+            return [
+                KVUsage(name, r["kv_bytes"], r.get("kv_dedup_bytes", 0), r.get("kv_evictions", 0), r.get("kv_evicted_bytes", 0))
+                for name, r in self._scan(txn, "", None)
+            ]
 
         return self._env.read(scan)
 

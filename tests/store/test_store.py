@@ -404,7 +404,7 @@ def test_replacing_a_document_with_the_same_kv_keeps_the_blob(store: Store) -> N
     assert (store.tenant_stats("alice").documents, store.tenant_stats("alice").chunks) == (1, 1)
 
 
-def test_storage_quotas_refuse_the_whole_batch(store: Store) -> None:
+def test_the_chunk_quota_refuses_the_whole_batch(store: Store) -> None:
     store.create_tenant("acme", TenantSettings(max_chunks=4))
     store.upsert("acme", [doc("a", 3)])
     with pytest.raises(QuotaExceeded, match="max_chunks.*5.*quota of 4"):
@@ -414,14 +414,6 @@ def test_storage_quotas_refuse_the_whole_batch(store: Store) -> None:
         store.document_chunk_ids("acme", ["b"])
     store.upsert("acme", [doc("a", 4, seed=1)])  # replacing a document counts only what remains
     assert store.tenant_stats("acme").chunks == 4
-
-    store.update_tenant("acme", TenantSettings(max_chunks=0, max_kv_bytes=300))
-    store.upsert("acme", [doc("k1", 1, kv=True, seed=2)])
-    used = store.tenant_stats("acme").kv_bytes
-    assert 0 < used <= 300
-    with pytest.raises(QuotaExceeded, match="max_kv_bytes"):
-        store.upsert("acme", [doc("k2", 2, kv=True, seed=3)])
-    assert store.tenant_stats("acme").kv_bytes == used
 
 
 def test_settings_are_validated_and_survive_reopening(config: StoreConfig) -> None:

@@ -1,9 +1,10 @@
 """Prometheus metrics: calls per RPC and status, their latency, calls per tenant, the runtime's sizes, and the workers.
 
 Counters and the latency histogram are updated by the interceptor as calls finish. Sizes (index
-vectors, bytes on disk, tenants) and each worker's figures as the router keeps them (up, load,
-KV cache hits and misses, bytes fetched from the store, routing decisions by reason) are read
-when Prometheus scrapes, so they cost nothing between scrapes.
+vectors, bytes on disk, tenants), each tenant's KV economics as the store records them (KV bytes
+stored, bytes deduplication saved, evictions under its budget) and each worker's figures as the
+router keeps them (up, load, KV cache hits and misses, bytes fetched from the store, routing
+decisions by reason) are read when Prometheus scrapes, so they cost nothing between scrapes.
 """
 
 import time
@@ -68,7 +69,22 @@ class _RuntimeCollector(Collector):
         yield GaugeMetricFamily("tenantkv_index_zeroed_vectors", "Stored vectors found zero or not finite at start, indexed as zeros", value=runtime.indexed_store.zeroed_vectors)
         yield GaugeMetricFamily("tenantkv_tenants", "Tenants in the store", value=runtime.store.count_tenants())
         yield GaugeMetricFamily("tenantkv_store_disk_bytes", "Bytes of the store on disk (LMDB and KV segments)", value=_disk_bytes(runtime.store.config.path))
+        yield from _tenant_kv_metrics(runtime.store)
         yield from _worker_metrics(runtime.router)
+
+
+def _tenant_kv_metrics(store) -> Iterator:
+    """Per tenant, from the tenant records (one scan): what its budget and sharing group did."""
+    families = {
+        "stored_bytes": GaugeMetricFamily("tenantkv_kv_stored_bytes", "KV blob bytes the tenant is charged for (each blob it refers to, in full)", labels=["tenant"]),
+        "dedup_saved_bytes": CounterMetricFamily("tenantkv_kv_dedup_saved_bytes", "KV bytes the tenant's writes referred to that were stored already (its own or its sharing group's)", labels=["tenant"]),
+        "evictions": CounterMetricFamily("tenantkv_kv_evictions", "KV blobs the tenant lost to its byte budget", labels=["tenant"]),
+        "evicted_bytes": CounterMetricFamily("tenantkv_kv_evicted_bytes", "KV bytes the tenant lost to its byte budget", labels=["tenant"]),
+    }
+    for usage in store.kv_usage():
+        for attribute, family in families.items():
+            family.add_metric([usage.tenant], float(getattr(usage, attribute)))
+    yield from families.values()
 
 
 def _worker_metrics(router) -> Iterator:

@@ -8,6 +8,10 @@ is too far behind), and between two polls from what the router itself sent it.
 
 A worker that fails a call or a health check is marked down; work that had not started streaming
 is retried once on another worker. A down worker is polled still, and re-admitted when it answers.
+
+The chunks' KV a worker computed on misses is handed, once its answer's stream has ended, to the
+`KVSink` (the runtime, which stores what its policy keeps), in a task of its own: storing it is
+never on an answer's path and its failure never fails one.
 """
 
 import asyncio
@@ -21,6 +25,7 @@ import numpy as np
 
 from server.workers import Started, WorkerHandle, WorkerUnavailable
 from store.errors import Unavailable
+from worker.engine import ComputedKV
 from worker.generate import GeneratedToken
 from worker.kv_cache import EventKind
 from worker.node import GenerateJob, WorkerStatus
@@ -28,6 +33,7 @@ from worker.node import GenerateJob, WorkerStatus
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+KVSink = Callable[[GenerateJob, list[ComputedKV]], Awaitable[None]]
 LOAD_WEIGHT = 0.5  # one request in flight costs half a request's worth of cached chunks
 HEALTH_INTERVAL_S = 0.5
 
@@ -65,10 +71,12 @@ class WorkerState:
 
 
 class Router:
-    def __init__(self, workers: list[WorkerHandle], routing: Routing = Routing.LOCALITY) -> None:
+    def __init__(self, workers: list[WorkerHandle], routing: Routing = Routing.LOCALITY, kv_sink: KVSink | None = None) -> None:
         if not workers:
             raise ValueError("workers: the router needs at least one")
         self.routing = routing
+        self._kv_sink = kv_sink
+        self._handing_over: set[asyncio.Task] = set()
         self.workers = [WorkerState(w) for w in workers]
         self.decisions = {reason: 0 for reason in Reason}
         self._turns = itertools.count()
@@ -86,6 +94,7 @@ class Router:
     async def stop(self) -> None:
         if self._health is not None:
             self._health.cancel()
+        await self.computed_kv_handed_over()
         for worker in self.workers:
             await worker.handle.close()
 
@@ -124,11 +133,26 @@ class Router:
             worker.cache_misses += len(job.chunks) - started.cache_hits
             worker.fetched_bytes += started.fetched_bytes
             worker.held.update(c.kv_key for c in job.chunks)  # it holds them once it has loaded them
-            return Started(
-                started.prompt_tokens, started.cache_hits, started.fetched_chunks, started.fetched_bytes,
-                _TokenStream(self, worker, first, started.tokens),
-            )
+            stream = _TokenStream(self, worker, first, started.tokens, lambda: self._hand_over(job, started.computed()))
+            return Started(started.prompt_tokens, started.cache_hits, started.fetched_chunks, started.fetched_bytes, stream, started.computed)
         raise Unavailable("no worker could take the question; ask again")
+
+    def _hand_over(self, job: GenerateJob, computed: list[ComputedKV]) -> None:
+        if computed and self._kv_sink is not None:
+            task = asyncio.create_task(self._sink(job, computed), name="tenantkv-computed-kv")
+            self._handing_over.add(task)
+            task.add_done_callback(self._handing_over.discard)
+
+    async def _sink(self, job: GenerateJob, computed: list[ComputedKV]) -> None:
+        try:
+            await self._kv_sink(job, computed)
+        except Exception:  # noqa: BLE001 - a miss not stored is recomputed next time; the answer is done
+            log.exception("tenant %s: storing %d chunks' computed KV failed", job.tenant, len(computed))
+
+    async def computed_kv_handed_over(self) -> None:
+        """Until the computed KV of every answer ended so far has gone through the sink."""
+        while self._handing_over:
+            await asyncio.gather(*self._handing_over)
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         return await self._on_least_loaded(lambda handle: handle.embed(texts))
@@ -236,14 +260,19 @@ class _TokenStream:
     """A started answer's tokens: its first (already read), then the rest. Closing it, at any point
     and even before the first read, ends the worker's request and its count in flight."""
 
-    def __init__(self, router: Router, worker: WorkerState, first: GeneratedToken | None, tokens: AsyncIterator[GeneratedToken]) -> None:
+    def __init__(
+        self, router: Router, worker: WorkerState, first: GeneratedToken | None, tokens: AsyncIterator[GeneratedToken],
+        ended: Callable[[], None],
+    ) -> None:
         self._router = router
         self._worker = worker
         self._first = first
         self._tokens = tokens
+        self._ended = ended  # called once, when the stream ends or is closed
         self._closed = first is None
         if self._closed:
             worker.in_flight -= 1
+            ended()
 
     def __aiter__(self) -> "_TokenStream":
         return self
@@ -269,3 +298,4 @@ class _TokenStream:
             self._closed = True
             self._worker.in_flight -= 1
             await self._tokens.aclose()
+            self._ended()

@@ -9,7 +9,7 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterator, Protocol
+from typing import AsyncIterator, Callable, Iterator, Protocol
 
 import grpc
 import numpy as np
@@ -18,6 +18,7 @@ from client.api import MAX_MESSAGE_BYTES
 from protos.tenantkv.v1 import worker_pb2, worker_pb2_grpc
 from server.offload import Offload
 from store.errors import Unavailable
+from worker.engine import ComputedKV
 from worker.errors import WorkerInputError
 from worker.generate import GeneratedToken
 from worker.kv_cache import CacheEvent, CacheView
@@ -36,13 +37,15 @@ class WorkerUnavailable(Unavailable):
 
 @dataclass(frozen=True, slots=True)
 class Started:
-    """A generation the worker accepted: how its chunks' KV was found, and its token stream."""
+    """A generation the worker accepted: how its chunks' KV was found, its token stream, and the
+    chunks' KV it computed on misses (what has arrived of it: complete once the stream has ended)."""
 
     prompt_tokens: int
     cache_hits: int
     fetched_chunks: int
     fetched_bytes: int
     tokens: AsyncIterator[GeneratedToken]  # aclose() cancels the request
+    computed: Callable[[], list[ComputedKV]]
 
 
 class WorkerHandle(Protocol):
@@ -76,7 +79,7 @@ class LocalWorker:
         generation = await asyncio.to_thread(self.node.generate, job, self._fetch)
         return Started(
             generation.prompt_tokens, generation.cache_hits, generation.fetched_chunks, generation.fetched_bytes,
-            self._stream(generation.tokens),
+            self._stream(generation.tokens), lambda: generation.computed,
         )
 
     async def _stream(self, tokens: Iterator[GeneratedToken]) -> AsyncIterator[GeneratedToken]:
@@ -127,7 +130,10 @@ class RemoteWorker:
     async def generate(self, job: GenerateJob, capability: str) -> Started:
         request = worker_pb2.GenerateRequest(
             chunks=[
-                worker_pb2.ChunkRef(chunk_id=c.chunk_id, kv_key=c.kv_key, token_ids=np.asarray(c.token_ids).tolist(), stored=c.stored)
+                worker_pb2.ChunkRef(
+                    chunk_id=c.chunk_id, kv_key=c.kv_key, token_ids=np.asarray(c.token_ids).tolist(), stored=c.stored,
+                    codec=c.codec, keep=c.keep,
+                )
                 for c in job.chunks
             ],
             question=job.question,
@@ -146,11 +152,18 @@ class RemoteWorker:
             call.cancel()
             raise WorkerUnavailable(f"worker {self.name}: ended a generation before accepting it")
         accepted = first.accepted
-        return Started(accepted.prompt_tokens, accepted.cache_hits, accepted.fetched_chunks, accepted.fetched_bytes, self._stream(call, started))
+        computed = ComputedPieces()
+        return Started(
+            accepted.prompt_tokens, accepted.cache_hits, accepted.fetched_chunks, accepted.fetched_bytes,
+            self._stream(call, started, computed), computed.complete,
+        )
 
-    async def _stream(self, call, started: float) -> AsyncIterator[GeneratedToken]:
+    async def _stream(self, call, started: float, computed: "ComputedPieces") -> AsyncIterator[GeneratedToken]:
         try:
             while (message := await call.read()) is not grpc.aio.EOF:
+                if message.HasField("computed"):
+                    computed.add(message.computed)
+                    continue
                 yield GeneratedToken(message.token.token_id, message.token.text, time.perf_counter() - started)
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc) from exc
@@ -202,4 +215,22 @@ class RemoteWorker:
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
+
+
+class ComputedPieces:
+    """The computed chunks' KV a remote worker streams back, put together piece by piece (a gRPC
+    stream keeps them in order, one chunk's pieces after another's)."""
+
+    def __init__(self) -> None:
+        self._done: list[ComputedKV] = []
+        self._parts: list[bytes] = []
+
+    def add(self, piece: worker_pb2.ComputedKVPiece) -> None:
+        self._parts.append(piece.data)
+        if piece.last:
+            self._done.append(ComputedKV(piece.chunk_id, b"".join(self._parts), piece.seconds))
+            self._parts = []
+
+    def complete(self) -> list[ComputedKV]:
+        return list(self._done)
 

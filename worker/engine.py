@@ -5,6 +5,10 @@ One `Engine` per process and system prompt. Every forward pass it makes goes thr
 tenants, and chunk-KV precompute runs below them in padded batches. Chunk KV is encoded with a
 codec from `kvcodec` for storage; loaded chunk KV stays in a byte-bounded LRU keyed by the blob
 key the store names it by (else the chunk id), still packed when its codec quantises.
+
+A chunk whose KV the store lacks is computed within its answer's prefill and passed through its
+codec (encoded, then decoded) before use, so an answer is the same whether its KV came from the
+store or from a miss; the encoded blob goes to the chunk's `on_miss`, for the server to store.
 """
 
 import hashlib
@@ -43,11 +47,22 @@ class EngineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ComputedKV:
+    """A chunk's KV computed on a miss: its blob as the store would hold it, and what computing it cost."""
+
+    chunk_id: int
+    blob: bytes  # encoded in the chunk's codec; b"" where nobody asked to keep it
+    seconds: float  # prefill, encode and decode, wall clock (includes other requests' steps interleaved)
+
+
+@dataclass(frozen=True, slots=True)
 class RetrievedChunk:
     chunk_id: int
     token_ids: np.ndarray  # the chunk's own tokens, as stored
     load_kv: Callable[[], bytes | None]  # the encoded blob from the store, if precomputed
     cache_key: str = ""  # the store's blob key naming the chunk's KV (shared by chunks with the same KV); "": the chunk id
+    codec: str = ""  # the codec its KV is stored in; "": the engine's default
+    on_miss: Callable[[ComputedKV], None] | None = None  # told when its KV had to be computed
 
     @property
     def key(self) -> str:
@@ -151,12 +166,21 @@ class Engine:
         blob = chunk.load_kv()
         kv = self._decoded(chunk.key, blob) if blob is not None else None
         segment = torch.from_numpy(self.layout.chunk_segment(chunk.token_ids))
-        if kv is None:  # not precomputed, or its blob is damaged: compute now (in this request's steps), keep for next time
-            loaded = (yield from self.blender.prefill_chunks_steps([segment]))[0]
-        else:
-            loaded = ChunkKV(tokens=segment, kv=kv)
+        if kv is None:  # not stored, or its blob is damaged: compute now (in this request's steps), keep for next time
+            kv = yield from self._computed(chunk, segment)
+        loaded = ChunkKV(tokens=segment, kv=kv)
         self.cache.put(chunk.key, loaded)
         return loaded
+
+    def _computed(self, chunk: RetrievedChunk, segment: torch.Tensor) -> Steps[torch.Tensor | kvcodec.PackedKV]:
+        """The chunk's KV computed, then encoded and decoded in its codec, exactly as a stored blob loads."""
+        started = time.perf_counter()
+        computed = (yield from self.blender.prefill_chunks_steps([segment]))[0]
+        blob = kvcodec.encode(computed.kv, chunk.codec or self.config.kv_codec)
+        kv = self._decoded(chunk.key, blob)
+        if chunk.on_miss is not None:
+            chunk.on_miss(ComputedKV(chunk.chunk_id, blob, time.perf_counter() - started))
+        return kv
 
     def _decoded(self, key: str, blob: bytes) -> torch.Tensor | kvcodec.PackedKV | None:
         """The blob's KV on the model's device (quantised KV stays packed, 3-6x smaller); None if it does not decode."""

@@ -4,19 +4,20 @@ The server runs one in its own process (no network hop), `tenantkv worker` runs 
 `tenantkv.v1.Worker` gRPC service; both are the same object, so an answer is the same wherever
 it is computed. The engine's scheduler owns the model: calls here block on it from any thread. A worker holds no tenant data beyond its KV cache: the chunks' KV it lacks comes
 through a `KVFetcher` the caller provides (the store in-process, `KVCache.Fetch` with a
-capability from the router otherwise).
+capability from the router otherwise). Nor does it write the store: the KV it computes on a miss
+comes back with the answer (`Generation.computed`), for the server to keep or not.
 """
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import numpy as np
 
 from worker.blend import PrefillMode
 from worker.embedder import Embedder
-from worker.engine import Engine, RetrievedChunk
+from worker.engine import ComputedKV, Engine, RetrievedChunk
 from worker.generate import GeneratedToken
 from worker.kv_cache import CacheView
 from worker.llm import LLM
@@ -34,6 +35,8 @@ class ChunkRef:
     kv_key: str  # the worker's cache key
     token_ids: np.ndarray  # int32 or int64 [tokens]
     stored: bool  # the store holds its KV; else the worker computes it
+    codec: str = ""  # the codec its KV is stored in (its owner's); "": the worker's default
+    keep: bool = False  # on a miss, return the computed blob: the server stores it
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,9 @@ class Generation:
     fetched_chunks: int  # chunks whose KV came from the store
     fetched_bytes: int
     tokens: Iterator[GeneratedToken]
+    # Chunks computed on a miss, appended during the prefill (so complete by the first token);
+    # with their blobs where the router asked to keep them.
+    computed: list[ComputedKV]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +86,12 @@ class WorkerNode:
         """Check the request (ContextOverflow and the like raise here, before any token), fetch
         the stored KV of chunks not in the cache in one call, and return the token stream."""
         blobs: dict[int, bytes] = {}
+        computed: list[ComputedKV] = []
         chunks = [
-            RetrievedChunk(c.chunk_id, np.asarray(c.token_ids), _lookup(blobs, c.chunk_id), cache_key=c.kv_key)
+            RetrievedChunk(
+                c.chunk_id, np.asarray(c.token_ids), _lookup(blobs, c.chunk_id), cache_key=c.kv_key, codec=c.codec,
+                on_miss=_collect(computed, c.keep),
+            )
             for c in job.chunks
         ]
         tokens = self.engine.answer(chunks, job.question, job.mode, job.max_new_tokens, tenant=job.tenant)
@@ -101,6 +111,7 @@ class WorkerNode:
             fetched_chunks=len(blobs),
             fetched_bytes=fetched_bytes,
             tokens=tokens,
+            computed=computed,
         )
 
     def embed(self, texts: list[str]) -> np.ndarray:
@@ -134,3 +145,8 @@ class WorkerNode:
 
 def _lookup(blobs: dict[int, bytes], chunk_id: int) -> Callable[[], bytes | None]:
     return lambda: blobs.get(chunk_id)
+
+
+def _collect(computed: list[ComputedKV], keep: bool) -> Callable[[ComputedKV], None]:
+    """Appends a miss to `computed`, its blob dropped unless the router asked to keep it."""
+    return lambda kv: computed.append(kv if keep else replace(kv, blob=b""))

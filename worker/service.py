@@ -10,13 +10,14 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Iterator
 
 import grpc
 import numpy as np
 
 from protos.tenantkv.v1 import retrieval_pb2, worker_pb2, worker_pb2_grpc
 from worker.blend import PrefillMode
+from worker.engine import ComputedKV
 from worker.errors import RequestCancelled, WorkerInputError
 from worker.kv_cache import EventKind
 from worker.node import ChunkRef, GenerateJob, KVFetcher, WorkerNode
@@ -49,7 +50,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         if mode is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"mode: unknown generation mode {request.mode}")
         job = GenerateJob(
-            chunks=[ChunkRef(c.chunk_id, c.kv_key, np.array(c.token_ids, dtype=np.int64), c.stored) for c in request.chunks],
+            chunks=[
+                ChunkRef(c.chunk_id, c.kv_key, np.array(c.token_ids, dtype=np.int64), c.stored, c.codec, c.keep)
+                for c in request.chunks
+            ],
             question=request.question,
             mode=mode,
             max_new_tokens=request.max_new_tokens,
@@ -71,8 +75,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     )
                 )
             )
+            sent_computed = False
             while (token := await asyncio.to_thread(next, tokens, None)) is not None:
                 await context.write(worker_pb2.GenerateResponse(token=retrieval_pb2.TokenDelta(token_id=token.token_id, text=token.text)))
+                if not sent_computed:  # the prefill is done: its misses are all known, and off the first token's path
+                    sent_computed = True
+                    for message in computed_messages(generation.computed):
+                        await context.write(message)
         except RequestCancelled as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"the worker is stopping: {exc}")
         finally:
@@ -96,9 +105,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         except RequestCancelled as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"the worker is stopping: {exc}")
         for chunk, blob in enumerate(blobs):
-            for offset in range(0, len(blob), PIECE_BYTES):
-                piece = blob[offset : offset + PIECE_BYTES]
-                last = offset + len(piece) == len(blob)
+            for offset, piece, last in pieces(blob):
                 yield worker_pb2.PrecomputeKVResponse(chunk=chunk, total_bytes=len(blob), offset=offset, data=piece, last=last)
 
     async def Status(self, request, context) -> worker_pb2.StatusResponse:
@@ -120,3 +127,19 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     def shutdown(self) -> None:
         self._embedding.shutdown(wait=True, cancel_futures=True)
+
+
+def pieces(blob: bytes) -> Iterator[tuple[int, bytes, bool]]:
+    """(offset, piece, last) for a blob in pieces of at most PIECE_BYTES; one empty piece for an empty blob."""
+    for offset in range(0, max(len(blob), 1), PIECE_BYTES):
+        piece = blob[offset : offset + PIECE_BYTES]
+        yield offset, piece, offset + len(piece) == len(blob)
+
+
+def computed_messages(computed: list[ComputedKV]) -> Iterator[worker_pb2.GenerateResponse]:
+    for kv in computed:
+        for offset, piece, last in pieces(kv.blob):
+            message = worker_pb2.ComputedKVPiece(
+                chunk_id=kv.chunk_id, seconds=kv.seconds, total_bytes=len(kv.blob), offset=offset, data=piece, last=last
+            )
+            yield worker_pb2.GenerateResponse(computed=message)

@@ -25,43 +25,45 @@ _sym_db = _symbol_database.Default()
 from protos.tenantkv.v1 import retrieval_pb2 as protos_dot_tenantkv_dot_v1_dot_retrieval__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/tenantkv/v1/worker.proto\x12\x0btenantkv.v1\x1a\"protos/tenantkv/v1/retrieval.proto\"O\n\x08\x43hunkRef\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\x04\x12\x0e\n\x06kv_key\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x0e\n\x06stored\x18\x04 \x01(\x08\"\xb1\x01\n\x0fGenerateRequest\x12%\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x15.tenantkv.v1.ChunkRef\x12\x10\n\x08question\x18\x02 \x01(\t\x12)\n\x04mode\x18\x03 \x01(\x0e\x32\x1b.tenantkv.v1.GenerationMode\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x12\n\ncapability\x18\x05 \x01(\t\x12\x0e\n\x06tenant\x18\x06 \x01(\t\"l\n\x10GenerateAccepted\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x12\n\ncache_hits\x18\x02 \x01(\r\x12\x16\n\x0e\x66\x65tched_chunks\x18\x03 \x01(\r\x12\x15\n\rfetched_bytes\x18\x04 \x01(\x04\"x\n\x10GenerateResponse\x12\x31\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1d.tenantkv.v1.GenerateAcceptedH\x00\x12(\n\x05token\x18\x02 \x01(\x0b\x32\x17.tenantkv.v1.TokenDeltaH\x00\x42\x07\n\x05\x65vent\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"8\n\rEmbedResponse\x12\'\n\x07vectors\x18\x01 \x03(\x0b\x32\x16.tenantkv.v1.Embedding\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"K\n\x13PrecomputeKVRequest\x12%\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x15.tenantkv.v1.TokenIds\x12\r\n\x05\x63odec\x18\x02 \x01(\t\"f\n\x14PrecomputeKVResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0c\n\x04last\x18\x05 \x01(\x08\"\'\n\rStatusRequest\x12\x16\n\x0esince_sequence\x18\x01 \x01(\x04\"b\n\x07KVEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.tenantkv.v1.KVEventKind\x12\x0e\n\x06kv_key\x18\x03 \x01(\t\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\"(\n\x07KVEntry\x12\x0e\n\x06kv_key\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"\xa3\x02\n\x0eStatusResponse\x12\x16\n\x0ekv_fingerprint\x18\x01 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\r\x12\x17\n\x0f\x61\x63tive_requests\x18\x03 \x01(\r\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x13\n\x0bis_snapshot\x18\x05 \x01(\x08\x12&\n\x08snapshot\x18\x06 \x03(\x0b\x32\x14.tenantkv.v1.KVEntry\x12$\n\x06\x65vents\x18\x07 \x03(\x0b\x32\x14.tenantkv.v1.KVEvent\x12\x12\n\ncache_hits\x18\x08 \x01(\x04\x12\x14\n\x0c\x63\x61\x63he_misses\x18\t \x01(\x04\x12\x15\n\rfetched_bytes\x18\n \x01(\x04\x12\x15\n\rembedding_dim\x18\x0b \x01(\r*a\n\x0bKVEventKind\x12\x1d\n\x19KV_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14KV_EVENT_KIND_STORED\x10\x01\x12\x19\n\x15KV_EVENT_KIND_REMOVED\x10\x02\x32\xad\x02\n\x06Worker\x12I\n\x08Generate\x12\x1c.tenantkv.v1.GenerateRequest\x1a\x1d.tenantkv.v1.GenerateResponse0\x01\x12>\n\x05\x45mbed\x12\x19.tenantkv.v1.EmbedRequest\x1a\x1a.tenantkv.v1.EmbedResponse\x12U\n\x0cPrecomputeKV\x12 .tenantkv.v1.PrecomputeKVRequest\x1a!.tenantkv.v1.PrecomputeKVResponse0\x01\x12\x41\n\x06Status\x12\x1a.tenantkv.v1.StatusRequest\x1a\x1b.tenantkv.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/tenantkv/v1/worker.proto\x12\x0btenantkv.v1\x1a\"protos/tenantkv/v1/retrieval.proto\"l\n\x08\x43hunkRef\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\x04\x12\x0e\n\x06kv_key\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x0e\n\x06stored\x18\x04 \x01(\x08\x12\r\n\x05\x63odec\x18\x05 \x01(\t\x12\x0c\n\x04keep\x18\x06 \x01(\x08\"\xb1\x01\n\x0fGenerateRequest\x12%\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x15.tenantkv.v1.ChunkRef\x12\x10\n\x08question\x18\x02 \x01(\t\x12)\n\x04mode\x18\x03 \x01(\x0e\x32\x1b.tenantkv.v1.GenerationMode\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x12\n\ncapability\x18\x05 \x01(\t\x12\x0e\n\x06tenant\x18\x06 \x01(\t\"l\n\x10GenerateAccepted\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x12\n\ncache_hits\x18\x02 \x01(\r\x12\x16\n\x0e\x66\x65tched_chunks\x18\x03 \x01(\r\x12\x15\n\rfetched_bytes\x18\x04 \x01(\x04\"u\n\x0f\x43omputedKVPiece\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\x04\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x0c\n\x04last\x18\x06 \x01(\x08\"\xaa\x01\n\x10GenerateResponse\x12\x31\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1d.tenantkv.v1.GenerateAcceptedH\x00\x12(\n\x05token\x18\x02 \x01(\x0b\x32\x17.tenantkv.v1.TokenDeltaH\x00\x12\x30\n\x08\x63omputed\x18\x03 \x01(\x0b\x32\x1c.tenantkv.v1.ComputedKVPieceH\x00\x42\x07\n\x05\x65vent\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"8\n\rEmbedResponse\x12\'\n\x07vectors\x18\x01 \x03(\x0b\x32\x16.tenantkv.v1.Embedding\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"K\n\x13PrecomputeKVRequest\x12%\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x15.tenantkv.v1.TokenIds\x12\r\n\x05\x63odec\x18\x02 \x01(\t\"f\n\x14PrecomputeKVResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0c\n\x04last\x18\x05 \x01(\x08\"\'\n\rStatusRequest\x12\x16\n\x0esince_sequence\x18\x01 \x01(\x04\"b\n\x07KVEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.tenantkv.v1.KVEventKind\x12\x0e\n\x06kv_key\x18\x03 \x01(\t\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\"(\n\x07KVEntry\x12\x0e\n\x06kv_key\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"\xa3\x02\n\x0eStatusResponse\x12\x16\n\x0ekv_fingerprint\x18\x01 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\r\x12\x17\n\x0f\x61\x63tive_requests\x18\x03 \x01(\r\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x13\n\x0bis_snapshot\x18\x05 \x01(\x08\x12&\n\x08snapshot\x18\x06 \x03(\x0b\x32\x14.tenantkv.v1.KVEntry\x12$\n\x06\x65vents\x18\x07 \x03(\x0b\x32\x14.tenantkv.v1.KVEvent\x12\x12\n\ncache_hits\x18\x08 \x01(\x04\x12\x14\n\x0c\x63\x61\x63he_misses\x18\t \x01(\x04\x12\x15\n\rfetched_bytes\x18\n \x01(\x04\x12\x15\n\rembedding_dim\x18\x0b \x01(\r*a\n\x0bKVEventKind\x12\x1d\n\x19KV_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14KV_EVENT_KIND_STORED\x10\x01\x12\x19\n\x15KV_EVENT_KIND_REMOVED\x10\x02\x32\xad\x02\n\x06Worker\x12I\n\x08Generate\x12\x1c.tenantkv.v1.GenerateRequest\x1a\x1d.tenantkv.v1.GenerateResponse0\x01\x12>\n\x05\x45mbed\x12\x19.tenantkv.v1.EmbedRequest\x1a\x1a.tenantkv.v1.EmbedResponse\x12U\n\x0cPrecomputeKV\x12 .tenantkv.v1.PrecomputeKVRequest\x1a!.tenantkv.v1.PrecomputeKVResponse0\x01\x12\x41\n\x06Status\x12\x1a.tenantkv.v1.StatusRequest\x1a\x1b.tenantkv.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.tenantkv.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KVEVENTKIND']._serialized_start=1378
-  _globals['_KVEVENTKIND']._serialized_end=1475
+  _globals['_KVEVENTKIND']._serialized_start=1577
+  _globals['_KVEVENTKIND']._serialized_end=1674
   _globals['_CHUNKREF']._serialized_start=84
-  _globals['_CHUNKREF']._serialized_end=163
-  _globals['_GENERATEREQUEST']._serialized_start=166
-  _globals['_GENERATEREQUEST']._serialized_end=343
-  _globals['_GENERATEACCEPTED']._serialized_start=345
-  _globals['_GENERATEACCEPTED']._serialized_end=453
-  _globals['_GENERATERESPONSE']._serialized_start=455
-  _globals['_GENERATERESPONSE']._serialized_end=575
-  _globals['_EMBEDREQUEST']._serialized_start=577
-  _globals['_EMBEDREQUEST']._serialized_end=606
-  _globals['_EMBEDDING']._serialized_start=608
-  _globals['_EMBEDDING']._serialized_end=635
-  _globals['_EMBEDRESPONSE']._serialized_start=637
-  _globals['_EMBEDRESPONSE']._serialized_end=693
-  _globals['_TOKENIDS']._serialized_start=695
-  _globals['_TOKENIDS']._serialized_end=718
-  _globals['_PRECOMPUTEKVREQUEST']._serialized_start=720
-  _globals['_PRECOMPUTEKVREQUEST']._serialized_end=795
-  _globals['_PRECOMPUTEKVRESPONSE']._serialized_start=797
-  _globals['_PRECOMPUTEKVRESPONSE']._serialized_end=899
-  _globals['_STATUSREQUEST']._serialized_start=901
-  _globals['_STATUSREQUEST']._serialized_end=940
-  _globals['_KVEVENT']._serialized_start=942
-  _globals['_KVEVENT']._serialized_end=1040
-  _globals['_KVENTRY']._serialized_start=1042
-  _globals['_KVENTRY']._serialized_end=1082
-  _globals['_STATUSRESPONSE']._serialized_start=1085
-  _globals['_STATUSRESPONSE']._serialized_end=1376
-  _globals['_WORKER']._serialized_start=1478
-  _globals['_WORKER']._serialized_end=1779
+  _globals['_CHUNKREF']._serialized_end=192
+  _globals['_GENERATEREQUEST']._serialized_start=195
+  _globals['_GENERATEREQUEST']._serialized_end=372
+  _globals['_GENERATEACCEPTED']._serialized_start=374
+  _globals['_GENERATEACCEPTED']._serialized_end=482
+  _globals['_COMPUTEDKVPIECE']._serialized_start=484
+  _globals['_COMPUTEDKVPIECE']._serialized_end=601
+  _globals['_GENERATERESPONSE']._serialized_start=604
+  _globals['_GENERATERESPONSE']._serialized_end=774
+  _globals['_EMBEDREQUEST']._serialized_start=776
+  _globals['_EMBEDREQUEST']._serialized_end=805
+  _globals['_EMBEDDING']._serialized_start=807
+  _globals['_EMBEDDING']._serialized_end=834
+  _globals['_EMBEDRESPONSE']._serialized_start=836
+  _globals['_EMBEDRESPONSE']._serialized_end=892
+  _globals['_TOKENIDS']._serialized_start=894
+  _globals['_TOKENIDS']._serialized_end=917
+  _globals['_PRECOMPUTEKVREQUEST']._serialized_start=919
+  _globals['_PRECOMPUTEKVREQUEST']._serialized_end=994
+  _globals['_PRECOMPUTEKVRESPONSE']._serialized_start=996
+  _globals['_PRECOMPUTEKVRESPONSE']._serialized_end=1098
+  _globals['_STATUSREQUEST']._serialized_start=1100
+  _globals['_STATUSREQUEST']._serialized_end=1139
+  _globals['_KVEVENT']._serialized_start=1141
+  _globals['_KVEVENT']._serialized_end=1239
+  _globals['_KVENTRY']._serialized_start=1241
+  _globals['_KVENTRY']._serialized_end=1281
+  _globals['_STATUSRESPONSE']._serialized_start=1284
+  _globals['_STATUSRESPONSE']._serialized_end=1575
+  _globals['_WORKER']._serialized_start=1677
+  _globals['_WORKER']._serialized_end=1978
 # @@protoc_insertion_point(module_scope)

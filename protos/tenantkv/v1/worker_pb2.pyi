@@ -18,16 +18,20 @@ KV_EVENT_KIND_STORED: KVEventKind
 KV_EVENT_KIND_REMOVED: KVEventKind
 
 class ChunkRef(_message.Message):
-    __slots__ = ("chunk_id", "kv_key", "token_ids", "stored")
+    __slots__ = ("chunk_id", "kv_key", "token_ids", "stored", "codec", "keep")
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
     KV_KEY_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
     chunk_id: int
     kv_key: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     stored: bool
-    def __init__(self, chunk_id: _Optional[int] = ..., kv_key: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., stored: _Optional[bool] = ...) -> None: ...
+    codec: str
+    keep: bool
+    def __init__(self, chunk_id: _Optional[int] = ..., kv_key: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., stored: _Optional[bool] = ..., codec: _Optional[str] = ..., keep: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("chunks", "question", "mode", "max_new_tokens", "capability", "tenant")
@@ -57,13 +61,31 @@ class GenerateAccepted(_message.Message):
     fetched_bytes: int
     def __init__(self, prompt_tokens: _Optional[int] = ..., cache_hits: _Optional[int] = ..., fetched_chunks: _Optional[int] = ..., fetched_bytes: _Optional[int] = ...) -> None: ...
 
+class ComputedKVPiece(_message.Message):
+    __slots__ = ("chunk_id", "seconds", "total_bytes", "offset", "data", "last")
+    CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    chunk_id: int
+    seconds: float
+    total_bytes: int
+    offset: int
+    data: bytes
+    last: bool
+    def __init__(self, chunk_id: _Optional[int] = ..., seconds: _Optional[float] = ..., total_bytes: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
+
 class GenerateResponse(_message.Message):
-    __slots__ = ("accepted", "token")
+    __slots__ = ("accepted", "token", "computed")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    COMPUTED_FIELD_NUMBER: _ClassVar[int]
     accepted: GenerateAccepted
     token: _retrieval_pb2.TokenDelta
-    def __init__(self, accepted: _Optional[_Union[GenerateAccepted, _Mapping]] = ..., token: _Optional[_Union[_retrieval_pb2.TokenDelta, _Mapping]] = ...) -> None: ...
+    computed: ComputedKVPiece
+    def __init__(self, accepted: _Optional[_Union[GenerateAccepted, _Mapping]] = ..., token: _Optional[_Union[_retrieval_pb2.TokenDelta, _Mapping]] = ..., computed: _Optional[_Union[ComputedKVPiece, _Mapping]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("texts",)

@@ -22,32 +22,41 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from protos.tenantkv.v1 import common_pb2 as protos_dot_tenantkv_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/tenantkv/v1/retrieval.proto\x12\x0btenantkv.v1\x1a\x1fprotos/tenantkv/v1/common.proto\"D\n\rSearchRequest\x12\x12\n\nquery_text\x18\x01 \x01(\t\x12\x14\n\x0cquery_vector\x18\x02 \x03(\x02\x12\t\n\x01k\x18\x03 \x01(\x05\"H\n\x0eSearchResponse\x12#\n\x04hits\x18\x01 \x03(\x0b\x32\x15.tenantkv.v1.ChunkHit\x12\x11\n\tsearch_ms\x18\x02 \x01(\x01\"|\n\x1aRetrieveAndGenerateRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12)\n\x04mode\x18\x04 \x01(\x0e\x32\x1b.tenantkv.v1.GenerationMode\"1\n\nChunksUsed\x12#\n\x04hits\x18\x01 \x03(\x0b\x32\x15.tenantkv.v1.ChunkHit\",\n\nTokenDelta\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xcb\x01\n\x0fGenerationStats\x12\x14\n\x0cretrieval_ms\x18\x01 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x02 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x18\n\x10tokens_generated\x18\x04 \x01(\r\x12\x14\n\x0ctokens_per_s\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\x12)\n\x04mode\x18\x07 \x01(\x0e\x32\x1b.tenantkv.v1.GenerationMode\"\xaa\x01\n\x1bRetrieveAndGenerateResponse\x12)\n\x06\x63hunks\x18\x01 \x01(\x0b\x32\x17.tenantkv.v1.ChunksUsedH\x00\x12(\n\x05token\x18\x02 \x01(\x0b\x32\x17.tenantkv.v1.TokenDeltaH\x00\x12-\n\x05stats\x18\x03 \x01(\x0b\x32\x1c.tenantkv.v1.GenerationStatsH\x00\x42\x07\n\x05\x65vent*\x8e\x01\n\x0eGenerationMode\x12\x1f\n\x1bGENERATION_MODE_UNSPECIFIED\x10\x00\x12 \n\x1cGENERATION_MODE_FULL_PREFILL\x10\x01\x12\x1e\n\x1aGENERATION_MODE_FULL_REUSE\x10\x02\x12\x19\n\x15GENERATION_MODE_BLEND\x10\x03\x32\xba\x01\n\tRetrieval\x12\x41\n\x06Search\x12\x1a.tenantkv.v1.SearchRequest\x1a\x1b.tenantkv.v1.SearchResponse\x12j\n\x13RetrieveAndGenerate\x12\'.tenantkv.v1.RetrieveAndGenerateRequest\x1a(.tenantkv.v1.RetrieveAndGenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/tenantkv/v1/retrieval.proto\x12\x0btenantkv.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fprotos/tenantkv/v1/common.proto\"i\n\rSearchRequest\x12\x12\n\nquery_text\x18\x01 \x01(\t\x12\x14\n\x0cquery_vector\x18\x02 \x03(\x02\x12\t\n\x01k\x18\x03 \x01(\x05\x12#\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x13.tenantkv.v1.Filter\"\xb2\x01\n\x06\x46ilter\x12+\n\tcondition\x18\x01 \x01(\x0b\x32\x16.tenantkv.v1.ConditionH\x00\x12&\n\x06\x61ll_of\x18\x02 \x01(\x0b\x32\x14.tenantkv.v1.FiltersH\x00\x12&\n\x06\x61ny_of\x18\x03 \x01(\x0b\x32\x14.tenantkv.v1.FiltersH\x00\x12#\n\x04not_\x18\x04 \x01(\x0b\x32\x13.tenantkv.v1.FilterH\x00\x42\x06\n\x04kind\"/\n\x07\x46ilters\x12$\n\x07\x66ilters\x18\x01 \x03(\x0b\x32\x13.tenantkv.v1.Filter\"\xa0\x01\n\tCondition\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x06\x65quals\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12(\n\x02in\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.ListValueH\x00\x12*\n\x05range\x18\x04 \x01(\x0b\x32\x19.tenantkv.v1.NumericRangeH\x00\x42\x06\n\x04test\"r\n\x0cNumericRange\x12\x0f\n\x02gt\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03gte\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x0f\n\x02lt\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x03lte\x18\x04 \x01(\x01H\x03\x88\x01\x01\x42\x05\n\x03_gtB\x06\n\x04_gteB\x05\n\x03_ltB\x06\n\x04_lte\"H\n\x0eSearchResponse\x12#\n\x04hits\x18\x01 \x03(\x0b\x32\x15.tenantkv.v1.ChunkHit\x12\x11\n\tsearch_ms\x18\x02 \x01(\x01\"\xa1\x01\n\x1aRetrieveAndGenerateRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12)\n\x04mode\x18\x04 \x01(\x0e\x32\x1b.tenantkv.v1.GenerationMode\x12#\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x13.tenantkv.v1.Filter\"1\n\nChunksUsed\x12#\n\x04hits\x18\x01 \x03(\x0b\x32\x15.tenantkv.v1.ChunkHit\",\n\nTokenDelta\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xcb\x01\n\x0fGenerationStats\x12\x14\n\x0cretrieval_ms\x18\x01 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x02 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x18\n\x10tokens_generated\x18\x04 \x01(\r\x12\x14\n\x0ctokens_per_s\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\x12)\n\x04mode\x18\x07 \x01(\x0e\x32\x1b.tenantkv.v1.GenerationMode\"\xaa\x01\n\x1bRetrieveAndGenerateResponse\x12)\n\x06\x63hunks\x18\x01 \x01(\x0b\x32\x17.tenantkv.v1.ChunksUsedH\x00\x12(\n\x05token\x18\x02 \x01(\x0b\x32\x17.tenantkv.v1.TokenDeltaH\x00\x12-\n\x05stats\x18\x03 \x01(\x0b\x32\x1c.tenantkv.v1.GenerationStatsH\x00\x42\x07\n\x05\x65vent*\x8e\x01\n\x0eGenerationMode\x12\x1f\n\x1bGENERATION_MODE_UNSPECIFIED\x10\x00\x12 \n\x1cGENERATION_MODE_FULL_PREFILL\x10\x01\x12\x1e\n\x1aGENERATION_MODE_FULL_REUSE\x10\x02\x12\x19\n\x15GENERATION_MODE_BLEND\x10\x03\x32\xba\x01\n\tRetrieval\x12\x41\n\x06Search\x12\x1a.tenantkv.v1.SearchRequest\x1a\x1b.tenantkv.v1.SearchResponse\x12j\n\x13RetrieveAndGenerate\x12\'.tenantkv.v1.RetrieveAndGenerateRequest\x1a(.tenantkv.v1.RetrieveAndGenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.tenantkv.v1.retrieval_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GENERATIONMODE']._serialized_start=831
-  _globals['_GENERATIONMODE']._serialized_end=973
-  _globals['_SEARCHREQUEST']._serialized_start=84
-  _globals['_SEARCHREQUEST']._serialized_end=152
-  _globals['_SEARCHRESPONSE']._serialized_start=154
-  _globals['_SEARCHRESPONSE']._serialized_end=226
-  _globals['_RETRIEVEANDGENERATEREQUEST']._serialized_start=228
-  _globals['_RETRIEVEANDGENERATEREQUEST']._serialized_end=352
-  _globals['_CHUNKSUSED']._serialized_start=354
-  _globals['_CHUNKSUSED']._serialized_end=403
-  _globals['_TOKENDELTA']._serialized_start=405
-  _globals['_TOKENDELTA']._serialized_end=449
-  _globals['_GENERATIONSTATS']._serialized_start=452
-  _globals['_GENERATIONSTATS']._serialized_end=655
-  _globals['_RETRIEVEANDGENERATERESPONSE']._serialized_start=658
-  _globals['_RETRIEVEANDGENERATERESPONSE']._serialized_end=828
-  _globals['_RETRIEVAL']._serialized_start=976
-  _globals['_RETRIEVAL']._serialized_end=1162
+  _globals['_GENERATIONMODE']._serialized_start=1445
+  _globals['_GENERATIONMODE']._serialized_end=1587
+  _globals['_SEARCHREQUEST']._serialized_start=114
+  _globals['_SEARCHREQUEST']._serialized_end=219
+  _globals['_FILTER']._serialized_start=222
+  _globals['_FILTER']._serialized_end=400
+  _globals['_FILTERS']._serialized_start=402
+  _globals['_FILTERS']._serialized_end=449
+  _globals['_CONDITION']._serialized_start=452
+  _globals['_CONDITION']._serialized_end=612
+  _globals['_NUMERICRANGE']._serialized_start=614
+  _globals['_NUMERICRANGE']._serialized_end=728
+  _globals['_SEARCHRESPONSE']._serialized_start=730
+  _globals['_SEARCHRESPONSE']._serialized_end=802
+  _globals['_RETRIEVEANDGENERATEREQUEST']._serialized_start=805
+  _globals['_RETRIEVEANDGENERATEREQUEST']._serialized_end=966
+  _globals['_CHUNKSUSED']._serialized_start=968
+  _globals['_CHUNKSUSED']._serialized_end=1017
+  _globals['_TOKENDELTA']._serialized_start=1019
+  _globals['_TOKENDELTA']._serialized_end=1063
+  _globals['_GENERATIONSTATS']._serialized_start=1066
+  _globals['_GENERATIONSTATS']._serialized_end=1269
+  _globals['_RETRIEVEANDGENERATERESPONSE']._serialized_start=1272
+  _globals['_RETRIEVEANDGENERATERESPONSE']._serialized_end=1442
+  _globals['_RETRIEVAL']._serialized_start=1590
+  _globals['_RETRIEVAL']._serialized_end=1776
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from google.protobuf import struct_pb2 as _struct_pb2
 from protos.tenantkv.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -20,14 +21,57 @@ GENERATION_MODE_FULL_REUSE: GenerationMode
 GENERATION_MODE_BLEND: GenerationMode
 
 class SearchRequest(_message.Message):
-    __slots__ = ("query_text", "query_vector", "k")
+    __slots__ = ("query_text", "query_vector", "k", "filter")
     QUERY_TEXT_FIELD_NUMBER: _ClassVar[int]
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     query_text: str
     query_vector: _containers.RepeatedScalarFieldContainer[float]
     k: int
-    def __init__(self, query_text: _Optional[str] = ..., query_vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ...) -> None: ...
+    filter: Filter
+    def __init__(self, query_text: _Optional[str] = ..., query_vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+
+class Filter(_message.Message):
+    __slots__ = ("condition", "all_of", "any_of", "not_")
+    CONDITION_FIELD_NUMBER: _ClassVar[int]
+    ALL_OF_FIELD_NUMBER: _ClassVar[int]
+    ANY_OF_FIELD_NUMBER: _ClassVar[int]
+    NOT__FIELD_NUMBER: _ClassVar[int]
+    condition: Condition
+    all_of: Filters
+    any_of: Filters
+    not_: Filter
+    def __init__(self, condition: _Optional[_Union[Condition, _Mapping]] = ..., all_of: _Optional[_Union[Filters, _Mapping]] = ..., any_of: _Optional[_Union[Filters, _Mapping]] = ..., not_: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+
+class Filters(_message.Message):
+    __slots__ = ("filters",)
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    filters: _containers.RepeatedCompositeFieldContainer[Filter]
+    def __init__(self, filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ...) -> None: ...
+
+class Condition(_message.Message):
+    __slots__ = ("key", "equals", "range")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    EQUALS_FIELD_NUMBER: _ClassVar[int]
+    IN_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    equals: _struct_pb2.Value
+    range: NumericRange
+    def __init__(self, key: _Optional[str] = ..., equals: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., range: _Optional[_Union[NumericRange, _Mapping]] = ..., **kwargs) -> None: ...
+
+class NumericRange(_message.Message):
+    __slots__ = ("gt", "gte", "lt", "lte")
+    GT_FIELD_NUMBER: _ClassVar[int]
+    GTE_FIELD_NUMBER: _ClassVar[int]
+    LT_FIELD_NUMBER: _ClassVar[int]
+    LTE_FIELD_NUMBER: _ClassVar[int]
+    gt: float
+    gte: float
+    lt: float
+    lte: float
+    def __init__(self, gt: _Optional[float] = ..., gte: _Optional[float] = ..., lt: _Optional[float] = ..., lte: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "search_ms")
@@ -38,16 +82,18 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[_common_pb2.ChunkHit, _Mapping]]] = ..., search_ms: _Optional[float] = ...) -> None: ...
 
 class RetrieveAndGenerateRequest(_message.Message):
-    __slots__ = ("question", "k", "max_new_tokens", "mode")
+    __slots__ = ("question", "k", "max_new_tokens", "mode", "filter")
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     question: str
     k: int
     max_new_tokens: int
     mode: GenerationMode
-    def __init__(self, question: _Optional[str] = ..., k: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., mode: _Optional[_Union[GenerationMode, str]] = ...) -> None: ...
+    filter: Filter
+    def __init__(self, question: _Optional[str] = ..., k: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., mode: _Optional[_Union[GenerationMode, str]] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
 
 class ChunksUsed(_message.Message):
     __slots__ = ("hits",)

@@ -1,11 +1,16 @@
-"""Tenant settings over gRPC: storage quotas and request rates refused with RESOURCE_EXHAUSTED, a per-tenant codec."""
+"""Tenant settings over gRPC: the chunk quota and request rates refused with RESOURCE_EXHAUSTED,
+a KV byte budget that evicts instead, sharing groups, a per-tenant codec."""
+
+from dataclasses import replace
 
 import grpc
 import pytest
 
 from protos.tenantkv.v1 import tenant_admin_pb2
 from client.api import Client, DocumentText
+from server.app import ServerThread
 from tests.server.conftest import unit_vectors, vector_documents
+from tests.server.test_metrics import scrape
 
 
 def settings(**fields) -> tenant_admin_pb2.TenantSettings:
@@ -32,12 +37,32 @@ def test_chunk_quota_refuses_the_batch_and_reports_usage(server, admin) -> None:
         assert admin.get_tenant("acme").stats.chunks == 4
 
 
-def test_kv_bytes_quota(server, admin) -> None:
-    with tenant_client(server, admin, "acme", max_kv_bytes=1000) as acme:
-        with pytest.raises(grpc.RpcError) as err:
-            acme.upsert([vector_documents("a", unit_vectors(1, seed=1))])
-        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_kv_bytes" in err.value.details()
-        assert admin.get_tenant("acme").stats.kv_bytes == 0
+def test_kv_bytes_are_a_budget_that_evicts_and_groups_share_blobs(server_config, models) -> None:
+    """Ingestion never fails for KV bytes: beyond the budget the coldest chunks' KV goes, answers
+    go on; two tenants of one group store one blob, each charged in full; the metrics say so."""
+    config = replace(server_config, metrics_port=0)
+    with ServerThread(config, models) as server, Client(server.address, config.admin_key_path.read_text().strip()) as admin:
+        eager = dict(kv_policy="eager")
+        with tenant_client(server, admin, "free", **eager) as free:
+            free.upsert([vector_documents("a", unit_vectors(1, seed=1))])
+            one = admin.get_tenant("free").stats.kv_bytes  # one chunk's KV
+        assert one > 1000
+        with tenant_client(server, admin, "acme", max_kv_bytes=1000, **eager) as acme:
+            acme.upsert([vector_documents("a", unit_vectors(2, seed=1))])  # not refused: stored without KV
+            assert admin.get_tenant("acme").stats.kv_bytes == 0
+            admin.update_tenant("acme", settings(max_kv_bytes=one + one // 2, **eager))
+            acme.upsert([vector_documents("b", unit_vectors(2, seed=2))])  # two chunks' KV, room for one
+            assert admin.get_tenant("acme").stats.kv_bytes <= one + one // 2
+            events = list(acme.ask("Which passage is it?", k=4, max_new_tokens=2))  # chunks without KV are computed
+            assert events[-1].WhichOneof("event") == "stats"
+        for name in ("g1", "g2"):
+            with tenant_client(server, admin, name, kv_share_group="team", **eager) as member:
+                member.upsert([vector_documents("a", unit_vectors(1, seed=1))])
+            assert admin.get_tenant(name).stats.kv_bytes == one  # charged in full
+        samples = scrape(server.server.metrics_port)
+    assert samples['tenantkv_kv_stored_bytes{tenant="g2"}'] == one and samples['tenantkv_kv_dedup_saved_bytes_total{tenant="g2"}'] == one
+    assert samples['tenantkv_kv_dedup_saved_bytes_total{tenant="g1"}'] == 0  # nothing of "free"'s identical chunk: another salt
+    assert samples['tenantkv_kv_evictions_total{tenant="acme"}'] >= 1 and samples['tenantkv_kv_evicted_bytes_total{tenant="acme"}'] >= one
 
 
 def test_request_rate_is_limited_per_tenant(server, admin) -> None:

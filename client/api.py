@@ -53,8 +53,10 @@ class ChunkUpload:
     """A chunk cut, embedded and (optionally) KV-encoded by the caller, as the server would have.
 
     `token_ids` must equal what the server's chunker and tokenizer produce for `text`; `kv_blob`,
-    when given, is a kvcodec blob of those tokens under the server's model fingerprint and the
-    tenant's codec (the server checks both, and recomputes a sample of uploads).
+    when given, is the chunk's KV after the prompt prefix as the server's model computes it,
+    encoded with `kvcodec.encode(kv, codec, fingerprint=Engine.kv_fingerprint)` in a known codec.
+    The server checks the header, shape, token count and fingerprint, recomputes a sample of
+    uploads, and takes at most 256 MiB of blobs a batch (about 40 fp16 chunks of 256 tokens).
     """
 
     text: str

@@ -1,6 +1,7 @@
 """Protobuf messages to validated Python values and back; every error names the request field."""
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from google.protobuf import struct_pb2
@@ -65,14 +66,36 @@ def struct_from_dict(values: dict) -> struct_pb2.Struct:
     return struct
 
 
-def documents_from(request: ingest_pb2.UpsertRequest, dim: int, max_documents: int, max_text_bytes: int) -> list[DocumentSpec]:
-    """The documents of one upsert batch, with text xor chunks, and vectors of the store's dimension."""
+@dataclass(frozen=True, slots=True)
+class ChunkClaim:
+    """What the caller sent with one of its chunks beyond text and vector."""
+
+    field: str  # "documents[i].chunks[j]", for errors
+    token_ids: np.ndarray | None  # int32: what the caller says the server's tokenizer makes of the text; None: not sent
+    kv_size: int  # bytes of the chunk's encoded KV, sent next in KVPiece messages; 0: none
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertBatch:
+    """One Upsert batch: its documents, each one's content hash, and each given chunk's claim."""
+
+    documents: list[DocumentSpec]
+    content_hashes: list[str]
+    claims: list[list[ChunkClaim]]  # per document, one per given chunk (none for text documents)
+
+
+MAX_TOKEN_ID = (1 << 31) - 1  # the store keeps token ids as int32
+
+
+def documents_from(request: ingest_pb2.UpsertRequest, dim: int, max_documents: int, max_text_bytes: int) -> UpsertBatch:
+    """The documents of one upsert batch, with text xor chunks, and vectors of the store's dimension;
+    a chunk announcing KV (kv_size) carries its token ids and its vector."""
     if not request.documents:
         raise InvalidArgument("documents: a batch needs at least one document")
     if len(request.documents) > max_documents:
         raise InvalidArgument(f"documents: at most {max_documents} per batch, got {len(request.documents)}")
     seen: set[str] = set()
-    specs = []
+    specs, claims = [], []
     vectors, fields = [], []
     for i, doc in enumerate(request.documents):
         field = f"documents[{i}]"
@@ -90,13 +113,23 @@ def documents_from(request: ingest_pb2.UpsertRequest, dim: int, max_documents: i
                 fields.append(f"{field}.chunks[{j}].vector")
                 vectors.append(vector := vector_from(chunk.vector, dim, fields[-1]))
             chunks.append(ChunkSpec(text=chunk.text, vector=vector))
+        claims.append([_claim(chunk, f"{field}.chunks[{j}]") for j, chunk in enumerate(doc.chunks)])
         size = len(doc.text.encode()) + sum(len(c.text.encode()) for c in chunks)
         if size > max_text_bytes:
             raise InvalidArgument(f"{field}: text of {size} bytes exceeds the limit of {max_text_bytes}")
         specs.append(DocumentSpec(external_id=doc.external_id, metadata=dict_from_struct(doc.metadata, f"{field}.metadata"), text=doc.text, chunks=chunks))
     if vectors:
         unit_rows(np.stack(vectors), fields)  # refused before any model work; the store keeps them scaled
-    return specs
+    return UpsertBatch(specs, [doc.content_hash for doc in request.documents], claims)
+
+
+def _claim(chunk: ingest_pb2.ChunkInput, field: str) -> ChunkClaim:
+    if chunk.kv_size and not (chunk.token_ids and chunk.vector):
+        raise InvalidArgument(f"{field}: a chunk with kv_size needs its token_ids and its vector")
+    if chunk.token_ids and max(chunk.token_ids) > MAX_TOKEN_ID:
+        raise InvalidArgument(f"{field}.token_ids: at most {MAX_TOKEN_ID}")
+    token_ids = np.asarray(chunk.token_ids, dtype=np.int32) if chunk.token_ids else None
+    return ChunkClaim(field=field, token_ids=token_ids, kv_size=chunk.kv_size)
 
 
 def settings_from(message: tenant_admin_pb2.TenantSettings) -> TenantSettings:

@@ -40,6 +40,7 @@ class Access:
 ACCESS: dict[str, Access] = {
     "tenantkv.v1.TenantAdmin": Access(frozenset({KeyScope.ADMIN}), None),
     "tenantkv.v1.Ingest": Access(frozenset({KeyScope.TENANT}), "write"),
+    "tenantkv.v1.Ingest/Unchanged": Access(frozenset({KeyScope.TENANT}), "read"),  # a method's entry overrides its service's
     "tenantkv.v1.Retrieval": Access(frozenset({KeyScope.TENANT}), "read"),
     # a worker key fetches only what a capability names: checked by the handler
     "tenantkv.v1.KVCache": Access(frozenset({KeyScope.TENANT, KeyScope.WORKER}), "read"),
@@ -102,7 +103,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             handler = await continuation(details)
             if handler is None:  # an unknown method: gRPC answers UNIMPLEMENTED
                 return None
-            access = ACCESS.get(details.method.lstrip("/").split("/")[0])
+            method = details.method.lstrip("/")
+            access = ACCESS.get(method, ACCESS.get(method.split("/")[0]))
             authorize = None if access is None else functools.partial(self._authorize, access=access)
             handler = self._handlers[details.method] = _wrap(handler, _CallScope(details.method, authorize, self._metrics))
         return handler

@@ -19,18 +19,20 @@ from protos.tenantkv.v1 import (
     tenant_admin_pb2,
     tenant_admin_pb2_grpc,
 )
-from server.convert import bounded_int, documents_from, hit_message, settings_from, settings_message, vector_from
+from server.convert import UpsertBatch, bounded_int, documents_from, hit_message, settings_from, settings_message, vector_from
 from server.ingestion import prepare
 from server.interceptor import current_caller
 from server.offload import Offload
 from server.paging import name_after, page_size, page_token
 from server.runtime import Runtime
+from server.uploads import ModelKVShape, PendingBlobs, check_blobs, model_kv_shape
 from store.errors import InvalidArgument, Unavailable
-from store.records import KeyScope, Tenant, TenantState, TenantStats
+from store.records import KeyScope, Tenant, TenantState, TenantStats, UpsertResult
 from worker.service import MODES
 
 KV_PIECE_BYTES = 3 << 20
 MAX_FETCH_IDS = 256
+MAX_UNCHANGED_IDS = 4096  # documents one Unchanged names (the proto's bound)
 MAX_TTL_SECONDS = 100 * 365 * 86_400  # a key's expiry stays a 64-bit millisecond count
 RIGHTS = {tenant_admin_pb2.KEY_RIGHT_READ: "read", tenant_admin_pb2.KEY_RIGHT_WRITE: "write"}
 SCOPES = {
@@ -152,33 +154,72 @@ _STATES = {
 
 
 class IngestServicer(_Servicer, ingest_pb2_grpc.IngestServicer):
-    async def Upsert(self, request_iterator, context):
-        """Each request is one batch: chunked, embedded and its KV precomputed by the workers, then
-        committed in one transaction.
+    def __init__(self, runtime: RuntimeSource, offload: Offload) -> None:
+        super().__init__(runtime, offload)
+        self._kv_shapes: dict[str, ModelKVShape] = {}  # by model fingerprint: read once from the workers
 
-        The caller's key is checked again at each batch (a cached lookup), so a key revoked while its
-        stream is open stores nothing after the revocation. A cancelled or expired call stops its
+    async def Upsert(self, request_iterator, context):
+        """A request with documents starts a batch; once the KV blobs its chunks announce have
+        arrived in the requests that follow, the batch is checked, chunked, embedded and its other
+        chunks' KV precomputed by the workers, then committed in one transaction.
+
+        The caller's key is checked again at each request (a cached lookup), so a key revoked while
+        its stream is open stores nothing after the revocation. A cancelled or expired call stops its
         model work at the next step and commits nothing more.
         """
         caller = current_caller()
         tenant = caller.tenant
-        config = self.runtime.config
         documents = chunks = batches = 0
+        batch: UpsertBatch | None = None
+        pending: PendingBlobs | None = None
         async for request in request_iterator:
-            self.runtime.store.authenticate(caller.token)
-            specs = documents_from(request, self.runtime.store.dim, config.max_documents_per_batch, config.max_text_bytes)
-            prepared = await prepare(self.runtime, self.offload, tenant, specs)
-            result = await self.offload.io(self.runtime.commit, tenant, prepared)
-            documents += result.documents
-            chunks += len(result.added)
-            batches += 1
+            runtime = self.runtime
+            runtime.store.authenticate(caller.token)
+            if request.documents or not request.kv_pieces:
+                if pending is not None:
+                    raise InvalidArgument(f"documents: a batch began before the last one's KV was complete: {pending.missing()}")
+                config = runtime.config
+                batch = documents_from(request, runtime.store.dim, config.max_documents_per_batch, config.max_text_bytes)
+                pending = PendingBlobs(batch.claims, [d.external_id for d in batch.documents])
+            elif pending is None:
+                raise InvalidArgument("kv_pieces: no batch announced KV; a request with documents comes first")
+            for piece in request.kv_pieces:
+                pending.add(piece)
+            if pending.complete:
+                result = await self._store_batch(tenant, batch, pending.blobs())
+                documents += result.documents
+                chunks += len(result.added)
+                batches += 1
+                batch = pending = None
+        if pending is not None:
+            raise InvalidArgument(f"kv_pieces: the stream ended before the batch's KV was complete: {pending.missing()}")
         return ingest_pb2.UpsertResponse(documents=documents, chunks=chunks, batches=batches)
+
+    async def _store_batch(self, tenant: str, batch: UpsertBatch, blobs: dict[tuple[int, int], bytes]) -> UpsertResult:
+        runtime = self.runtime
+        if blobs:
+            fingerprint = runtime.router.kv_fingerprint
+            if fingerprint not in self._kv_shapes:
+                self._kv_shapes[fingerprint] = await model_kv_shape(runtime.router)
+            await self.offload.io(check_blobs, batch.claims, blobs, self._kv_shapes[fingerprint], fingerprint)
+        prepared = await prepare(runtime, self.offload, tenant, batch, blobs)
+        return await self.offload.io(runtime.commit, tenant, prepared)
 
     async def Delete(self, request, context):
         if not request.external_ids:
             raise InvalidArgument("external_ids: name at least one document")
         deleted = await self.offload.io(self.runtime.indexed_store.delete_documents, current_caller().tenant, list(request.external_ids))
         return ingest_pb2.DeleteResponse(deleted_chunks=deleted)
+
+    async def Unchanged(self, request, context):
+        if len(request.external_ids) != len(request.content_hashes):
+            raise InvalidArgument(
+                f"content_hashes: {len(request.content_hashes)} given for {len(request.external_ids)} external_ids; one each"
+            )
+        bounded_int(len(request.external_ids), 0, MAX_UNCHANGED_IDS, "external_ids")
+        pairs = list(zip(request.external_ids, request.content_hashes))
+        unchanged = await self.offload.io(self.runtime.store.unchanged, current_caller().tenant, pairs)
+        return ingest_pb2.UnchangedResponse(external_ids=unchanged)
 
 
 class RetrievalServicer(_Servicer, retrieval_pb2_grpc.RetrievalServicer):

@@ -9,6 +9,7 @@ from typing import Mapping
 from client.tls import ClientTLS, ServerTLS
 from store.config import StoreConfig
 from store.errors import InvalidArgument
+from store.records import KV_POLICIES
 from worker.config import WorkerConfig
 from worker.engine import EngineConfig
 from worker.scheduler import SchedulerConfig
@@ -37,7 +38,10 @@ class ServerConfig:
     cache_dir: Path = Path.home() / ".cache" / "tenantkv"
     chunk_tokens: int = 256
     device: str = "auto"  # for the generation model: "cpu", "cuda[:N]", or "auto" (the GPU where there is one)
-    precompute_kv: bool = True  # each chunk's KV at ingestion, so questions reuse it
+    precompute_kv: bool = True  # the default KV policy when `kv_policy` is empty: true eager, false none
+    kv_policy: str = ""  # tenants' default KV policy (eager, lazy, admit_on_reuse, none); "": from precompute_kv
+    kv_admit_after: int = 2  # admit_on_reuse's default: retrievals within the window before a chunk's KV is kept
+    kv_admit_window_s: int = 3600
     kv_codec: str = "fp16"
     kv_cache_bytes: int = 1 << 30  # decoded chunk KV kept in worker memory
     # The in-process worker's scheduler (worker/scheduler.py): answers batched at once, tokens of
@@ -69,6 +73,14 @@ class ServerConfig:
     @property
     def admin_key_path(self) -> Path:
         return self.admin_key_file or self.data_dir / "admin.key"
+
+    @property
+    def default_kv_policy(self) -> str:
+        """The KV policy of a tenant whose settings name none."""
+        policy = self.kv_policy or ("eager" if self.precompute_kv else "none")
+        if policy not in KV_POLICIES:
+            raise InvalidArgument(f"kv_policy: unknown {policy!r}; known: {list(KV_POLICIES)} or empty for precompute_kv's")
+        return policy
 
     @property
     def address(self) -> str:

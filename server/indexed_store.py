@@ -169,6 +169,15 @@ class IndexedStore:
             self._retrain_if_grown()
         return result
 
+    def attach_kv(self, tenant: str, blobs: list[tuple[int, bytes]], kv_fingerprint: str) -> list[int]:
+        """Give chunks `tenant` reads the KV blobs a worker computed on a miss (charged to their
+        owners' budgets); the ids of those that got it. The index holds no KV: only the store changes."""
+        return self.store.attach_kv(tenant, blobs, kv_fingerprint)
+
+    def drop_kv(self, chunk_ids: list[int]) -> list[int]:
+        """Take the chunks' KV blobs away (computed under another model); the ids that had one."""
+        return self.store.drop_kv(chunk_ids)
+
     def delete_documents(self, tenant: str, external_ids: list[str]) -> int:
         with self.lock:
             removed = self.store.delete_documents(tenant, external_ids)

@@ -2,7 +2,8 @@
 
 Every method blocks (LMDB, numpy, tokenizers), so the gRPC layer calls them off the event loop;
 model work goes through the router (`server.router`), to the in-process worker or to remote ones.
-Tenant data is written only through `IndexedStore`, which keeps the store and the index in step.
+Tenant data is written only through `IndexedStore`, which keeps the store and the index in step,
+including the KV workers computed on misses that the chunks' KV policy keeps (`server.kv_policy`).
 """
 
 import functools
@@ -20,19 +21,20 @@ from server.capability import Capabilities
 from server.compactor import Compactor
 from server.config import ServerConfig
 from server.indexed_store import Hit, IndexedStore
+from server.kv_admission import AdmissionCounter, SketchShape
+from server.kv_policy import KVLedger, MissCause, keeps
 from server.offload import Offload
 from server.ratelimit import RateLimiter
 from server.router import Router, Routing
 from server.workers import LocalWorker, RemoteWorker, WorkerHandle
 from store.errors import Corrupted, InvalidArgument, NotFound, Unavailable
-from store.kvblobs import blob_key
-from store.records import DocumentInput, KeyScope, Tenant, TenantSettings, UpsertResult
+from store.records import Chunk, DocumentInput, KeyScope, Tenant, TenantSettings, UpsertResult
 from store.store import Store
 from worker.blend import PrefillMode
 from worker.chunker import chunk_text, token_ids
 from worker.config import WorkerConfig
 from worker.embedder import Embedder
-from worker.engine import Engine
+from worker.engine import ComputedKV, Engine
 from worker.llm import LLM, load_llm
 from worker.node import ChunkRef, GenerateJob, WorkerNode
 from worker.tokenizer import load_tokenizer
@@ -100,6 +102,10 @@ class Runtime:
         back_up = functools.partial(store.backup, max_bytes_per_s=config.backup_max_mb_per_s << 20)
         self.backups = Backups(config.backup_root, back_up, self.compactor.lock)
         self.capabilities = Capabilities()
+        self.default_kv_policy = config.default_kv_policy
+        self.admission = AdmissionCounter(SketchShape(window_s=config.kv_admit_window_s))
+        self.kv_ledger = KVLedger()
+        self._offload = offload
         self.node: WorkerNode | None = None  # the in-process worker, when no remote ones are configured
         tls = config.worker_tls()
         credentials = tls.credentials() if tls else None
@@ -108,7 +114,7 @@ class Runtime:
             engine = Engine(models.llm, config.engine_config())
             self.node = WorkerNode(models.llm, models.embedder, engine)
             workers = [LocalWorker(self.node, offload, self.stored_kv)]
-        self.router = Router(workers, Routing(config.routing))
+        self.router = Router(workers, Routing(config.routing), kv_sink=self.store_computed_kv)
 
     @classmethod
     def open(cls, config: ServerConfig, offload: Offload, models: Models | None = None) -> "Runtime":
@@ -162,6 +168,8 @@ class Runtime:
     def delete_tenant(self, name: str) -> int:
         deleted = self.indexed_store.delete_tenant(name)
         self.rate_limiter.forget(name)
+        self.admission.forget(name)
+        self.kv_ledger.forget(name)
         self.compactor.compact_in_background()
         return deleted
 
@@ -191,6 +199,10 @@ class Runtime:
         """The codec the tenant's chunk KV is stored in ("": the server's default)."""
         return self.store.get_tenant(tenant).settings.kv_codec or self.config.kv_codec
 
+    def kv_policy(self, tenant: str) -> str:
+        """When the tenant's chunk KV is stored (`server.kv_policy`): its setting, else the server's default."""
+        return self.store.tenant_settings(tenant).kv_policy or self.default_kv_policy
+
     def commit(self, tenant: str, documents: list[DocumentInput]) -> UpsertResult:
         return self.indexed_store.commit(tenant, documents, self.router.kv_fingerprint)
 
@@ -203,19 +215,57 @@ class Runtime:
         return self.models.embedder.embed([text])[0]
 
     def generate_job(self, tenant: str, hits: list[Hit], question: str, mode: PrefillMode, max_new_tokens: int) -> tuple[GenerateJob, str]:
-        """The work for a worker, and the capability that lets it fetch these chunks' stored KV (and no other)."""
+        """The work for a worker, and the capability that lets it fetch these chunks' stored KV (and no other).
+
+        A chunk with KV of the workers' model is a hit; any other a miss, marked `keep` where its
+        owner's KV policy stores it. A full prefill reads no chunk KV: it counts retrievals, but
+        neither hits nor misses.
+        """
         fingerprint = self.router.kv_fingerprint
-        chunks = [
-            ChunkRef(
-                chunk_id=h.chunk.chunk_id,
-                kv_key=h.chunk.kv_key or blob_key(fingerprint, h.chunk.token_ids, h.chunk.owner).hex(),
-                token_ids=h.chunk.token_ids,
-                stored=h.chunk.has_kv,
+        settings = {owner: self.store.tenant_settings(owner) for owner in {h.chunk.owner for h in hits}}
+        uses_kv = mode is not PrefillMode.FULL_PREFILL
+        chunks = []
+        for hit in hits:
+            chunk, owner = hit.chunk, settings[hit.chunk.owner]
+            policy = owner.kv_policy or self.default_kv_policy
+            retrievals = self.admission.record(chunk.owner, [chunk.chunk_id])[0] if policy == "admit_on_reuse" else 0
+            key = self.store.kv_key(chunk.owner, chunk.token_ids, fingerprint).hex()
+            cause = _miss_cause(chunk, fingerprint, key)
+            if uses_kv:
+                self.kv_ledger.count(tenant, cause)
+            chunks.append(
+                ChunkRef(
+                    chunk_id=chunk.chunk_id,
+                    kv_key=key if cause is not None else chunk.kv_key,
+                    token_ids=chunk.token_ids,
+                    stored=cause is None,
+                    codec=owner.kv_codec or self.config.kv_codec,
+                    keep=uses_kv and cause is not None and keeps(policy, retrievals, owner.kv_admit_after or self.config.kv_admit_after),
+                )
             )
-            for h in hits
-        ]
         capability = self.capabilities.issue(c.chunk_id for c in chunks if c.stored)
         return GenerateJob(chunks, question, mode, max_new_tokens, tenant), capability
+
+    async def store_computed_kv(self, job: GenerateJob, computed: list[ComputedKV]) -> None:
+        """The router's sink, once an answer has ended: count its misses' recompute time, store the
+        blobs its chunks' policies keep, and drop the stale KV of misses not kept."""
+        for kv in computed:
+            self.kv_ledger.recomputed(job.tenant, kv.seconds, kept=bool(kv.blob))
+        await self._offload.io(self._store_computed_kv, job.tenant, computed, self.router.kv_fingerprint)
+
+    def _store_computed_kv(self, tenant: str, computed: list[ComputedKV], fingerprint: str) -> None:
+        kept = [(kv.chunk_id, kv.blob) for kv in computed if kv.blob]
+        if kept:
+            attached = self.indexed_store.attach_kv(tenant, kept, fingerprint)
+            log.info("tenant %s: stored the KV of %d of %d chunks computed on a miss", tenant, len(attached), len(kept))
+        not_kept = [kv.chunk_id for kv in computed if not kv.blob]
+        stale = [
+            c.chunk_id for c in self.store.readable_chunks(tenant, not_kept)
+            if _miss_cause(c, fingerprint, self.store.kv_key(c.owner, c.token_ids, fingerprint).hex()) is MissCause.STALE
+        ]
+        if stale:
+            dropped = self.indexed_store.drop_kv(stale)
+            log.info("tenant %s: dropped the KV of %d chunks computed under another model", tenant, len(dropped))
 
     def stored_kv(self, chunk_ids: list[int]) -> dict[int, bytes]:
         """The chunks' stored KV blobs for a worker; one failing its checksum is left out (the worker recomputes it)."""
@@ -242,6 +292,15 @@ class Runtime:
         """A chunk's encoded KV blob and the codec its header names; None if it has none (any more)."""
         blob = self.store.read_kv(chunk_id)
         return None if blob is None else (codec_of(blob), blob)
+
+
+def _miss_cause(chunk: Chunk, fingerprint: str, key: str) -> MissCause | None:
+    """None when the chunk's stored KV is of the model with `fingerprint` (`key`: the blob key such
+    KV has; it decides for chunks stored before fingerprints were recorded), else why it is a miss."""
+    if not chunk.has_kv:
+        return MissCause.NEVER_COMPUTED
+    current = chunk.kv_fingerprint == fingerprint if chunk.kv_fingerprint is not None else chunk.kv_key == key
+    return None if current else MissCause.STALE
 
 
 def _checked(settings: TenantSettings) -> TenantSettings:

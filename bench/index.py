@@ -10,7 +10,10 @@ latency at exactly 0.95 (`ms_at_095`), interpolated between the two sweep points
 median over `--runs` sweeps. At that setting, search latency while writes arrive (`mixed`: one
 write per 10 searches and one per search, each to the tenant the next search asks) against the
 same searches with no writes, and for Curator the first query of each tenant after a bulk load
-with no `build()` (`first_query`).
+with no `build()` (`first_query`). Filtered search (`filtered`): each vector gets a metadata
+value drawn uniformly, independent of its tenant, and the queries keep 50%, 10% and 1% of each
+tenant's vectors; recall@10 against the exact filtered top 10, mean and p99 latency, at each
+index's chosen effort, for Curator and the IVF baselines (post-filter and IDSelector).
 
     .venv/bin/python bench/index.py [--quick | --full] [--datasets synth,synth_uniform,synth_scatter15,wiki,wiki_lang]
 
@@ -18,6 +21,7 @@ Writes bench/results/index.json, keeping the entries of datasets and indexes thi
 """
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -34,8 +38,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from index.attributes import Attributes  # noqa: E402
 from index.baselines import FilteredSharedIndex, PerTenantIndex  # noqa: E402
 from index.curator import CuratorConfig, CuratorIndex  # noqa: E402
+from index.filters import Range  # noqa: E402
 from index.flat import FlatTenantIndex  # noqa: E402
 
 sys.path.append(str(BENCH))
@@ -46,6 +52,8 @@ K = 10
 PASSES = 3
 TARGET_RECALL = 0.95
 WRITE_RATES = (0.1, 1.0)  # writes per search in the mixed workload
+SELECTIVITIES = (0.5, 0.1, 0.01)  # shares of a tenant's vectors a filtered query keeps
+FILTERED = ("curator", "per_tenant_ivf", "filtered_shared_ivf")
 SYNTHETIC = {  # name -> synthetic() arguments; --scatter overrides the scatter of the first two
     "synth": {"uniform_queries": False},
     "synth_uniform": {"uniform_queries": True},
@@ -100,7 +108,7 @@ class Measured:
     batch_qps: float
 
 
-def measure(index, data: Dataset, truth: np.ndarray) -> Measured:
+def measure(index, data: Dataset, truth: np.ndarray, where=None) -> Measured:
     """Recall, latency one query at a time (each query's median over PASSES passes through all the
     queries: other work on this shared machine inflates single timings), and batch throughput."""
     latencies = np.empty((PASSES, len(data.queries)))
@@ -108,11 +116,14 @@ def measure(index, data: Dataset, truth: np.ndarray) -> Measured:
     for p in range(PASSES):
         for i, (q, tenant) in enumerate(zip(data.queries, data.query_tenants.tolist())):
             started = time.perf_counter()
-            _, ids = index.search(q[None, :], tenant, K)
+            _, ids = index.search(q[None, :], tenant, K, where=where)
             latencies[p, i] = time.perf_counter() - started
             if p == 0:
                 found.append(ids[0])
     recalls = [len(set(f.tolist()) & set(t[t >= 0].tolist())) / max(1, (t >= 0).sum()) for f, t in zip(found, truth)]
+    if where is not None:
+        ms = np.median(latencies, axis=0) * 1e3
+        return Measured(float(np.mean(recalls)), float(ms.mean()), float(np.percentile(ms, 99)), 0.0)
     started = time.perf_counter()
     for tenant in np.unique(data.query_tenants).tolist():
         index.search(data.queries[data.query_tenants == tenant], tenant, K)
@@ -195,6 +206,19 @@ def update_costs(index, data: Dataset, rows: np.ndarray) -> tuple[float, float]:
     return float(np.median(insert_us)), float(np.median(delete_us))
 
 
+def filters(data: Dataset, flat: FlatTenantIndex) -> dict[float, tuple]:
+    """Per selectivity: the predicate over ids and the exact filtered top k of every query."""
+    attributes = Attributes()
+    buckets = np.random.default_rng(2).integers(0, 10_000, len(data.vectors))
+    attributes.add(np.arange(len(data.vectors)), [{"bucket": int(b)} for b in buckets])
+    chosen = {}
+    for share in SELECTIVITIES:
+        where = functools.partial(attributes.matching, Range("bucket", lt=10_000 * share))
+        truth = np.stack([flat.search(q[None, :], t, K, where=where)[1][0] for q, t in zip(data.queries, data.query_tenants.tolist())])
+        chosen[share] = (where, truth)
+    return chosen
+
+
 def run_dataset(data: Dataset, names: list[str], update_count: int, runs: int) -> dict:
     n, dim = data.vectors.shape
     held_out = np.arange(n - update_count, n)
@@ -205,6 +229,8 @@ def run_dataset(data: Dataset, names: list[str], update_count: int, runs: int) -
     flat = FlatTenantIndex(dim)
     load(flat, data, base)
     truth = np.stack([flat.search(q[None, :], t, K)[1][0] for q, t in zip(data.queries, data.query_tenants.tolist())])
+    filtered_queries = filters(data, flat) if set(names) & set(FILTERED) else {}
+    filtered: dict[str, dict] = {f"{share:g}": {} for share in filtered_queries}
     results = {}
     sample = data.vectors[np.random.default_rng(1).choice(base, size=min(len(base), 100_000), replace=False)]
     for name in names:
@@ -231,6 +257,9 @@ def run_dataset(data: Dataset, names: list[str], update_count: int, runs: int) -
         chosen = next(((e, m) for e, m in sweep if m.recall >= TARGET_RECALL), max(sweep, key=lambda s: s[1].recall))
         at_90 = next((e for e, m in sweep if m.recall >= 0.90), None)
         set_effort(index, chosen[0])
+        for share, (where, filtered_truth) in filtered_queries.items() if name in FILTERED else ():
+            f = measure(index, data, filtered_truth, where)
+            filtered[f"{share:g}"][name] = {"recall_at_10": f.recall, "mean_ms": f.mean_ms, "p99_ms": f.p99_ms}
         quiet_ms, quiet_p99 = mixed(index, data, base, held_out, 0.0)
         loaded = {"quiet_p99_ms": quiet_p99, "quiet_mean_ms": quiet_ms}
         for rate in WRITE_RATES:
@@ -263,7 +292,12 @@ def run_dataset(data: Dataset, names: list[str], update_count: int, runs: int) -
         print(f"{name:<22}{r['effort']:>7}{r['recall_at_10']:>8.3f}{r['mean_ms']:>9.3f}{r['p99_ms']:>8.3f}{r['batch_qps']:>10.0f}"
               f"{r['overhead_bytes'] / raw:>9.1%} {r['build_s']:>8.1f}{r['insert_us']:>8.0f}{r['delete_us']:>8.0f}"
               f"{at:>8}{r['mixed']['quiet_p99_ms']:>10.3f}{r['mixed']['0.1']['p99_ms']:>8.3f}{r['mixed']['1']['p99_ms']:>8.3f}")
-    return {"raw_vector_bytes": raw, "indexes": results}
+    if filtered:
+        print(f"{'filtered':<10}{'index':<22}{'recall':>8}{'mean ms':>9}{'p99 ms':>8}{'x unfiltered':>14}")
+        for share, by_index in filtered.items():
+            for name, f in by_index.items():
+                print(f"{share:<10}{name:<22}{f['recall_at_10']:>8.3f}{f['mean_ms']:>9.3f}{f['p99_ms']:>8.3f}{f['mean_ms'] / results[name]['mean_ms']:>14.2f}")
+    return {"raw_vector_bytes": raw, "indexes": results, "filtered": filtered}
 
 
 def main() -> None:
@@ -290,8 +324,9 @@ def main() -> None:
             languages = ("en-us", "es-es", "fr-fr") if dataset == "wiki_lang" else ("en-us",)
             data = wikipedia(languages, queries // 2 if args.quick else queries, embedder.embed)
         measured = run_dataset(data, names, update_count=200 if args.quick else 1000, runs=args.runs)
-        kept = report["datasets"].get(dataset, {}).get("indexes", {})
-        report["datasets"][dataset] = {**measured, "indexes": {**kept, **measured["indexes"]}}
+        kept = report["datasets"].get(dataset, {})
+        filtered = {share: {**kept.get("filtered", {}).get(share, {}), **by_index} for share, by_index in measured["filtered"].items()}
+        report["datasets"][dataset] = {**measured, "indexes": {**kept.get("indexes", {}), **measured["indexes"]}, "filtered": filtered or kept.get("filtered", {})}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")  # after each dataset: a long run keeps what it measured
         print(f"wrote {args.out}")

@@ -8,6 +8,7 @@ condition matches them. Chunk ids grow with each write, so appends stay sorted; 
 blanked and its room reclaimed once half a column is blank.
 """
 
+import numba
 import numpy as np
 
 from index.filters import AllOf, AnyOf, Equals, Filter, Not, OneOf, Range, Scalar
@@ -23,8 +24,9 @@ class _Column:
         self._used = 0
         self._blank = 0  # removed entries still in the arrays
 
-    def __len__(self) -> int:
-        return self._used
+    @property
+    def sorted_ids(self) -> np.ndarray:
+        return self._ids[: self._used]
 
     @property
     def numbers(self) -> np.ndarray:
@@ -37,7 +39,7 @@ class _Column:
     def append(self, ids: np.ndarray, numbers: np.ndarray, codes: np.ndarray) -> None:
         """Entries for ids in increasing order; an id already here (re-added) replaces its entry."""
         if self._used and len(ids) and ids[0] <= self._ids[self._used - 1]:
-            self._rewrite(np.concatenate([self._ids[: self._used], ids]), np.concatenate([self.numbers, numbers]), np.concatenate([self.codes, codes]))
+            self._rewrite(np.concatenate([self.sorted_ids, ids]), np.concatenate([self.numbers, numbers]), np.concatenate([self.codes, codes]))
             return
         end = self._used + len(ids)
         if end > len(self._ids):
@@ -47,22 +49,16 @@ class _Column:
         self._used = end
 
     def remove(self, ids: np.ndarray) -> None:
-        positions, present = self.find(ids)
-        at = positions[present]
+        if not self._used:
+            return
+        positions = np.minimum(np.searchsorted(self.sorted_ids, ids), self._used - 1)
+        at = positions[self.sorted_ids[positions] == ids]
         self._blank += int(_holds(self.numbers[at], self.codes[at]).sum())
         self._numbers[at] = np.nan
         self._codes[at] = -1
         if self._blank * 2 > self._used:
             keep = _holds(self.numbers, self.codes)
-            self._rewrite(self._ids[: self._used][keep], self.numbers[keep], self.codes[keep])
-
-    def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(positions, present): where each id lies in the column, and whether it is there at all."""
-        if not self._used:
-            return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
-        stored = self._ids[: self._used]
-        positions = np.minimum(np.searchsorted(stored, ids), self._used - 1)
-        return positions, stored[positions] == ids
+            self._rewrite(self.sorted_ids[keep], self.numbers[keep], self.codes[keep])
 
     def nbytes(self) -> int:
         return self._ids.nbytes + self._numbers.nbytes + self._codes.nbytes
@@ -108,11 +104,15 @@ class Attributes:
         ids = np.asarray(ids, dtype=np.int64)
         match where:
             case Equals(key, value):
-                return self._condition(key, ids, lambda c, at: self._equal(c, at, (value,)))
+                return self._equal(key, ids, (value,))
             case OneOf(key, values):
-                return self._condition(key, ids, lambda c, at: self._equal(c, at, values))
+                return self._equal(key, ids, values)
             case Range(key, gt, gte, lt, lte):
-                return self._condition(key, ids, lambda c, at: _within(c.numbers[at], gt, gte, lt, lte))
+                column = self._columns.get(key)
+                if column is None:
+                    return np.zeros(len(ids), dtype=bool)
+                bounds = (np.nan if b is None else float(b) for b in (gt, gte, lt, lte))
+                return _in_range(column.sorted_ids, column.numbers, ids, *bounds)
             case AllOf(parts):
                 return np.logical_and.reduce([self.matching(p, ids) for p in parts])
             case AnyOf(parts):
@@ -124,18 +124,13 @@ class Attributes:
     def nbytes(self) -> int:
         return sum(c.nbytes() for c in self._columns.values())
 
-    def _condition(self, key: str, ids: np.ndarray, test) -> np.ndarray:
+    def _equal(self, key: str, ids: np.ndarray, values: tuple[Scalar, ...]) -> np.ndarray:
         column = self._columns.get(key)
-        if column is None or not len(column):
+        if column is None:
             return np.zeros(len(ids), dtype=bool)
-        positions, present = column.find(ids)
-        return present & test(column, positions)
-
-    def _equal(self, column: _Column, at: np.ndarray, values: tuple[Scalar, ...]) -> np.ndarray:
-        numbers = [float(v) for v in values if _is_number(v)]
-        codes = [self._codes[_tagged(v)] for v in values if not _is_number(v) and _tagged(v) in self._codes]
-        found = np.isin(column.numbers[at], numbers) if numbers else np.zeros(len(at), dtype=bool)
-        return found | np.isin(column.codes[at], codes) if codes else found
+        numbers = np.array([float(v) for v in values if _is_number(v)], dtype=np.float64)
+        codes = np.array([self._codes.get(_tagged(v), -2) for v in values if not _is_number(v)], dtype=np.int32)
+        return _equal_any(column.sorted_ids, column.numbers, column.codes, ids, numbers, codes)
 
     def _intern(self, value) -> int:
         if not isinstance(value, (str, bool)):
@@ -157,10 +152,45 @@ def _tagged(value: Scalar) -> tuple[str, Scalar]:
     return ("b" if isinstance(value, bool) else "s", value)
 
 
-def _within(numbers: np.ndarray, gt, gte, lt, lte) -> np.ndarray:
-    """NaN (no number) is outside every range: comparisons with NaN are false."""
-    inside = ~np.isnan(numbers)
-    for bound, compare in ((gt, np.greater), (gte, np.greater_equal), (lt, np.less), (lte, np.less_equal)):
-        if bound is not None:
-            inside &= compare(numbers, bound)
+@numba.njit(cache=True)
+def _position(sorted_ids, chunk_id):
+    """Where `chunk_id` lies in `sorted_ids`, -1 if absent."""
+    low, high = 0, len(sorted_ids)
+    while low < high:
+        middle = (low + high) >> 1
+        if sorted_ids[middle] < chunk_id:
+            low = middle + 1
+        else:
+            high = middle
+    return low if low < len(sorted_ids) and sorted_ids[low] == chunk_id else -1
+
+
+@numba.njit(cache=True)
+def _in_range(sorted_ids, numbers, ids, gt, gte, lt, lte):
+    """A NaN bound is no bound; a NaN value (no number) is in no range. One compiled pass: a
+    filtered search calls this per query, where a dozen numpy calls cost more than the scan."""
+    inside = np.zeros(len(ids), dtype=np.bool_)
+    for i in range(len(ids)):
+        at = _position(sorted_ids, ids[i])
+        if at < 0:
+            continue
+        v = numbers[at]
+        inside[i] = not (
+            np.isnan(v) or (not np.isnan(gt) and v <= gt) or (not np.isnan(gte) and v < gte)
+            or (not np.isnan(lt) and v >= lt) or (not np.isnan(lte) and v > lte)
+        )
     return inside
+
+
+@numba.njit(cache=True)
+def _equal_any(sorted_ids, numbers, codes, ids, wanted_numbers, wanted_codes):
+    found = np.zeros(len(ids), dtype=np.bool_)
+    for i in range(len(ids)):
+        at = _position(sorted_ids, ids[i])
+        if at < 0:
+            continue
+        for number in wanted_numbers:
+            found[i] |= numbers[at] == number
+        for code in wanted_codes:
+            found[i] |= codes[at] == code
+    return found

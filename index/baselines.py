@@ -4,6 +4,8 @@
 the grantee's index. `FilteredSharedIndex`: one FAISS index over all vectors, searched with an
 `IDSelector` of the tenant's ids. Deletion from HNSW, which FAISS cannot remove from, hides the
 ids with a selector until the index is rebuilt. `effort` is nprobe (IVF) or efSearch (HNSW).
+A filtered search is what each design allows: a tenant's own index post-filters its results,
+fetching more until k pass; the shared index narrows its selector to the matching ids.
 """
 
 import math
@@ -12,7 +14,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from index.contract import check_ids, check_k, check_tenant, check_vectors
+from index.contract import IdPredicate, check_ids, check_k, check_tenant, check_vectors
 
 Kind = Literal["ivf", "hnsw"]
 HNSW_M = 32
@@ -108,9 +110,25 @@ class PerTenantIndex:
         else:
             index.remove_ids(faiss.IDSelectorBatch(ids))
 
-    def search(self, queries: np.ndarray, tenant: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, tenant: int, k: int, where: IdPredicate | None = None) -> tuple[np.ndarray, np.ndarray]:
         queries = check_vectors(queries, self.dim, "queries")
         k, tenant = check_k(k), check_tenant(tenant)
+        if where is None:
+            return self._search(queries, tenant, k)
+        distances, found = np.empty((len(queries), k), np.float32), np.empty((len(queries), k), np.int64)
+        for q in range(len(queries)):
+            fetch = 2 * k
+            while True:  # over-fetch until k pass or the tenant's index has no more
+                d, f = self._search(queries[q : q + 1], tenant, fetch)
+                keep = (f[0] >= 0) & where(f[0])
+                if keep.sum() >= k or (f[0] < 0).any() or fetch >= len(self._owned.get(tenant, ())):
+                    break
+                fetch *= 4
+            d, f = d[0][keep][:k], f[0][keep][:k]
+            distances[q], found[q] = np.pad(d, (0, k - len(d)), constant_values=-np.inf), np.pad(f, (0, k - len(f)), constant_values=-1)
+        return distances, found
+
+    def _search(self, queries: np.ndarray, tenant: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         owned = self._owned.get(tenant)
         if not owned:
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
@@ -198,14 +216,17 @@ class FilteredSharedIndex:
                 readable.difference_update(ids.tolist())
                 self._selectors.pop(tenant, None)
 
-    def search(self, queries: np.ndarray, tenant: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, tenant: int, k: int, where: IdPredicate | None = None) -> tuple[np.ndarray, np.ndarray]:
         queries = check_vectors(queries, self.dim, "queries")
         k, tenant = check_k(k), check_tenant(tenant)
         index = self._trained()
         if tenant not in self._selectors:
             slots = np.fromiter((self._slot_of[i] for i in self._readable.get(tenant, ())), dtype=np.int64)
             self._selectors[tenant] = (faiss.IDSelectorBatch(slots), slots)  # keep the slots alive with the selector
-        selector = self._selectors[tenant][0]
+        selector, slots = self._selectors[tenant]
+        if where is not None:
+            slots = slots[where(self._id_of_slot[slots])]
+            selector = faiss.IDSelectorBatch(slots)
         distances, found = index.search(queries, k, params=_params(index, self.effort, selector))
         ids = np.where(found < 0, -1, self._id_of_slot[np.maximum(found, 0)])
         return np.where(found < 0, -np.inf, distances).astype(np.float32), ids

@@ -166,3 +166,19 @@ def test_bad_arguments_name_the_argument(index_class, kind, call, error, match) 
     index = small_index(index_class, kind)
     with pytest.raises(error, match=match):
         call(index)
+
+
+@pytest.mark.parametrize("index_class, kind", BASELINES)
+@pytest.mark.parametrize("keep_every", [2, 10, 100])
+def test_a_filtered_baseline_at_full_effort_finds_the_exact_filtered_top_k(index_class, kind, keep_every: int) -> None:
+    """Two tenants; a filter keeping every n-th id: exhaustive effort finds the oracle's hits."""
+    index, flat = index_class(DIM, kind), FlatTenantIndex(DIM)
+    for built in (index, flat):
+        built.train(POOL)
+        built.add(np.arange(400), POOL[:400], 0)
+        built.add(np.arange(400, 600), POOL[400:], 1)
+    index.effort = EXHAUSTIVE
+    every = lambda ids: ids % keep_every == 0  # noqa: E731
+    _, found = index.search(QUERIES, 0, 10, where=every)
+    _, truth = flat.search(QUERIES, 0, 10, where=every)
+    np.testing.assert_array_equal(np.sort(found, 1), np.sort(truth, 1))

@@ -45,7 +45,7 @@ async def prepare(
         embedded.extend(await runtime.router.embed(to_embed[start : start + CANCEL_CHECK_TEXTS]))
     blobs = list(sent)
     to_compute = [k for k, blob in enumerate(sent) if blob is None]
-    if runtime.config.precompute_kv:
+    if to_compute and await offload.io(runtime.kv_policy, tenant) == "eager":  # other policies store KV on retrieval, or never
         codec = await offload.io(runtime.kv_codec, tenant)
         step = KV_STEP_CHUNKS * len(runtime.router.workers)
         for start in range(0, len(to_compute), step):

@@ -2,7 +2,8 @@
 
 Counters and the latency histogram are updated by the interceptor as calls finish. Sizes (index
 vectors, bytes on disk, tenants), each tenant's KV economics as the store records them (KV bytes
-stored, bytes deduplication saved, evictions under its budget) and each worker's figures as the
+stored, bytes deduplication saved, evictions under its budget) and as its answers met them (chunks
+whose KV was a hit, misses by cause, seconds recomputing misses), and each worker's figures as the
 router keeps them (up, load, KV cache hits and misses, bytes fetched from the store, routing
 decisions by reason) are read when Prometheus scrapes, so they cost nothing between scrapes.
 """
@@ -70,6 +71,7 @@ class _RuntimeCollector(Collector):
         yield GaugeMetricFamily("tenantkv_tenants", "Tenants in the store", value=runtime.store.count_tenants())
         yield GaugeMetricFamily("tenantkv_store_disk_bytes", "Bytes of the store on disk (LMDB and KV segments)", value=_disk_bytes(runtime.store.config.path))
         yield from _tenant_kv_metrics(runtime.store)
+        yield from _kv_answer_metrics(runtime.kv_ledger.snapshot())
         yield from _worker_metrics(runtime.router)
 
 
@@ -85,6 +87,21 @@ def _tenant_kv_metrics(store) -> Iterator:
         for attribute, family in families.items():
             family.add_metric([usage.tenant], float(getattr(usage, attribute)))
     yield from families.values()
+
+
+def _kv_answer_metrics(ledger: dict) -> Iterator:
+    """Per tenant asking, since start: its retrieved chunks' KV found in the store or missed, and why."""
+    hits = CounterMetricFamily("tenantkv_kv_hits", "Chunks retrieved for the tenant's answers whose KV the store held", labels=["tenant"])
+    misses = CounterMetricFamily("tenantkv_kv_misses", "Chunks retrieved for the tenant's answers whose KV the store lacked, by cause", labels=["tenant", "cause"])
+    recompute = CounterMetricFamily("tenantkv_kv_recompute_seconds", "Seconds workers spent computing the KV of the tenant's misses", labels=["tenant"])
+    kept = CounterMetricFamily("tenantkv_kv_kept_on_miss", "Misses whose computed KV the tenant's policy handed to the store", labels=["tenant"])
+    for tenant, counters in ledger.items():
+        hits.add_metric([tenant], counters.hits)
+        for cause, count in counters.misses.items():
+            misses.add_metric([tenant, cause.value], count)
+        recompute.add_metric([tenant], counters.recompute_s)
+        kept.add_metric([tenant], counters.kept)
+    yield from (hits, misses, recompute, kept)
 
 
 def _worker_metrics(router) -> Iterator:

@@ -13,6 +13,7 @@ from server.config import ServerConfig
 from server.kv_policy import MissCause
 from server.process import free_port
 from server.runtime import Runtime
+from tests.server.test_metrics import scrape
 from tests.workers import WorkerThread, wait_all_up
 from worker.serve import WorkerServiceConfig
 
@@ -32,7 +33,7 @@ def config_at(data_dir: Path, cache_dir: Path, **changes) -> ServerConfig:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model_cache_dir, models):
     """Nothing kept in the worker's memory: every chunk's KV is a store hit or a miss."""
-    config = config_at(tmp_path_factory.mktemp("kv-policy") / "data", model_cache_dir, kv_cache_bytes=0)
+    config = config_at(tmp_path_factory.mktemp("kv-policy") / "data", model_cache_dir, kv_cache_bytes=0, metrics_port=0)
     with ServerThread(config, models) as running:
         yield running
 
@@ -98,6 +99,18 @@ def test_lazy_stores_at_the_first_miss_and_hits_after(server, admin, reference) 
     assert lazy.counters().misses[MissCause.NEVER_COMPUTED] == len(PASSAGES) and lazy.counters().kept == len(PASSAGES)
     assert lazy.ask() == reference
     assert lazy.counters().hits == len(PASSAGES) and lazy.counters().recompute_s > 0
+
+
+def test_metrics_report_each_tenants_hits_misses_and_recompute_time(server, admin, reference) -> None:
+    lazy = Tenant(server, admin, "measured", kv_policy="lazy")
+    lazy.ask()
+    lazy.ask()
+    samples = scrape(server.server.metrics_port)
+    assert samples['tenantkv_kv_hits_total{tenant="measured"}'] == len(PASSAGES)
+    assert samples['tenantkv_kv_misses_total{cause="never_computed",tenant="measured"}'] == len(PASSAGES)
+    assert samples['tenantkv_kv_misses_total{cause="stale",tenant="measured"}'] == 0
+    assert samples['tenantkv_kv_kept_on_miss_total{tenant="measured"}'] == len(PASSAGES)
+    assert samples['tenantkv_kv_recompute_seconds_total{tenant="measured"}'] > 0
 
 
 def test_admit_on_reuse_stores_at_the_nth_retrieval(server, admin, reference) -> None:

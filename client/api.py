@@ -7,6 +7,7 @@ import numpy as np
 from google.protobuf import struct_pb2
 
 from client.tls import ClientTLS, secure_or_plain
+from client.where import parse_where
 from protos.tenantkv.v1 import (
     ingest_pb2,
     ingest_pb2_grpc,
@@ -117,11 +118,18 @@ def bearer(api_key: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {api_key}"),)
 
 
-def search_request(query: str | np.ndarray, k: int) -> retrieval_pb2.SearchRequest:
-    """A Search for a text (embedded by the server) or a vector."""
+Where = str | retrieval_pb2.Filter | None  # `--where` text (`client.where`), a filter message, or no filter
+
+
+def filter_message(where: Where) -> retrieval_pb2.Filter | None:
+    return parse_where(where) if isinstance(where, str) else where
+
+
+def search_request(query: str | np.ndarray, k: int, where: Where = None) -> retrieval_pb2.SearchRequest:
+    """A Search for a text (embedded by the server) or a vector, only among chunks `where` admits."""
     if isinstance(query, str):
-        return retrieval_pb2.SearchRequest(query_text=query, k=k)
-    return retrieval_pb2.SearchRequest(query_vector=np.asarray(query, np.float32).tolist(), k=k)
+        return retrieval_pb2.SearchRequest(query_text=query, k=k, filter=filter_message(where))
+    return retrieval_pb2.SearchRequest(query_vector=np.asarray(query, np.float32).tolist(), k=k, filter=filter_message(where))
 
 
 class Client:
@@ -239,15 +247,18 @@ class Client:
     def delete(self, external_ids: Sequence[str]) -> int:
         return self._call(self.ingest.Delete, ingest_pb2.DeleteRequest(external_ids=external_ids)).deleted_chunks
 
-    def search(self, query: str | np.ndarray, k: int = 5) -> retrieval_pb2.SearchResponse:
-        return self._call(self.retrieval.Search, search_request(query, k))
+    def search(self, query: str | np.ndarray, k: int = 5, where: Where = None) -> retrieval_pb2.SearchResponse:
+        return self._call(self.retrieval.Search, search_request(query, k, where))
 
     def ask(
-        self, question: str, k: int = 0, max_new_tokens: int = 0, mode: str = ""
+        self, question: str, k: int = 0, max_new_tokens: int = 0, mode: str = "", where: Where = None
     ) -> Iterator[retrieval_pb2.RetrieveAndGenerateResponse]:
-        """Stream: the chunks used, then tokens, then the timings. `mode`: full_prefill, full_reuse or blend."""
+        """Stream: the chunks used, then tokens, then the timings. `mode`: full_prefill, full_reuse or blend;
+        `where`: retrieve only chunks whose document metadata satisfies it."""
         code = retrieval_pb2.GenerationMode.Value(f"GENERATION_MODE_{mode.upper()}") if mode else 0
-        request = retrieval_pb2.RetrieveAndGenerateRequest(question=question, k=k, max_new_tokens=max_new_tokens, mode=code)
+        request = retrieval_pb2.RetrieveAndGenerateRequest(
+            question=question, k=k, max_new_tokens=max_new_tokens, mode=code, filter=filter_message(where)
+        )
         return self.retrieval.RetrieveAndGenerate(request, metadata=self._metadata, timeout=self._timeout)
 
     def fetch_kv(self, chunk_ids: Sequence[int], capability: str = "") -> dict[int, tuple[str, bytes]]:

@@ -5,6 +5,7 @@ commit, so a crash between the two leaves nothing the next start does not rebuil
 blocks (LMDB, numpy), so the gRPC layer calls them off the event loop.
 """
 
+import functools
 import logging
 import threading
 import time
@@ -14,7 +15,9 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from index.attributes import Attributes
 from index.curator import CuratorIndex
+from index.filters import Filter
 from index.tree import sample_rows
 from store.records import Chunk, DocumentInput, Tenant, TenantSettings, UpsertResult
 from store.store import Store
@@ -37,6 +40,7 @@ class IndexedStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.index = CuratorIndex(store.dim)
+        self.attributes = Attributes()  # each chunk's metadata values, for filtered search
         self._trained_at = 0  # index size when its tree was last trained
         self.training_failures = 0  # trainings that raised: the index kept its previous tree
         self.zeroed_vectors = 0  # stored vectors found unusable at the last rebuild, indexed as zeros
@@ -56,9 +60,11 @@ class IndexedStore:
         """
         with self.lock:
             batches, self.zeroed_vectors = [], 0
+            attributes = Attributes()
             for b in tqdm(self.store.iter_index_entries(), desc="index", unit="batch", disable=None):
                 vectors, zeroed = safe_rows(b.vectors)  # each batch as read, so the raw copy is not kept
                 batches.append((b.ids, vectors, b.readers))
+                attributes.add(b.ids, b.metadata)
                 self.zeroed_vectors += zeroed
             if self.zeroed_vectors:
                 log.warning("index rebuild: %d stored vectors are zero or not finite; indexed as zeros", self.zeroed_vectors)
@@ -70,7 +76,7 @@ class IndexedStore:
             for ids, vectors, readers in batches:
                 _add_entries(index, ids, vectors, readers)
             index.build()
-            self.index = index
+            self.index, self.attributes = index, attributes
             self._trained_at = total
         log.info("index rebuilt from the store: %d chunks, tree of %d nodes", total, len(index.tree.centroids))
 
@@ -138,6 +144,7 @@ class IndexedStore:
             deletion = self.store.delete_tenant(name)
             self._numbers.pop(name, None)
             self.index.remove(deletion.removed_chunk_ids)
+            self.attributes.remove(deletion.removed_chunk_ids)
             for chunk_id, _ in deletion.revoked:
                 self.index.revoke(np.array([chunk_id], dtype=np.int64), number)
         return len(deletion.removed_chunk_ids)
@@ -165,7 +172,9 @@ class IndexedStore:
             result = self.store.upsert(tenant, documents, kv_fingerprint=kv_fingerprint)
             if len(result.removed):
                 self.index.remove(result.removed)
+                self.attributes.remove(result.removed)
             _add_entries(self.index, result.added, result.vectors, result.readers, owner=owner)
+            self.attributes.add(result.added, [doc.metadata for doc in documents for _ in doc.chunks])
             self._retrain_if_grown()
         return result
 
@@ -182,13 +191,17 @@ class IndexedStore:
         with self.lock:
             removed = self.store.delete_documents(tenant, external_ids)
             self.index.remove(removed)
+            self.attributes.remove(removed)
         return len(removed)
 
     # ---- retrieval
 
-    def search(self, tenant: str, query: np.ndarray, k: int, wait: bool = True, with_tokens: bool = True) -> list[Hit] | None:
-        """Top-k chunks `tenant` may read; the store re-checks every hit the index returns. Their
-        token ids are read only `with_tokens` (generation needs them, a Search reply does not).
+    def search(
+        self, tenant: str, query: np.ndarray, k: int, wait: bool = True, with_tokens: bool = True, where: Filter | None = None
+    ) -> list[Hit] | None:
+        """Top-k chunks `tenant` may read (and, with `where`, whose metadata satisfies it); the store
+        re-checks every hit the index returns. Their token ids are read only `with_tokens`
+        (generation needs them, a Search reply does not).
 
         With `wait=False`, None at once if a writer holds the index. A search takes well under a
         millisecond, so the server runs it on the event loop, which skips two thread hand-offs and
@@ -200,7 +213,8 @@ class IndexedStore:
         if not self.lock.acquire(blocking=wait):
             return None
         try:
-            scores, ids = self.index.search(query, number, k)
+            matches = None if where is None else functools.partial(self.attributes.matching, where)
+            scores, ids = self.index.search(query, number, k, where=matches)
         finally:
             self.lock.release()
         found = ids[0] >= 0

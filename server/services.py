@@ -20,6 +20,7 @@ from protos.tenantkv.v1 import (
     tenant_admin_pb2_grpc,
 )
 from server.convert import UpsertBatch, bounded_int, documents_from, hit_message, settings_from, settings_message, vector_from
+from server.filters import filter_from
 from server.ingestion import prepare
 from server.interceptor import current_caller
 from server.offload import Offload
@@ -226,9 +227,10 @@ class RetrievalServicer(_Servicer, retrieval_pb2_grpc.RetrievalServicer):
     async def Search(self, request, context):
         tenant = current_caller().tenant
         k = bounded_int(request.k, 1, self.runtime.config.max_k, "k")
+        where = filter_from(request.filter) if request.HasField("filter") else None
         started = time.perf_counter()
         query = await self._query_vector(request)
-        search = functools.partial(self.runtime.indexed_store.search, tenant, query, k, with_tokens=False)
+        search = functools.partial(self.runtime.indexed_store.search, tenant, query, k, with_tokens=False, where=where)
         hits = search(wait=False)
         if hits is None:
             hits = await self.offload.io(search)
@@ -247,9 +249,10 @@ class RetrievalServicer(_Servicer, retrieval_pb2_grpc.RetrievalServicer):
         max_new = bounded_int(
             request.max_new_tokens or config.default_max_new_tokens, 1, config.max_new_tokens_limit, "max_new_tokens"
         )
+        where = filter_from(request.filter) if request.HasField("filter") else None
         started = time.perf_counter()
         query = await self.offload.model(runtime.embed_query, request.question, "question")
-        hits = await self.offload.io(runtime.indexed_store.search, tenant, query, k)
+        hits = await self.offload.io(functools.partial(runtime.indexed_store.search, tenant, query, k, where=where))
         retrieval_ms = (time.perf_counter() - started) * 1e3
         job, capability = runtime.generate_job(tenant, hits, request.question, mode, max_new)
         # the worker checks the prompt against the model's context before the first message leaves

@@ -70,7 +70,7 @@ class Chunks:
         return self._env.read(read)
 
     def index_entries(self, batch: int) -> Iterator[IndexEntries]:
-        """Every chunk's vector and reader tenant numbers (owner first), in chunk id order."""
+        """Every chunk's vector, reader tenant numbers (owner first) and metadata, in chunk id order."""
         numbers = {t.name: t.number for t in self._tenants.list_all()}
         after = 0
         while rows := self._env.read(lambda txn: self._rows(txn, after, batch)):
@@ -79,15 +79,17 @@ class Chunks:
                 ids=np.array([r[0] for r in rows], dtype=np.int64),
                 vectors=np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self._dim),
                 readers=[[numbers[name] for name in r[2] if name in numbers] for r in rows],
+                metadata=[r[3] for r in rows],
             )
 
-    def _rows(self, txn: lmdb.Transaction, after: int, batch: int) -> list[tuple[int, bytes, list[str]]]:
-        """Up to `batch` (chunk id, vector bytes, readers) with ids above `after`."""
+    def _rows(self, txn: lmdb.Transaction, after: int, batch: int) -> list[tuple[int, bytes, list[str], dict]]:
+        """Up to `batch` (chunk id, vector bytes, readers, metadata) with ids above `after`."""
         cursor = txn.cursor(db=self._env.db["chunks"])
-        rows: list[tuple[int, bytes, list[str]]] = []
+        rows: list[tuple[int, bytes, list[str], dict]] = []
         if cursor.set_range(U64.pack(after + 1)):
             for key, value in cursor:
-                rows.append((U64.unpack(key)[0], txn.get(key, db=self._env.db["vectors"]), orjson.loads(value)["readers"]))
+                record = orjson.loads(value)
+                rows.append((U64.unpack(key)[0], txn.get(key, db=self._env.db["vectors"]), record["readers"], record["metadata"]))
                 if len(rows) == batch:
                     break
         return rows

@@ -135,8 +135,10 @@ class TenantDeletion:
 
 @dataclass(frozen=True, slots=True)
 class IndexEntries:
-    """A batch for rebuilding an index: each chunk's vector and the tenant numbers that may read it, owner first."""
+    """A batch for rebuilding an index: each chunk's vector, the tenant numbers that may read it,
+    owner first, and its document's metadata (for filtered search)."""
 
     ids: np.ndarray  # int64 [n]
     vectors: np.ndarray  # float32 [n, dim]
     readers: list[list[int]]
+    metadata: list[dict]

@@ -120,6 +120,22 @@ def _parser() -> argparse.ArgumentParser:
     _client_options(ingest)
     ingest.set_defaults(run=_ingest)
 
+    bulk = sub.add_parser("bulk-ingest", help="ingest JSONL or Parquet documents on Ray Data: cut, embedded and KV-precomputed by Ray actors")
+    bulk.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help='JSONL or Parquet files or directories; records {"id", "text", "metadata"?}')
+    bulk.add_argument("--tenant", default="", help="ingest for this tenant with an admin key")
+    bulk.add_argument("--ray-address", help="join this Ray cluster; default: a local Ray instance sized to the machine")
+    bulk.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance; default: the machine's")
+    bulk.add_argument("--kv-codec", default="", help="the tenant's KV codec; default: the tenant's setting (with --tenant), else fp16")
+    bulk.add_argument("--chunk-tokens", type=int, default=256, help="the server's chunk_tokens")
+    bulk.add_argument("--batch", type=int, default=16, help="documents in one batch through each stage")
+    bulk.add_argument("--upsert-batch", type=int, default=32, help="documents per Upsert transaction")
+    bulk.add_argument("--chunk-actors", type=int, default=1)
+    bulk.add_argument("--embed-actors", type=int, default=1)
+    bulk.add_argument("--kv-actors", type=int, default=1)
+    bulk.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "tenantkv", help="converted copies of GGUF models")
+    _client_options(bulk)
+    bulk.set_defaults(run=_bulk_ingest)
+
     ask = sub.add_parser("ask", help="retrieve and generate; streams the answer")
     ask.add_argument("question")
     ask.add_argument("--tenant", default="", help="ask as this tenant with an admin key")
@@ -310,6 +326,39 @@ def _document(line: str, line_number: int) -> DocumentText:
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise SystemExit(f"line {line_number}: not a document ({exc})") from exc
+
+
+def _bulk_ingest(args) -> int:
+    from bulk.job import BulkConfig, Layout, bulk_ingest  # imports Ray only for this command
+    from bulk.target import ServerTarget
+    from worker.config import WorkerConfig
+
+    with _client(args) as client:
+        codec = args.kv_codec
+        if args.tenant:
+            codec = codec or client.get_tenant(args.tenant).settings.kv_codec
+            minted = client.create_api_key(args.tenant, ["read", "write"], ttl_s=TEMPORARY_KEY_TTL_S)  # expires even if we die
+            key = minted.api_key
+        else:
+            key = args.api_key_file.read_text().strip() if args.api_key_file else os.environ["TENANTKV_API_KEY"]
+        config = BulkConfig(
+            inputs=tuple(args.inputs),
+            target=ServerTarget(args.server, key, Path(args.ca) if args.ca else None),
+            kv_codec=codec or "fp16",
+            models=WorkerConfig(cache_dir=args.cache_dir, chunk_tokens=args.chunk_tokens),
+            layout=Layout(args.chunk_actors, args.embed_actors, args.kv_actors, args.batch),
+            documents_per_upsert=args.upsert_batch,
+            ray_address=args.ray_address,
+            num_cpus=args.num_cpus,
+        )
+        try:
+            summary = bulk_ingest(config)
+        finally:
+            if args.tenant:
+                client.revoke_api_key(minted.key_id)
+    print(summary.line(), file=sys.stderr)
+    print(json.dumps(dataclasses.asdict(summary) | {"chunks_per_s": round(summary.chunks_per_s, 3)}))
+    return 1 if summary.failures else 0
 
 
 def _ask(args) -> int:

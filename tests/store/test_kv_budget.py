@@ -4,14 +4,15 @@ deduplicate with every tenant charged in full, and the schema 2 -> 3 migration."
 
 from pathlib import Path
 
-import lmdb
 import numpy as np
+import orjson
 import pytest
 
 from store.config import StoreConfig
 from store.records import ChunkInput, DocumentInput, TenantSettings
 from store.schema import SCHEMA_VERSION
 from store.store import Store
+from tests.store.canary import files_holding
 from tests.store.invariants import check_kv_records
 
 DIM = 8
@@ -149,9 +150,9 @@ def test_a_schema_2_store_is_migrated_to_per_tenant_references(config: StoreConf
         env = store._env
         with env.lmdb.begin(write=True) as txn:  # as schema 2 wrote them: one count, no kvrefs
             for key, raw in list(txn.cursor(db=env.db["kvblobs"])):
-                blob = __import__("orjson").loads(raw)
+                blob = orjson.loads(raw)
                 blob["refs"] = sum(blob["refs"].values())
-                txn.put(key, __import__("orjson").dumps(blob), db=env.db["kvblobs"])
+                txn.put(key, orjson.dumps(blob), db=env.db["kvblobs"])
             txn.drop(env.db["kvrefs"], delete=False)
             txn.put(b"schema", b"2", db=env.db["meta"])
     with Store(config) as store:
@@ -173,3 +174,22 @@ def test_a_read_records_no_write(config: StoreConfig) -> None:
         for _ in range(10):
             store.read_kv(int(chunk_id))
         assert store._env.lmdb.info()["last_txnid"] == before
+
+
+def test_compaction_reclaims_evicted_and_dropped_blobs_and_keeps_shared_ones(config: StoreConfig) -> None:
+    with Store(config) as store:
+        team = TenantSettings(kv_share_group="team")
+        store.create_tenant("alice", team)
+        store.create_tenant("bob", team)
+        mine = [int(i) for i in store.upsert("alice", [doc("a", 1, 2, 3)], "m").added]
+        [shared] = store.upsert("bob", [doc("b", 1)], "m").added  # one blob with alice's first chunk
+        store.update_tenant("alice", TenantSettings(max_kv_bytes=KV, kv_share_group="team"))
+        assert {u.tenant: u.evictions for u in store.kv_usage()}["alice"] == 2
+        store.drop_kv(mine)
+        assert store.tenant_stats("alice").kv_bytes == 0 and store.tenant_stats("bob").kv_bytes == KV
+        gone = {f"kv{seed}": chunk(seed).kv_blob for seed in (2, 3)}
+        assert sorted(files_holding(config.path, gone)) == ["kv2", "kv3"]  # in a segment until a compaction
+        store.compact()
+        assert files_holding(config.path, gone) == {}
+        assert store.read_kv(int(shared)) == chunk(1).kv_blob
+        check_kv_records(store)

@@ -15,11 +15,12 @@ from hypothesis.stateful import invariant, rule, run_state_machine_as_test
 
 from index.attributes import Attributes
 from index.curator import CuratorConfig, CuratorIndex
-from index.filters import Equals, Not, Range
+from index.filters import Range, check_filter
 from index.readers import Readers
 from index.cuts import Cuts
 from index.flat import FlatTenantIndex
 from index.tree import TreeConfig
+from tests.index.filter_oracle import filters, holds, metadata
 from tests.index.oracle import DIM, POOL, QUERIES, TENANTS, OracleMachine, clustered, tenants
 
 SMALL = CuratorConfig(tree=TreeConfig(fanout=4, leaf_size=16, max_depth=3), split_threshold=8, exact_threshold=8, ef=32)
@@ -332,26 +333,35 @@ def test_filtered_search_keeps_recall_at_every_selectivity(selectivity: float) -
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.integers(0, 5), min_size=len(POOL), max_size=len(POOL)), st.lists(st.tuples(tenants, st.integers(0, len(POOL) - 1)), max_size=60), tenants, st.integers(0, 5))
-def test_filtered_search_returns_only_readable_matching_chunks(owners, grants, tenant, value) -> None:
-    """Random owners, grants and a filter: every hit is readable and matches; at exhaustive effort
-    the hits are the oracle's."""
+@given(
+    st.integers(0, 2**32 - 1),
+    st.lists(metadata, min_size=1, max_size=12),
+    st.lists(st.tuples(tenants, st.integers(0, len(POOL) - 1)), max_size=60),
+    tenants,
+    filters,
+)
+def test_filtered_search_returns_only_readable_matching_chunks(seed, kinds, grants, tenant, where) -> None:
+    """Random owners, metadata (each row one of a few drawn dicts), grants and filters: every hit
+    is readable and matches (by a plain evaluation of the filter); at exhaustive effort the hits
+    are the exact filtered top k."""
+    rng = np.random.default_rng(seed)
+    owners = rng.integers(0, TENANTS, len(POOL))
+    metas = [kinds[i] for i in rng.integers(0, len(kinds), len(POOL)).tolist()]
     curator, flat = CuratorIndex(DIM, SMALL), FlatTenantIndex(DIM)
     curator.train(POOL)
     attributes = Attributes()
-    attributes.add(np.arange(len(POOL)), [{"v": o % 3} for o in owners])
-    owners = np.array(owners) % TENANTS
+    attributes.add(np.arange(len(POOL)), metas)
     for index in (curator, flat):
         for owner in np.unique(owners):
             ids = np.flatnonzero(owners == owner)
             index.add(ids, POOL[ids], int(owner))
         for grantee, chunk in grants:
             index.grant(np.array([chunk]), grantee)
-    matches = functools.partial(attributes.matching, Not(Equals("v", value % 3)))
+    matches = functools.partial(attributes.matching, check_filter(where))
     readable = set(np.flatnonzero(owners == tenant).tolist()) | {c for g, c in grants if g == tenant}
     _, found = curator.search(QUERIES, tenant, 10, where=matches)
-    hits = found[found >= 0]
-    assert set(hits.tolist()) <= readable and matches(hits).all()
+    hits = found[found >= 0].tolist()
+    assert set(hits) <= readable and all(holds(where, metas[i]) for i in hits)
     _, exhaustive = curator.search(QUERIES, tenant, 10, where=matches, ef=len(POOL))
     _, truth = flat.search(QUERIES, tenant, 10, where=matches)
     np.testing.assert_array_equal(np.sort(exhaustive, 1), np.sort(truth, 1))

@@ -157,11 +157,16 @@ def piece_request(chunk: int, data: bytes, offset: int) -> ingest_pb2.UpsertRequ
         ("overflow", "documents[0].chunks[0].kv: pieces overflow the announced kv_size"),
         ("unannounced chunk", "kv_pieces: no blob announced for external_id 'long' chunk 5"),
         ("next batch too soon", "a batch began before the last one's KV was complete"),
+        ("oversized piece", f"documents[0].chunks[0].kv: a piece of {uploads.MAX_PIECE_BYTES + 1} bytes"),
+        ("oversized batch", f"documents: the batch announces {uploads.MAX_BATCH_KV_BYTES + 1} bytes of KV"),
     ],
 )
 def test_pieces_must_arrive_in_order_and_complete(runtime, alice, admin, case: str, words: str) -> None:
     announce, first, second, third = piece_requests(runtime)
     last = third.kv_pieces[0]
+    oversized = ingest_pb2.UpsertRequest()
+    oversized.CopyFrom(announce)
+    oversized.documents[0].chunks[0].kv_size = uploads.MAX_BATCH_KV_BYTES + 1
     streams = {
         "out of order": [announce, second, first, third],
         "a piece missing": [announce, first, third],
@@ -169,6 +174,8 @@ def test_pieces_must_arrive_in_order_and_complete(runtime, alice, admin, case: s
         "overflow": [announce, first, second, piece_request(0, last.data + b"extra", last.offset)],
         "unannounced chunk": [announce, piece_request(5, b"x", 0)],
         "next batch too soon": [announce, first, announce],
+        "oversized piece": [announce, piece_request(0, bytes(uploads.MAX_PIECE_BYTES + 1), 0)],
+        "oversized batch": [oversized],
     }
     details = refused(alice.client, streams[case])
     assert words in details, details

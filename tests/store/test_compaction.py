@@ -18,8 +18,10 @@ from store.errors import Unavailable
 from store.records import ChunkInput, DocumentInput
 from store.store import Store
 from tests.store.canary import files_holding, stored_bytes
+from tests.store.invariants import check_kv_records
 
 DIM = 8
+KV_BYTES = 3000  # a canary's blob
 
 
 def canary(external_id: str, seed: int, dim: int = DIM, tokens: int = 12, sentences: int = 1) -> DocumentInput:
@@ -35,7 +37,7 @@ def canary(external_id: str, seed: int, dim: int = DIM, tokens: int = 12, senten
                 text=text,
                 token_ids=rng.integers(1 << 20, 1 << 30, tokens).astype(np.int32),
                 vector=vector / np.linalg.norm(vector),
-                kv_blob=rng.bytes(3000),
+                kv_blob=rng.bytes(KV_BYTES),
             )
         ],
     )
@@ -243,11 +245,14 @@ COMPACTING = {
 }
 
 
+@pytest.mark.parametrize("budget_blobs", [0, 4])
 @pytest.mark.parametrize("compacting", COMPACTING)
 @pytest.mark.parametrize("delay_ms", [0, 7, 23])
-def test_a_compaction_killed_at_any_moment_loses_nothing(config: StoreConfig, compacting: str, delay_ms: int) -> None:
+def test_a_compaction_killed_at_any_moment_loses_nothing(config: StoreConfig, compacting: str, delay_ms: int, budget_blobs: int) -> None:
     """A child upserts, deletes and compacts in a loop and is SIGKILLed; every write it acknowledged
-    reads back, and the next compaction leaves no deleted byte and no half-made copy behind."""
+    reads back, and the next compaction leaves no deleted byte and no half-made copy behind. Under
+    a KV budget of `budget_blobs` blobs (0: none) every write evicts too: a chunk's KV then reads
+    back whole or not at all, and the next compaction leaves no evicted blob's byte either."""
     child = textwrap.dedent(
         f"""
         import sys
@@ -255,13 +260,14 @@ def test_a_compaction_killed_at_any_moment_loses_nothing(config: StoreConfig, co
         from pathlib import Path
         from store import compaction
         from store.config import StoreConfig
+        from store.records import TenantSettings
         from store.store import Store
         from tests.store.test_compaction import canary
         """
     ) + COMPACTING[compacting] + textwrap.dedent(
         f"""
         with Store(StoreConfig(path=Path({str(config.path)!r}), dim={DIM}, max_segment_bytes=16384)) as store:
-            store.create_tenant("alice")
+            store.create_tenant("alice", TenantSettings(max_kv_bytes={budget_blobs * KV_BYTES}))
             for i in range(10_000):
                 store.upsert("alice", [canary(f"k{{i}}", i)])
                 print("ack", i, flush=True)
@@ -286,8 +292,18 @@ def test_a_compaction_killed_at_any_moment_loses_nothing(config: StoreConfig, co
         assert not (config.path / "lmdb.compact").exists()
         kept = [i for i in acked if i not in dropped]
         ids = store.document_chunk_ids("alice", [f"k{i}" for i in kept])
+        evicted = []
         for chunk_id, i in zip(ids.tolist(), kept):
-            _assert_reads_back(store, "alice", chunk_id, canary(f"k{i}", i))
+            expected = canary(f"k{i}", i)
+            if budget_blobs and store.read_kv(chunk_id) is None:
+                evicted.append(expected.chunks[0].kv_blob)
+                assert store.readable_chunks("alice", [chunk_id])[0].text == expected.chunks[0].text
+            else:
+                _assert_reads_back(store, "alice", chunk_id, expected)
+        assert len(evicted) >= (len(kept) - budget_blobs if budget_blobs else 0)
+        check_kv_records(store)
         store.compact()
         for i in dropped:
             assert files_holding(config.path, _needles(canary(f"k{i}", i))) == {}
+        for n, blob in enumerate(evicted):
+            assert files_holding(config.path, {f"evicted{n}": blob}) == {}

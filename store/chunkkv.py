@@ -50,10 +50,12 @@ class ChunkKV:
                 continue
             record = orjson.loads(txn.get(U64.pack(chunk_id), db=self._env.db["chunks"]))
             owner = record["owner"]
-            if (record["kv"] and record.get("kv_fp") == kv_fingerprint) or not fits(blob, self._tenants.settings(owner)):
+            key = self.key(owner, np.frombuffer(txn.get(U64.pack(chunk_id), db=self._env.db["tokens"]), dtype=np.int32), kv_fingerprint)
+            # A blob under this fingerprint, or the very blob this one would be (stored before fingerprints were kept).
+            current = record["kv"] and (record.get("kv_fp") == kv_fingerprint or record["kv"] == key.hex())
+            if current or not fits(blob, self._tenants.settings(owner)):
                 continue
-            tokens = np.frombuffer(txn.get(U64.pack(chunk_id), db=self._env.db["tokens"]), dtype=np.int32)
-            plan.append((chunk_id, self.key(owner, tokens, kv_fingerprint), bytes(blob), owner))
+            plan.append((chunk_id, key, bytes(blob), owner))
             seen.add(chunk_id)
         return plan
 

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from store.config import StoreConfig
+from store.env import U64
 from store.records import ChunkInput, DocumentInput, TenantSettings
 from store.schema import SCHEMA_VERSION
 from store.store import Store
@@ -192,4 +193,21 @@ def test_compaction_reclaims_evicted_and_dropped_blobs_and_keeps_shared_ones(con
         store.compact()
         assert files_holding(config.path, gone) == {}
         assert store.read_kv(int(shared)) == chunk(1).kv_blob
+        check_kv_records(store)
+
+
+def test_attach_leaves_kv_stored_before_fingerprints_were_kept_when_it_is_the_same_blob(config: StoreConfig) -> None:
+    with Store(config) as store:
+        store.create_tenant("alice")
+        ids = [int(i) for i in store.upsert("alice", [doc("a", 1, 2)], "m").added]
+        env = store._env
+        with env.lmdb.begin(write=True) as txn:  # as a schema 2 store recorded them: no kv_fp
+            for chunk_id in ids:
+                record = orjson.loads(txn.get(U64.pack(chunk_id), db=env.db["chunks"]))
+                del record["kv_fp"]
+                txn.put(U64.pack(chunk_id), orjson.dumps(record), db=env.db["chunks"])
+        assert [c.kv_fingerprint for c in store.readable_chunks("alice", ids)] == [None, None]
+        assert store.attach_kv("alice", [(ids[0], chunk(1).kv_blob)], "m") == []  # the very blob it has: kept as it is
+        assert store.attach_kv("alice", [(ids[1], b"kv of another model")], "m2") == [ids[1]]  # another key: replaced
+        assert store.read_kv(ids[0]) == chunk(1).kv_blob and store.read_kv(ids[1]) == b"kv of another model"
         check_kv_records(store)

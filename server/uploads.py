@@ -66,7 +66,8 @@ class PendingBlobs:
         total = sum(claim.kv_size for _, claim in self._claims.values())
         if total > max_bytes:
             raise InvalidArgument(f"documents: the batch announces {total} bytes of KV, more than {max_bytes}")
-        self._received = {key: bytearray() for key in self._claims}
+        self._pieces: dict[tuple[str, int], list[bytes]] = {key: [] for key in self._claims}  # joined once, at the end
+        self._received = dict.fromkeys(self._claims, 0)
         self._remaining = total
 
     @property
@@ -80,26 +81,28 @@ class PendingBlobs:
             raise InvalidArgument(f"kv_pieces: no blob announced for external_id {piece.external_id!r} chunk {piece.chunk}")
         claim = self._claims[key][1]
         received = self._received[key]
-        if len(piece.data) > MAX_PIECE_BYTES:
-            raise InvalidArgument(f"{claim.field}.kv: a piece of {len(piece.data)} bytes, more than {MAX_PIECE_BYTES}")
-        if piece.offset != len(received):
-            raise InvalidArgument(f"{claim.field}.kv: piece at offset {piece.offset}, expected {len(received)} (pieces arrive in order)")
-        if len(received) + len(piece.data) > claim.kv_size:
+        data = piece.data  # each read of a bytes field copies it
+        if len(data) > MAX_PIECE_BYTES:
+            raise InvalidArgument(f"{claim.field}.kv: a piece of {len(data)} bytes, more than {MAX_PIECE_BYTES}")
+        if piece.offset != received:
+            raise InvalidArgument(f"{claim.field}.kv: piece at offset {piece.offset}, expected {received} (pieces arrive in order)")
+        if received + len(data) > claim.kv_size:
             raise InvalidArgument(f"{claim.field}.kv: pieces overflow the announced kv_size of {claim.kv_size} bytes")
-        received.extend(piece.data)
-        self._remaining -= len(piece.data)
+        self._pieces[key].append(data)
+        self._received[key] = received + len(data)
+        self._remaining -= len(data)
 
     def missing(self) -> str:
         """The first incomplete blob, described ("" when complete)."""
         for key, received in self._received.items():
             claim = self._claims[key][1]
-            if len(received) < claim.kv_size:
-                return f"{claim.field}.kv: {len(received)} of the announced {claim.kv_size} bytes arrived"
+            if received < claim.kv_size:
+                return f"{claim.field}.kv: {received} of the announced {claim.kv_size} bytes arrived"
         return ""
 
     def blobs(self) -> dict[tuple[int, int], bytes]:
         """Each complete blob by (document index, chunk index)."""
-        return {(self._claims[key][0], key[1]): bytes(received) for key, received in self._received.items()}
+        return {(self._claims[key][0], key[1]): b"".join(pieces) for key, pieces in self._pieces.items()}
 
 
 def check_blobs(claims: list[list[ChunkClaim]], blobs: dict[tuple[int, int], bytes], shape: ModelKVShape, fingerprint: str) -> None:

@@ -1,7 +1,7 @@
-"""The `tenantkv` command: serve, worker, admin, restore, ingest and ask.
+"""The `tenantkv` command: serve, worker, admin, restore, ingest, bulk-ingest, search and ask.
 
 Client commands find the server in --server or TENANTKV_SERVER and their key in --api-key-file or
-TENANTKV_API_KEY. With --tenant and an admin key, ingest and ask mint a short-lived key for that
+TENANTKV_API_KEY. With --tenant and an admin key, ingest, search and ask mint a short-lived key for that
 tenant and revoke it afterwards, so the request's tenant still comes from its key.
 """
 
@@ -27,6 +27,7 @@ from server.config import load_config
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 TEMPORARY_KEY_TTL_S = 24 * 3600  # keys minted for one --tenant command; revoked when it ends
+WHERE_HELP = 'only chunks whose document metadata satisfies it, e.g. \'kind = "contract" and year >= 2020\''
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,8 +143,17 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("-k", type=int, default=0)
     ask.add_argument("--max-new-tokens", type=int, default=0)
     ask.add_argument("--mode", choices=["blend", "full_prefill", "full_reuse"], default="", help="default: the server's (blend)")
+    ask.add_argument("--where", default=None, help=WHERE_HELP)
     _client_options(ask)
     ask.set_defaults(run=_ask)
+
+    search = sub.add_parser("search", help="the chunks nearest a text, as JSON lines")
+    search.add_argument("query")
+    search.add_argument("--tenant", default="", help="search as this tenant with an admin key")
+    search.add_argument("-k", type=int, default=5)
+    search.add_argument("--where", default=None, help=WHERE_HELP)
+    _client_options(search)
+    search.set_defaults(run=_search)
     return parser
 
 
@@ -363,7 +373,7 @@ def _bulk_ingest(args) -> int:
 
 def _ask(args) -> int:
     with _tenant_client(args, "read") as client:
-        for event in client.ask(args.question, k=args.k, max_new_tokens=args.max_new_tokens, mode=args.mode):
+        for event in client.ask(args.question, k=args.k, max_new_tokens=args.max_new_tokens, mode=args.mode, where=args.where):
             kind = event.WhichOneof("event")
             if kind == "chunks":
                 sources = ", ".join(f"{h.external_id}#{h.chunk_index}" for h in event.chunks.hits)
@@ -377,6 +387,13 @@ def _ask(args) -> int:
                     f"{s.tokens_generated} tokens at {s.tokens_per_s:.1f}/s]",
                     file=sys.stderr,
                 )
+    return 0
+
+
+def _search(args) -> int:
+    with _tenant_client(args, "read") as client:
+        for hit in client.search(args.query, k=args.k, where=args.where).hits:
+            _print(hit)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The `tenantkv` command against a real server: admin, resumable ingest, ask."""
+"""The `tenantkv` command against a real server: admin, resumable ingest, search and ask with filters."""
 
 import json
 from pathlib import Path
@@ -65,6 +65,10 @@ def test_ingest_is_resumable_then_ask(as_admin, admin, capsys, tmp_path: Path) -
     for mode in ("blend", "full_prefill", "full_reuse"):
         answer = run(capsys, "ask", "--tenant", "acme", "-k", "1", "--max-new-tokens", "8", "--mode", mode, "What is the capital of Italy?")
         assert "".join(answer).strip()
+    hits = [json.loads(line) for line in run(capsys, "search", "--tenant", "acme", "-k", "5", "--where", 'lang = "en"', "capital of Italy")]
+    assert [h["externalId"] for h in hits] == ["rome"]
+    assert main(["ask", "--tenant", "acme", "-k", "1", "--max-new-tokens", "2", "--where", 'lang in ["en"] and not lang = "fr"', "Capital?"]) == 0
+    assert "[chunks: rome#0]" in capsys.readouterr().err
 
 
 def test_bad_jsonl_line_names_the_line(as_admin, admin, tmp_path: Path) -> None:

@@ -140,17 +140,19 @@ def sample(count: int, fraction: float) -> list[int]:
 
 
 async def verify_sample(router: Router, offload: Offload, uploads: list[tuple[str, np.ndarray, bytes]]) -> None:
-    """Recompute a sample (RECOMPUTE_FRACTION) of (field, token ids, blob) uploads with each blob's
-    codec and refuse one whose decoded KV differs from the recompute beyond RECOMPUTE_TOLERANCE."""
-    chosen = [uploads[k] for k in sample(len(uploads), RECOMPUTE_FRACTION)]
-    for field, token_ids, blob in chosen:
-        codec = kvcodec.codec_of(blob)
-        (recomputed,) = await router.precompute_kv([token_ids], codec)
-        difference = await offload.io(relative_difference, blob, recomputed)
-        if not difference <= RECOMPUTE_TOLERANCE[codec]:  # NaN (all-zero KV) fails too
-            raise InvalidArgument(
-                f"{field}.kv: differs from the server's recompute by {difference:.3g} (relative), beyond {codec}'s {RECOMPUTE_TOLERANCE[codec]}"
-            )
+    """Recompute a sample (RECOMPUTE_FRACTION) of (field, token ids, blob) uploads, batched by each
+    blob's codec, and refuse one whose decoded KV differs from the recompute beyond RECOMPUTE_TOLERANCE."""
+    by_codec: dict[str, list[tuple[str, np.ndarray, bytes]]] = {}
+    for k in sample(len(uploads), RECOMPUTE_FRACTION):
+        by_codec.setdefault(kvcodec.codec_of(uploads[k][2]), []).append(uploads[k])
+    for codec, chosen in by_codec.items():
+        recomputed = await router.precompute_kv([token_ids for _, token_ids, _ in chosen], codec)
+        for (field, _, blob), reference in zip(chosen, recomputed):
+            difference = await offload.io(relative_difference, blob, reference)
+            if not difference <= RECOMPUTE_TOLERANCE[codec]:  # NaN (all-zero KV) fails too
+                raise InvalidArgument(
+                    f"{field}.kv: differs from the server's recompute by {difference:.3g} (relative), beyond {codec}'s {RECOMPUTE_TOLERANCE[codec]}"
+                )
 
 
 def relative_difference(blob: bytes, reference: bytes) -> float:

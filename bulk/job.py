@@ -4,7 +4,6 @@ It joins the Ray cluster at `ray_address`, or the one this process already start
 one), or starts a local one sized to the machine and stops it at the end.
 """
 
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,8 +17,6 @@ from bulk.sources import read_documents
 from bulk.stages import Chunk, Embed, PrecomputeKV, skip_unchanged
 from bulk.target import ServerTarget
 from worker.config import WorkerConfig
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,15 +2,21 @@
 eager after losing it, none never), stale KV of another model, the answer the same whatever the
 policy, and computed KV coming back over a remote worker's stream."""
 
+import functools
+import itertools
 from pathlib import Path
+from typing import Callable
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from client.api import Client, DocumentText
 from protos.tenantkv.v1 import tenant_admin_pb2
 from server.app import ServerThread
 from server.config import ServerConfig
-from server.kv_policy import MissCause
+from server.kv_policy import MissCause, keeps
 from server.process import free_port
 from server.runtime import Runtime
 from tests.server.test_metrics import scrape
@@ -23,6 +29,7 @@ PASSAGES = [
 ]
 QUESTION = "Which river flows through Paris?"
 TOKENS = 2
+ADMIT_AFTER = 2
 
 
 def config_at(data_dir: Path, cache_dir: Path, **changes) -> ServerConfig:
@@ -75,12 +82,17 @@ class Tenant:
 
 
 @pytest.fixture(scope="module")
-def reference(server, admin) -> list[int]:
-    """The answer from KV stored at ingestion's moment (the eager path), for the same passages and question."""
+def references(server, admin) -> Callable[[str], list[int]]:
+    """The answer in a mode from KV stored as ingestion stores it (the eager path), for the same passages and question."""
     eager = Tenant(server, admin, "reference", kv_policy="eager")
     eager.runtime.store.attach_kv(eager.name, _computed(eager), eager.runtime.router.kv_fingerprint)
     assert eager.stored() == len(PASSAGES)
-    return eager.ask()
+    return functools.cache(eager.ask)
+
+
+@pytest.fixture(scope="module")
+def reference(references) -> list[int]:
+    return references("blend")
 
 
 def _computed(tenant: Tenant) -> list[tuple[int, bytes]]:
@@ -114,7 +126,7 @@ def test_metrics_report_each_tenants_hits_misses_and_recompute_time(server, admi
 
 
 def test_admit_on_reuse_stores_at_the_nth_retrieval(server, admin, reference) -> None:
-    reuse = Tenant(server, admin, "reuse", kv_policy="admit_on_reuse", kv_admit_after=2)
+    reuse = Tenant(server, admin, "reuse", kv_policy="admit_on_reuse", kv_admit_after=ADMIT_AFTER)
     assert reuse.ask() == reference
     assert reuse.stored() == 0
     assert reuse.ask() == reference
@@ -125,7 +137,7 @@ def test_admit_on_reuse_stores_at_the_nth_retrieval(server, admin, reference) ->
 
 
 def test_a_full_prefill_counts_as_a_retrieval_but_computes_no_chunk_kv(server, admin) -> None:
-    reuse = Tenant(server, admin, "reuse-full", kv_policy="admit_on_reuse", kv_admit_after=2)
+    reuse = Tenant(server, admin, "reuse-full", kv_policy="admit_on_reuse", kv_admit_after=ADMIT_AFTER)
     reuse.ask(mode="full_prefill")
     assert reuse.stored() == 0 and reuse.name not in reuse.runtime.kv_ledger.snapshot()
     reuse.ask()  # the second retrieval: admitted
@@ -177,3 +189,64 @@ def test_a_remote_worker_streams_back_the_kv_it_computed(tmp_path, model_cache_d
             lazy = Tenant(server, admin, "remote", kv_policy="lazy")
             assert lazy.ask() == reference
             assert lazy.stored() == len(PASSAGES)
+
+
+POLICIES = st.sampled_from(["eager", "lazy", "admit_on_reuse", "none"])
+
+
+class PolicyMachine(RuleBasedStateMachine):
+    """One tenant through random questions (any mode), policy changes, lost KV and KV of an older model.
+
+    Model: the two chunks are always retrieved together, so one state covers both: no KV,
+    stale KV or current KV, and their retrievals counted while the policy is admit_on_reuse."""
+
+    server: ServerThread
+    admin: Client
+    references: Callable[[str], list[int]]
+    names = itertools.count()
+
+    @initialize(policy=POLICIES)
+    def start(self, policy: str) -> None:
+        self.policy = policy
+        self.tenant = Tenant(self.server, self.admin, f"prop-{next(self.names)}", kv_policy=policy, kv_admit_after=ADMIT_AFTER)
+        self.kv = "current" if self.tenant.stored() else "none"  # eager ingestion may have computed it
+        self.retrievals = 0
+
+    @rule(policy=POLICIES)
+    def change_policy(self, policy: str) -> None:
+        self.admin.update_tenant(self.tenant.name, tenant_admin_pb2.TenantSettings(kv_policy=policy, kv_admit_after=ADMIT_AFTER))
+        self.policy = policy
+
+    @rule(mode=st.sampled_from(["blend", "full_reuse", "full_prefill"]))
+    def ask(self, mode: str) -> None:
+        assert self.tenant.ask(mode) == self.references(mode)
+        if self.policy == "admit_on_reuse":
+            self.retrievals += 1
+        if mode != "full_prefill" and self.kv != "current":
+            self.kv = "current" if keeps(self.policy, self.retrievals, ADMIT_AFTER) else "none"
+
+    @rule()
+    def lose_kv(self) -> None:
+        self.tenant.runtime.store.drop_kv(self.tenant.chunk_ids)
+        self.kv = "none"
+
+    @rule()
+    def model_changed(self) -> None:
+        runtime = self.tenant.runtime
+        runtime.store.drop_kv(self.tenant.chunk_ids)
+        runtime.store.attach_kv(self.tenant.name, _computed(self.tenant), "an-older-model")
+        self.kv = "stale"
+
+    @invariant()
+    def stored_kv_is_what_the_policies_kept(self) -> None:
+        with_kv = sum(c.has_kv for c in self.tenant.runtime.store.readable_chunks(self.tenant.name, self.tenant.chunk_ids))
+        n = len(PASSAGES)
+        assert (with_kv, self.tenant.stored()) == {"none": (0, 0), "stale": (n, 0), "current": (n, n)}[self.kv]
+
+
+def test_any_sequence_answers_as_eager_and_stores_what_the_policies_keep(server, admin, references) -> None:
+    PolicyMachine.server, PolicyMachine.admin, PolicyMachine.references = server, admin, staticmethod(references)
+    run_state_machine_as_test(
+        PolicyMachine,
+        settings=settings(max_examples=4, stateful_step_count=8, deadline=None, suppress_health_check=list(HealthCheck)),
+    )

@@ -43,6 +43,8 @@ class ServerConfig:
     kv_admit_after: int = 2  # admit_on_reuse's default: retrievals within the window before a chunk's KV is kept
     kv_admit_window_s: int = 3600
     kv_codec: str = "fp16"
+    max_upload_kv_bytes: int = 256 << 20  # uploaded KV one Upsert batch may announce (held in memory until checked)
+    upload_recompute_fraction: float = 0.01  # uploaded chunks the server recomputes and compares (server/uploads.py)
     kv_cache_bytes: int = 1 << 30  # decoded chunk KV kept in worker memory
     # The in-process worker's scheduler (worker/scheduler.py): answers batched at once, tokens of
     # model work a step, padded tokens of chunk KV computed in one pass.

@@ -36,7 +36,8 @@ async def prepare(
         raise
     check_token_ids(batch.claims, [[c.token_ids for c in doc] for doc in cut])
     chunks = [chunk for doc in cut for chunk in doc]
-    await verify_sample(runtime.router, offload, [(batch.claims[i][j].field, cut[i][j].token_ids, blob) for (i, j), blob in uploaded.items()])
+    claimed = [(batch.claims[i][j].field, cut[i][j].token_ids, blob) for (i, j), blob in uploaded.items()]
+    await verify_sample(runtime.router, offload, claimed, runtime.config.upload_recompute_fraction)
     sent = [uploaded.get((i, j)) for i, doc in enumerate(cut) for j in range(len(doc))]
     to_embed = [c.text for c in chunks if c.vector is None]
     embedded: list[np.ndarray] = []

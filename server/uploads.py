@@ -4,7 +4,7 @@ messages, and the checks every uploaded blob passes before anything of its batch
 An uploaded blob is the uploader's claim. The cheap checks run on every blob: it decodes, its
 codec is known, it names the server's model fingerprint, its shape is the model's (layers, KV
 heads, head dim) for the chunk's token ids. Whether its values are the model's is checked by
-recomputing a random sample (RECOMPUTE_FRACTION) of a batch's uploads and comparing them after
+recomputing a random sample (`upload_recompute_fraction`) of a batch's uploads and comparing them after
 decoding. Each failure is InvalidArgument naming the chunk (`documents[i].chunks[j]`) and field.
 """
 
@@ -21,9 +21,7 @@ from server.offload import Offload
 from server.router import Router
 from store.errors import InvalidArgument
 
-MAX_BATCH_KV_BYTES = 256 << 20  # uploaded KV a batch may announce: ~43 fp16 256-token chunks held in memory
 MAX_PIECE_BYTES = 2 << 20
-RECOMPUTE_FRACTION = 0.01  # uploaded chunks recomputed and compared; tests set 1
 # Largest relative L2 difference, keys and values apart, between an uploaded blob and the server's
 # recompute, both decoded. SmolLM2 chunk KV computed in bf16 against float32 differs by 0.017
 # (fp16), 0.018 (int8), 0.065 (kivi4), 0.14 (kivi2), 0.086 (ecq) after encoding, batched against
@@ -58,7 +56,7 @@ async def model_kv_shape(router: Router) -> ModelKVShape:
 class PendingBlobs:
     """The blobs one batch announced (ChunkClaim.kv_size), filled piece by piece in order of offset."""
 
-    def __init__(self, claims: list[list[ChunkClaim]], external_ids: list[str], max_bytes: int = MAX_BATCH_KV_BYTES) -> None:
+    def __init__(self, claims: list[list[ChunkClaim]], external_ids: list[str], max_bytes: int) -> None:
         self._claims = {
             (external_id, j): (i, claim) for i, (external_id, chunks) in enumerate(zip(external_ids, claims))
             for j, claim in enumerate(chunks) if claim.kv_size
@@ -139,11 +137,11 @@ def sample(count: int, fraction: float) -> list[int]:
     return [k for k in range(count) if draw.random() < fraction]
 
 
-async def verify_sample(router: Router, offload: Offload, uploads: list[tuple[str, np.ndarray, bytes]]) -> None:
-    """Recompute a sample (RECOMPUTE_FRACTION) of (field, token ids, blob) uploads, batched by each
-    blob's codec, and refuse one whose decoded KV differs from the recompute beyond RECOMPUTE_TOLERANCE."""
+async def verify_sample(router: Router, offload: Offload, uploads: list[tuple[str, np.ndarray, bytes]], fraction: float) -> None:
+    """Recompute a sample (each with probability `fraction`) of (field, token ids, blob) uploads, batched
+    by each blob's codec, and refuse one whose decoded KV differs from the recompute beyond RECOMPUTE_TOLERANCE."""
     by_codec: dict[str, list[tuple[str, np.ndarray, bytes]]] = {}
-    for k in sample(len(uploads), RECOMPUTE_FRACTION):
+    for k in sample(len(uploads), fraction):
         by_codec.setdefault(kvcodec.codec_of(uploads[k][2]), []).append(uploads[k])
     for codec, chosen in by_codec.items():
         recomputed = await router.precompute_kv([token_ids for _, token_ids, _ in chosen], codec)

@@ -113,8 +113,9 @@ class Engine:
         return self.encode_chunks_kv([token_ids], codec)[0]
 
     def encode_chunks_kv(self, token_lists: list[np.ndarray], codec: str = "", cancel: threading.Event | None = None) -> list[bytes]:
-        """`encode_chunk_kv` for many chunks, batched; encoding runs in the caller's thread, off the model loop."""
-        return [kvcodec.encode(c.kv, codec or self.config.kv_codec) for c in self.chunks_kv(token_lists, cancel)]
+        """`encode_chunk_kv` for many chunks, batched; encoding runs in the caller's thread, off the model
+        loop. Each blob names the model's KV fingerprint, so a store can tell whose KV it is."""
+        return [kvcodec.encode(c.kv, codec or self.config.kv_codec, self.kv_fingerprint) for c in self.chunks_kv(token_lists, cancel)]
 
     # ---- answers
 
@@ -176,7 +177,7 @@ class Engine:
         """The chunk's KV computed, then encoded and decoded in its codec, exactly as a stored blob loads."""
         started = time.perf_counter()
         computed = (yield from self.blender.prefill_chunks_steps([segment]))[0]
-        blob = kvcodec.encode(computed.kv, chunk.codec or self.config.kv_codec)
+        blob = kvcodec.encode(computed.kv, chunk.codec or self.config.kv_codec, self.kv_fingerprint)
         kv = self._decoded(chunk.key, blob)
         if chunk.on_miss is not None:
             chunk.on_miss(ComputedKV(chunk.chunk_id, blob, time.perf_counter() - started))

@@ -16,6 +16,7 @@ import kvcodec
 from client.api import ChunkUpload, DocumentText, DocumentUpload, upsert_requests
 from protos.tenantkv.v1 import ingest_pb2
 from server import uploads
+from server.config import ServerConfig
 from worker.chunker import token_ids
 
 TEXTS = [
@@ -25,9 +26,10 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def recompute_every_upload(monkeypatch) -> None:
-    monkeypatch.setattr(uploads, "RECOMPUTE_FRACTION", 1.0)
+@pytest.fixture
+def server_config(server_config):
+    """Every upload recomputed: the forged-values test relies on it."""
+    return dataclasses.replace(server_config, upload_recompute_fraction=1.0)
 
 
 @pytest.fixture
@@ -158,7 +160,7 @@ def piece_request(chunk: int, data: bytes, offset: int) -> ingest_pb2.UpsertRequ
         ("unannounced chunk", "kv_pieces: no blob announced for external_id 'long' chunk 5"),
         ("next batch too soon", "a batch began before the last one's KV was complete"),
         ("oversized piece", f"documents[0].chunks[0].kv: a piece of {uploads.MAX_PIECE_BYTES + 1} bytes"),
-        ("oversized batch", f"documents: the batch announces {uploads.MAX_BATCH_KV_BYTES + 1} bytes of KV"),
+        ("oversized batch", f"documents: the batch announces {ServerConfig().max_upload_kv_bytes + 1} bytes of KV"),
     ],
 )
 def test_pieces_must_arrive_in_order_and_complete(runtime, alice, admin, case: str, words: str) -> None:
@@ -166,7 +168,7 @@ def test_pieces_must_arrive_in_order_and_complete(runtime, alice, admin, case: s
     last = third.kv_pieces[0]
     oversized = ingest_pb2.UpsertRequest()
     oversized.CopyFrom(announce)
-    oversized.documents[0].chunks[0].kv_size = uploads.MAX_BATCH_KV_BYTES + 1
+    oversized.documents[0].chunks[0].kv_size = ServerConfig().max_upload_kv_bytes + 1
     streams = {
         "out of order": [announce, second, first, third],
         "a piece missing": [announce, first, third],

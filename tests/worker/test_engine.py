@@ -33,4 +33,4 @@ def test_a_blob_that_does_not_decode_is_recomputed(engine: Engine, caplog) -> No
     with caplog.at_level(logging.WARNING, logger="worker.engine"):
         tokens = list(engine.answer([chunk(engine, 2, bytes(blob))], "Which river?", PrefillMode.BLEND, 2))
     assert tokens and "recomputing" in caplog.text
-    assert not isinstance(engine.cache.get("2").kv, kvcodec.PackedKV)  # computed afresh, dense
+    assert isinstance(engine.cache.get("2").kv, kvcodec.PackedKV)  # computed afresh, loaded through its codec as a blob would be

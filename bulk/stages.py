@@ -12,7 +12,6 @@ import os
 import numpy as np
 import torch
 
-import kvcodec
 from bulk.target import ServerTarget
 from worker.chunker import chunk_text
 from worker.config import WorkerConfig
@@ -66,19 +65,17 @@ class Embed:
 
 
 class PrecomputeKV:
-    """Each chunk's KV after the prompt prefix, computed by the worker's own batched path
-    (`Engine.chunks_kv`) and encoded in `codec` under the engine's KV fingerprint, which the server
-    checks against its own: a blob is what the server would have computed."""
+    """Each chunk's KV after the prompt prefix, encoded in `codec`: the worker's own batched path
+    (`Engine.encode_chunks_kv`), whose blobs name the model's KV fingerprint, which the server
+    checks against its own. A blob is what the server would have computed."""
 
     def __init__(self, models: WorkerConfig, codec: str, threads: int = 0) -> None:
         use_cores(threads)
         self._engine = Engine(load_llm(models), EngineConfig(kv_codec=codec))
-        self._codec = codec
 
     def __call__(self, batch: Batch) -> Batch:
         tokens = [[np.asarray(ids) for ids in chunks] for chunks in batch["token_ids"]]
-        computed = self._engine.chunks_kv([ids for chunks in tokens for ids in chunks])
-        blobs = [kvcodec.encode(c.kv, self._codec, self._engine.kv_fingerprint) for c in computed]
+        blobs = self._engine.encode_chunks_kv([ids for chunks in tokens for ids in chunks])
         return _with(batch, "kv_blobs", _split(blobs, [len(t) for t in tokens]))
 
 

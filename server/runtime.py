@@ -298,7 +298,7 @@ def _miss_cause(chunk: Chunk, fingerprint: str, key: str) -> MissCause | None:
     """None when the chunk's stored KV is of the model with `fingerprint` (`key`: the blob key such
     KV has; it decides for chunks stored before fingerprints were recorded), else why it is a miss."""
     if not chunk.has_kv:
-        return MissCause.NEVER_COMPUTED
+        return MissCause.EVICTED if chunk.kv_evicted else MissCause.NEVER_COMPUTED
     current = chunk.kv_fingerprint == fingerprint if chunk.kv_fingerprint is not None else chunk.kv_key == key
     return None if current else MissCause.STALE
 

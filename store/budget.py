@@ -45,19 +45,22 @@ class Budget:
         for key in sorted(chunks_of, key=lambda k: (k in written, self._blobs.access.coldness(tenant, k, self._eviction))):
             evicted_bytes += self._blobs.record(txn, key)["length"]
             for chunk_id in chunks_of[key]:
-                self.clear(txn, chunk_id)
+                self.clear(txn, chunk_id, evicted=True)
             evicted += 1
             if evicted_bytes >= over:
                 break
         self._tenants.add_usage(txn, tenant, kv_evictions=evicted, kv_evicted_bytes=evicted_bytes)
         return evicted
 
-    def clear(self, txn: lmdb.Transaction, chunk_id: int) -> None:
-        """Drop a chunk's reference to its KV blob (it must have one)."""
+    def clear(self, txn: lmdb.Transaction, chunk_id: int, evicted: bool = False) -> None:
+        """Drop a chunk's reference to its KV blob (it must have one); `evicted` marks the chunk as
+        having lost it to the budget, until KV is attached again (a miss's cause, for metrics)."""
         key = U64.pack(chunk_id)
         chunk = orjson.loads(txn.get(key, db=self._env.db["chunks"]))
         blob_key = bytes.fromhex(chunk["kv"])
         chunk["kv"] = None
         chunk.pop("kv_fp", None)
+        if evicted:
+            chunk["kv_evicted"] = True
         txn.put(key, dumps(chunk), db=self._env.db["chunks"])
         self._blobs.unref(txn, blob_key, chunk["owner"], chunk_id)

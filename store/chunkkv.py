@@ -67,6 +67,7 @@ class ChunkKV:
                 record = orjson.loads(txn.get(U64.pack(chunk_id), db=self._env.db["chunks"]))
             self._blobs.ref(txn, key, refs.get(key), owner, chunk_id)
             record.update(kv=key.hex(), kv_fp=kv_fingerprint)
+            record.pop("kv_evicted", None)
             txn.put(U64.pack(chunk_id), dumps(record), db=self._env.db["chunks"])
         written = frozenset(key for _, key, _, _ in plan)
         for owner in {owner for *_, owner in plan}:

@@ -43,6 +43,7 @@ class Chunks:
                         text=record["text"], token_ids=tokens, metadata=record["metadata"],
                         readers=frozenset(record["readers"]), kv_key=record["kv"] or "",
                         kv_fingerprint=record.get("kv_fp") if record["kv"] else "",
+                        kv_evicted=record.get("kv_evicted", False),
                     )
                 )
             return chunks

@@ -112,6 +112,7 @@ class Chunk:
     readers: frozenset[str]  # owner plus granted tenants
     kv_key: str  # hex key of its stored KV blob; "" when it has none
     kv_fingerprint: str | None = ""  # the model fingerprint its blob was computed under; "" without a blob, None if stored before fingerprints were kept
+    kv_evicted: bool = False  # its KV was dropped by its owner's budget and not computed since
 
     @property
     def has_kv(self) -> bool:

@@ -63,6 +63,7 @@ def test_kv_bytes_are_a_budget_that_evicts_and_groups_share_blobs(server_config,
     assert samples['tenantkv_kv_stored_bytes{tenant="g2"}'] == one and samples['tenantkv_kv_dedup_saved_bytes_total{tenant="g2"}'] == one
     assert samples['tenantkv_kv_dedup_saved_bytes_total{tenant="g1"}'] == 0  # nothing of "free"'s identical chunk: another salt
     assert samples['tenantkv_kv_evictions_total{tenant="acme"}'] >= 1 and samples['tenantkv_kv_evicted_bytes_total{tenant="acme"}'] >= one
+    assert samples['tenantkv_kv_misses_total{cause="evicted",tenant="acme"}'] >= 1  # the answer met the chunk the budget evicted
 
 
 def test_request_rate_is_limited_per_tenant(server, admin) -> None:

@@ -50,10 +50,13 @@ def test_writes_beyond_the_budget_evict_the_coldest_blobs(config: StoreConfig, e
         assert store.tenant_stats("acme").kv_bytes == 3 * KV
         evicted = {"lru": "a", "lfu": "c"}[eviction]
         assert store.read_kv(ids[evicted]) is None and store.read_kv(int(added[0])) is not None
-        assert [c.text for c in store.readable_chunks("acme", [ids[evicted]])] == ["text " + str("abc".index(evicted))]  # text stays
+        (chunk,) = store.readable_chunks("acme", [ids[evicted]])
+        assert chunk.text == "text " + str("abc".index(evicted)) and chunk.kv_evicted  # text stays; the miss's cause is known
         usage = {u.tenant: u for u in store.kv_usage()}["acme"]
         assert (usage.stored_bytes, usage.evictions, usage.evicted_bytes) == (3 * KV, 1, KV)
         check_kv_records(store)
+        assert store.attach_kv("acme", [(ids[evicted], bytes(KV))], "m") == [ids[evicted]]
+        assert not store.readable_chunks("acme", [ids[evicted]])[0].kv_evicted
 
 
 def test_a_batch_larger_than_the_budget_is_stored_without_the_kv_that_does_not_fit(config: StoreConfig) -> None:

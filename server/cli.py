@@ -163,14 +163,16 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca", type=Path, default=os.environ.get("TENANTKV_CA") or None, help="CA bundle of a server on TLS (default: TENANTKV_CA)")
 
 
-def _client(args) -> Client:
-    if args.api_key_file:
-        key = args.api_key_file.read_text().strip()
-    else:
-        key = os.environ.get("TENANTKV_API_KEY", "")
+def _api_key(args, kind: str = "API") -> str:
+    """The key in --api-key-file, else TENANTKV_API_KEY; SystemExit if neither holds one."""
+    key = args.api_key_file.read_text().strip() if args.api_key_file else os.environ.get("TENANTKV_API_KEY", "")
     if not key:
-        raise SystemExit("no API key: pass --api-key-file or set TENANTKV_API_KEY")
-    return Client(args.server, key, tls=_tls(args))
+        raise SystemExit(f"no {kind} key: pass --api-key-file or set TENANTKV_API_KEY")
+    return key
+
+
+def _client(args) -> Client:
+    return Client(args.server, _api_key(args), tls=_tls(args))
 
 
 def _tls(args) -> ClientTLS | None:
@@ -216,9 +218,7 @@ def _worker(args) -> int:
     from worker.serve import WorkerServiceConfig, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    key = args.api_key_file.read_text().strip() if args.api_key_file else os.environ.get("TENANTKV_API_KEY", "")
-    if not key:
-        raise SystemExit("no worker key: pass --api-key-file or set TENANTKV_API_KEY")
+    key = _api_key(args, "worker")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise SystemExit("--tls-cert and --tls-key go together")
     config = WorkerServiceConfig(
@@ -350,7 +350,7 @@ def _bulk_ingest(args) -> int:
             minted = client.create_api_key(args.tenant, ["read", "write"], ttl_s=TEMPORARY_KEY_TTL_S)  # expires even if we die
             key = minted.api_key
         else:
-            key = args.api_key_file.read_text().strip() if args.api_key_file else os.environ["TENANTKV_API_KEY"]
+            key = _api_key(args)
         config = BulkConfig(
             inputs=tuple(args.inputs),
             target=ServerTarget(args.server, key, Path(args.ca) if args.ca else None),

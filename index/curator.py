@@ -214,13 +214,14 @@ class CuratorIndex:
             distances, found = top_k_in_terminals(queries, self._table.vectors, *sub.lists.search_arrays(), cover, k, self.config.metric)
         else:
             sums, scale, starts, lengths, rows = sub.lists.search_arrays()
-            tenant_rows = np.concatenate([rows[s : s + n] for s, n in zip(starts.tolist(), lengths.tolist())] or [rows[:0]])
-            matching = tenant_rows[where(self._table.ids[tenant_rows])]
-            if len(matching) <= exact:
-                distances, found = top_k(queries, self._table.vectors, matching, k, self.config.metric)
+            # where each terminal's rows lie in `rows` (its stretches, without their spare room)
+            positions = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+            matches = where(self._table.ids[rows[positions]])
+            if matches.sum() <= exact:
+                distances, found = top_k(queries, self._table.vectors, rows[positions[matches]], k, self.config.metric)
             else:
-                allowed = np.zeros(len(self._table.ids), dtype=np.bool_)
-                allowed[matching] = True
+                allowed = np.zeros(len(rows), dtype=np.bool_)  # the tenant's arena, not the whole table
+                allowed[positions[matches]] = True
                 distances, found = top_k_in_terminals(
                     queries, self._table.vectors, sums, scale, starts, lengths, rows, ef, k, self.config.metric, allowed
                 )

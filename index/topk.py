@@ -30,7 +30,7 @@ def top_k_in_terminals(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per query: rank the terminals by their centroid (`sums[t] * scale[t]`: a direction for "ip",
     a mean for "l2"), scan their rows (`rows[starts[t]:starts[t] + lengths[t]]`) best first until
-    `cover` rows are seen, and keep the top k. With `allowed` (bool per table row), only allowed
+    `cover` rows are seen, and keep the top k. With `allowed` (bool per entry of `rows`), only allowed
     rows are scored and counted towards `cover`: a selective filter widens the scan."""
     l2 = metric == "l2"
     allowed = np.empty(0, dtype=np.bool_) if allowed is None else allowed
@@ -131,7 +131,7 @@ def _scan(queries, table, sums, scale, starts, lengths, rows, cover, k, l2, allo
             end = j + lengths[t]
             if len(allowed):
                 for j in range(starts[t], end):
-                    if allowed[rows[j]]:
+                    if allowed[j]:
                         keep_best(found[q], best[q], k, rows[j], _score(table, rows[j], query, l2))
                         seen += 1
                 if seen >= cover:

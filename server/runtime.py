@@ -197,7 +197,7 @@ class Runtime:
 
     def kv_codec(self, tenant: str) -> str:
         """The codec the tenant's chunk KV is stored in ("": the server's default)."""
-        return self.store.get_tenant(tenant).settings.kv_codec or self.config.kv_codec
+        return self.store.tenant_settings(tenant).kv_codec or self.config.kv_codec
 
     def kv_policy(self, tenant: str) -> str:
         """When the tenant's chunk KV is stored (`server.kv_policy`): its setting, else the server's default."""

@@ -181,7 +181,7 @@ class IngestServicer(_Servicer, ingest_pb2_grpc.IngestServicer):
                     raise InvalidArgument(f"documents: a batch began before the last one's KV was complete: {pending.missing()}")
                 config = runtime.config
                 batch = documents_from(request, runtime.store.dim, config.max_documents_per_batch, config.max_text_bytes)
-                pending = PendingBlobs(batch.claims, [d.external_id for d in batch.documents], self.runtime.config.max_upload_kv_bytes)
+                pending = PendingBlobs(batch.claims, [d.external_id for d in batch.documents], config.max_upload_kv_bytes)
             elif pending is None:
                 raise InvalidArgument("kv_pieces: no batch announced KV; a request with documents comes first")
             for piece in request.kv_pieces:

@@ -4,6 +4,7 @@ It joins the Ray cluster at `ray_address`, or the one this process already start
 one), or starts a local one sized to the machine and stops it at the end.
 """
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from bulk.sink import UpsertSink, WriteStats
 from bulk.sources import read_documents
 from bulk.stages import Chunk, Embed, PrecomputeKV, skip_unchanged
 from bulk.target import ServerTarget
+from protos.tenantkv.v1 import ingest_pb2
 from worker.config import WorkerConfig
 
 
@@ -41,8 +43,7 @@ class Layout:
 class BulkConfig:
     inputs: tuple[Path, ...]  # JSONL or Parquet files, or directories of them
     target: ServerTarget
-    kv_codec: str = "fp16"  # the tenant's codec; the server refuses blobs in another
-    models: WorkerConfig = field(default_factory=WorkerConfig)  # the server's models and chunk_tokens
+    models: WorkerConfig = field(default_factory=WorkerConfig)  # the server's models (its chunk size and the tenant's codec are read from it)
     layout: Layout = Layout()
     documents_per_upsert: int = 32  # documents in one Upsert transaction
     ray_address: str | None = None  # an existing cluster; None: this process's, or a local one
@@ -77,8 +78,10 @@ def bulk_ingest(config: BulkConfig) -> Summary:
         ray.init(address=config.ray_address, num_cpus=None if config.ray_address else config.num_cpus or os.cpu_count())
     try:
         started = time.perf_counter()
+        with config.target.client() as client:
+            spec = client.upload_spec()
         sink = UpsertSink(config.target, config.documents_per_upsert)
-        pipeline(config).write_datasink(sink)
+        pipeline(config, spec).write_datasink(sink)
         seconds = time.perf_counter() - started
         read = read_documents(list(config.inputs)).count()
     finally:
@@ -96,9 +99,11 @@ def bulk_ingest(config: BulkConfig) -> Summary:
     )
 
 
-def pipeline(config: BulkConfig) -> ray.data.Dataset:
-    """The documents to store, each with its chunks' texts, token ids, vectors and KV blobs."""
+def pipeline(config: BulkConfig, spec: ingest_pb2.UploadSpecResponse) -> ray.data.Dataset:
+    """The documents to store, each with its chunks' texts, token ids, vectors and, when the
+    tenant's policy stores KV at ingestion, KV blobs in the tenant's codec."""
     layout = config.layout
+    models = dataclasses.replace(config.models, chunk_tokens=spec.chunk_tokens)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
     batch = layout.batch_documents
     documents = read_documents(list(config.inputs)).map_batches(
@@ -106,22 +111,24 @@ def pipeline(config: BulkConfig) -> ray.data.Dataset:
     )
     chunked = documents.map_batches(
         Chunk,
-        fn_constructor_kwargs={"models": config.models},
+        fn_constructor_kwargs={"models": models},
         batch_size=batch,
         concurrency=layout.chunk_actors,
         num_cpus=layout.actor_cpus,
     )
     embedded = chunked.map_batches(
         Embed,
-        fn_constructor_kwargs={"models": config.models, "threads": layout.threads},
+        fn_constructor_kwargs={"models": models, "threads": layout.threads},
         batch_size=batch,
         concurrency=layout.embed_actors,
         num_cpus=layout.actor_cpus,
         num_gpus=gpus,
     )
+    if not spec.stores_kv:
+        return embedded
     return embedded.map_batches(
         PrecomputeKV,
-        fn_constructor_kwargs={"models": config.models, "codec": config.kv_codec, "threads": layout.threads},
+        fn_constructor_kwargs={"models": models, "codec": spec.kv_codec, "threads": layout.threads, "server_fingerprint": spec.kv_fingerprint},
         batch_size=batch,
         concurrency=layout.kv_actors,
         num_cpus=layout.actor_cpus,

@@ -76,8 +76,13 @@ def _documents(blocks: Iterable[Block]) -> Iterator[DocumentUpload]:
             continue
         columns = accessor.to_batch_format("numpy")
         for i, external_id in enumerate(columns["id"]):
-            parts = zip(columns["chunk_texts"][i], columns["vectors"][i], columns["token_ids"][i], columns["kv_blobs"][i])
-            chunks = [ChunkUpload(text=text, vector=vector, token_ids=np.asarray(ids), kv_blob=bytes(blob)) for text, vector, ids, blob in parts]
+            texts = columns["chunk_texts"][i]
+            blobs = columns["kv_blobs"][i] if "kv_blobs" in columns else [None] * len(texts)  # no KV stage: the tenant stores none at ingestion
+            parts = zip(texts, columns["vectors"][i], columns["token_ids"][i], blobs)
+            chunks = [
+                ChunkUpload(text=text, vector=vector, token_ids=np.asarray(ids), kv_blob=None if blob is None else bytes(blob))
+                for text, vector, ids, blob in parts
+            ]
             yield DocumentUpload(str(external_id), chunks, json.loads(columns["metadata"][i]), str(columns["content_hash"][i]))
 
 

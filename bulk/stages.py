@@ -67,11 +67,19 @@ class Embed:
 class PrecomputeKV:
     """Each chunk's KV after the prompt prefix, encoded in `codec`: the worker's own batched path
     (`Engine.encode_chunks_kv`), whose blobs name the model's KV fingerprint, which the server
-    checks against its own. A blob is what the server would have computed."""
+    checks against its own. A blob is what the server would have computed.
 
-    def __init__(self, models: WorkerConfig, codec: str, threads: int = 0) -> None:
+    Given the server's fingerprint (its UploadSpec), an actor whose model differs stops as it
+    starts, before computing anything the server would refuse."""
+
+    def __init__(self, models: WorkerConfig, codec: str, threads: int = 0, server_fingerprint: str = "") -> None:
         use_cores(threads)
         self._engine = Engine(load_llm(models), EngineConfig(kv_codec=codec))
+        if server_fingerprint and self._engine.kv_fingerprint != server_fingerprint:
+            raise ValueError(
+                f"this job's model computes KV with fingerprint {self._engine.kv_fingerprint}, the server's is {server_fingerprint}:"
+                " run the job with the server's models"
+            )
 
     def __call__(self, batch: Batch) -> Batch:
         tokens = [[np.asarray(ids) for ids in chunks] for chunks in batch["token_ids"]]

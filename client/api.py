@@ -20,7 +20,7 @@ from protos.tenantkv.v1 import (
 )
 
 MAX_MESSAGE_BYTES = 4 << 20
-KV_PIECE_BYTES = 2 << 20  # an uploaded blob travels in pieces of at most this, one request each
+KV_PIECE_BYTES = 3 << 20  # a KV blob travels in pieces of at most this, one message each (uploads, fetches, worker replies)
 MAX_UNCHANGED = 4096  # documents an Unchanged request may name (the server's bound)
 
 
@@ -44,7 +44,7 @@ class DocumentText:
         ]
         return ingest_pb2.Document(external_id=self.external_id, text=self.text, chunks=chunks, metadata=metadata)
 
-    def blobs(self) -> Iterator[ingest_pb2.KVPiece]:
+    def piece_requests(self) -> Iterator[ingest_pb2.UpsertRequest]:
         """Nothing: the server computes this document's KV itself."""
         return iter(())
 
@@ -93,15 +93,15 @@ class DocumentUpload:
         ]
         return ingest_pb2.Document(external_id=self.external_id, chunks=chunks, metadata=metadata, content_hash=self.content_hash)
 
-    def blobs(self) -> Iterator[ingest_pb2.KVPiece]:
-        """Each uploaded blob in pieces of at most KV_PIECE_BYTES, in order of offset."""
+    def piece_requests(self) -> Iterator[ingest_pb2.UpsertRequest]:
+        """Each uploaded blob in pieces of at most KV_PIECE_BYTES, in order of offset, one request a piece
+        (built in place: a blob of one piece is not copied before serialisation)."""
         for index, chunk in enumerate(self.chunks):
-            if chunk.kv_blob is None:
-                continue
-            blob = memoryview(chunk.kv_blob)
-            for offset in range(0, len(blob), KV_PIECE_BYTES):
-                data = bytes(blob[offset : offset + KV_PIECE_BYTES])
-                yield ingest_pb2.KVPiece(external_id=self.external_id, chunk=index, offset=offset, data=data)
+            blob = chunk.kv_blob
+            for offset in range(0, 0 if blob is None else len(blob), KV_PIECE_BYTES):
+                request = ingest_pb2.UpsertRequest()
+                request.kv_pieces.add(external_id=self.external_id, chunk=index, offset=offset, data=blob[offset : offset + KV_PIECE_BYTES])
+                yield request
 
 
 def upsert_requests(batches: Iterable[Sequence["DocumentText | DocumentUpload"]]) -> Iterator[ingest_pb2.UpsertRequest]:
@@ -109,8 +109,7 @@ def upsert_requests(batches: Iterable[Sequence["DocumentText | DocumentUpload"]]
     for batch in batches:
         yield ingest_pb2.UpsertRequest(documents=[d.message() for d in batch])
         for document in batch:
-            for piece in document.blobs():
-                yield ingest_pb2.UpsertRequest(kv_pieces=[piece])
+            yield from document.piece_requests()
 
 
 def bearer(api_key: str) -> tuple[tuple[str, str], ...]:
@@ -243,6 +242,11 @@ class Client:
             request = ingest_pb2.UnchangedRequest(external_ids=[e for e, _ in part], content_hashes=[h for _, h in part])
             unchanged.extend(self._call(self.ingest.Unchanged, request).external_ids)
         return unchanged
+
+    def upload_spec(self) -> ingest_pb2.UploadSpecResponse:
+        """What chunks uploaded to this key's tenant must match (write right): the model KV
+        fingerprint, the tenant's codec, whether its policy stores uploaded KV, the chunker's size."""
+        return self._call(self.ingest.UploadSpec, ingest_pb2.UploadSpecRequest())
 
     def delete(self, external_ids: Sequence[str]) -> int:
         return self._call(self.ingest.Delete, ingest_pb2.DeleteRequest(external_ids=external_ids)).deleted_chunks

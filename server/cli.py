@@ -126,8 +126,6 @@ def _parser() -> argparse.ArgumentParser:
     bulk.add_argument("--tenant", default="", help="ingest for this tenant with an admin key")
     bulk.add_argument("--ray-address", help="join this Ray cluster; default: a local Ray instance sized to the machine")
     bulk.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance; default: the machine's")
-    bulk.add_argument("--kv-codec", default="", help="the tenant's KV codec; default: the tenant's setting (with --tenant), else fp16")
-    bulk.add_argument("--chunk-tokens", type=int, default=256, help="the server's chunk_tokens")
     bulk.add_argument("--batch", type=int, default=16, help="documents in one batch through each stage")
     bulk.add_argument("--upsert-batch", type=int, default=32, help="documents per Upsert transaction")
     bulk.add_argument("--chunk-actors", type=int, default=1)
@@ -344,9 +342,7 @@ def _bulk_ingest(args) -> int:
     from worker.config import WorkerConfig
 
     with _client(args) as client:
-        codec = args.kv_codec
         if args.tenant:
-            codec = codec or client.get_tenant(args.tenant).settings.kv_codec
             minted = client.create_api_key(args.tenant, ["read", "write"], ttl_s=TEMPORARY_KEY_TTL_S)  # expires even if we die
             key = minted.api_key
         else:
@@ -354,8 +350,7 @@ def _bulk_ingest(args) -> int:
         config = BulkConfig(
             inputs=tuple(args.inputs),
             target=ServerTarget(args.server, key, Path(args.ca) if args.ca else None),
-            kv_codec=codec or "fp16",
-            models=WorkerConfig(cache_dir=args.cache_dir, chunk_tokens=args.chunk_tokens),
+            models=WorkerConfig(cache_dir=args.cache_dir),
             layout=Layout(args.chunk_actors, args.embed_actors, args.kv_actors, args.batch),
             documents_per_upsert=args.upsert_batch,
             ray_address=args.ray_address,

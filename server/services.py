@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict
 from typing import AsyncIterator, Callable
 
+from client.api import KV_PIECE_BYTES, MAX_UNCHANGED
 from protos.tenantkv.v1 import (
     ingest_pb2,
     ingest_pb2_grpc,
@@ -31,9 +32,7 @@ from store.errors import InvalidArgument, Unavailable
 from store.records import KeyScope, Tenant, TenantState, TenantStats, UpsertResult
 from worker.service import MODES
 
-KV_PIECE_BYTES = 3 << 20
 MAX_FETCH_IDS = 256
-MAX_UNCHANGED_IDS = 4096  # documents one Unchanged names (the proto's bound)
 MAX_TTL_SECONDS = 100 * 365 * 86_400  # a key's expiry stays a 64-bit millisecond count
 RIGHTS = {tenant_admin_pb2.KEY_RIGHT_READ: "read", tenant_admin_pb2.KEY_RIGHT_WRITE: "write"}
 SCOPES = {
@@ -197,14 +196,28 @@ class IngestServicer(_Servicer, ingest_pb2_grpc.IngestServicer):
         return ingest_pb2.UpsertResponse(documents=documents, chunks=chunks, batches=batches)
 
     async def _store_batch(self, tenant: str, batch: UpsertBatch, blobs: dict[tuple[int, int], bytes]) -> UpsertResult:
+        """Uploaded blobs are checked and stored only under a policy that stores KV at ingestion
+        (eager); under the others they are ignored, as the tenant's UploadSpec says."""
         runtime = self.runtime
+        if blobs and await self.offload.io(runtime.kv_policy, tenant) != "eager":
+            blobs = {}
         if blobs:
             fingerprint = runtime.router.kv_fingerprint
             if fingerprint not in self._kv_shapes:
                 self._kv_shapes[fingerprint] = await model_kv_shape(runtime.router)
-            await self.offload.io(check_blobs, batch.claims, blobs, self._kv_shapes[fingerprint], fingerprint)
+            codec = await self.offload.io(runtime.kv_codec, tenant)
+            await self.offload.io(check_blobs, batch.claims, blobs, self._kv_shapes[fingerprint], fingerprint, codec)
         prepared = await prepare(runtime, self.offload, tenant, batch, blobs)
         return await self.offload.io(runtime.commit, tenant, prepared)
+
+    async def UploadSpec(self, request, context):
+        runtime = self.runtime
+        tenant = current_caller().tenant
+        policy = await self.offload.io(runtime.kv_policy, tenant)
+        return ingest_pb2.UploadSpecResponse(
+            kv_fingerprint=runtime.router.kv_fingerprint, kv_codec=await self.offload.io(runtime.kv_codec, tenant),
+            stores_kv=policy == "eager", chunk_tokens=runtime.config.chunk_tokens,
+        )
 
     async def Delete(self, request, context):
         if not request.external_ids:
@@ -217,7 +230,7 @@ class IngestServicer(_Servicer, ingest_pb2_grpc.IngestServicer):
             raise InvalidArgument(
                 f"content_hashes: {len(request.content_hashes)} given for {len(request.external_ids)} external_ids; one each"
             )
-        bounded_int(len(request.external_ids), 0, MAX_UNCHANGED_IDS, "external_ids")
+        bounded_int(len(request.external_ids), 0, MAX_UNCHANGED, "external_ids")
         pairs = list(zip(request.external_ids, request.content_hashes))
         unchanged = await self.offload.io(self.runtime.store.unchanged, current_caller().tenant, pairs)
         return ingest_pb2.UnchangedResponse(external_ids=unchanged)

@@ -1,11 +1,11 @@
 """Chunks uploaded with precomputed KV (Ingest.Upsert): their blobs assembled from KVPiece
 messages, and the checks every uploaded blob passes before anything of its batch is stored.
 
-An uploaded blob is the uploader's claim. The cheap checks run on every blob: it decodes, its
-codec is known, it names the server's model fingerprint, its shape is the model's (layers, KV
+An uploaded blob is the uploader's claim. The cheap checks run on every blob: its header decodes
+and its payload matches its checksum, its codec is the tenant's, it names the server's model fingerprint, its shape is the model's (layers, KV
 heads, head dim) for the chunk's token ids. Whether its values are the model's is checked by
 recomputing a random sample (`upload_recompute_fraction`) of a batch's uploads and comparing them after
-decoding. Each failure is InvalidArgument naming the chunk (`documents[i].chunks[j]`) and field.
+decoding (a sampled blob whose payload does not parse is refused too). Each failure is InvalidArgument naming the chunk (`documents[i].chunks[j]`) and field.
 """
 
 import secrets
@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 import kvcodec
+from client.api import KV_PIECE_BYTES
 from protos.tenantkv.v1 import ingest_pb2
 from server.convert import ChunkClaim
 from server.offload import Offload
 from server.router import Router
 from store.errors import InvalidArgument
 
-MAX_PIECE_BYTES = 2 << 20
 # Largest relative L2 difference, keys and values apart, between an uploaded blob and the server's
 # recompute, both decoded. SmolLM2 chunk KV computed in bf16 against float32 differs by 0.017
 # (fp16), 0.018 (int8), 0.065 (kivi4), 0.14 (kivi2), 0.086 (ecq) after encoding, batched against
@@ -80,8 +80,8 @@ class PendingBlobs:
         claim = self._claims[key][1]
         received = self._received[key]
         data = piece.data  # each read of a bytes field copies it
-        if len(data) > MAX_PIECE_BYTES:
-            raise InvalidArgument(f"{claim.field}.kv: a piece of {len(data)} bytes, more than {MAX_PIECE_BYTES}")
+        if len(data) > KV_PIECE_BYTES:
+            raise InvalidArgument(f"{claim.field}.kv: a piece of {len(data)} bytes, more than {KV_PIECE_BYTES}")
         if piece.offset != received:
             raise InvalidArgument(f"{claim.field}.kv: piece at offset {piece.offset}, expected {received} (pieces arrive in order)")
         if received + len(data) > claim.kv_size:
@@ -103,16 +103,21 @@ class PendingBlobs:
         return {(self._claims[key][0], key[1]): b"".join(pieces) for key, pieces in self._pieces.items()}
 
 
-def check_blobs(claims: list[list[ChunkClaim]], blobs: dict[tuple[int, int], bytes], shape: ModelKVShape, fingerprint: str) -> None:
-    """Every uploaded blob decodes in a known codec, under `fingerprint`, in the model's shape for
-    its chunk's token ids."""
+def check_blobs(
+    claims: list[list[ChunkClaim]], blobs: dict[tuple[int, int], bytes], shape: ModelKVShape, fingerprint: str, codec: str
+) -> None:
+    """Every uploaded blob's header decodes and its payload matches its checksum, in the tenant's
+    `codec`, under `fingerprint`, in the model's shape for its chunk's token ids. The payload is not parsed
+    here (that costs more than storing it): the sampled recompute parses the blobs it draws, and a
+    stored blob that does not parse is recomputed when read, like a miss."""
     for (i, j), blob in blobs.items():
         claim = claims[i][j]
         try:
             info = kvcodec.blob_info(blob)
-            kvcodec.decode_packed(blob)
         except kvcodec.CorruptBlobError as exc:
             raise InvalidArgument(f"{claim.field}.kv: does not decode ({exc})") from exc
+        if info.codec != codec:
+            raise InvalidArgument(f"{claim.field}.kv: encoded in {info.codec}, the tenant's codec is {codec}")
         if info.fingerprint != fingerprint:
             raise InvalidArgument(f"{claim.field}.kv: computed with model fingerprint {info.fingerprint!r}, the server's is {fingerprint!r}")
         expected = shape.expected(len(claim.token_ids))
@@ -146,7 +151,10 @@ async def verify_sample(router: Router, offload: Offload, uploads: list[tuple[st
     for codec, chosen in by_codec.items():
         recomputed = await router.precompute_kv([token_ids for _, token_ids, _ in chosen], codec)
         for (field, _, blob), reference in zip(chosen, recomputed):
-            difference = await offload.io(relative_difference, blob, reference)
+            try:
+                difference = await offload.io(relative_difference, blob, reference)
+            except kvcodec.CorruptBlobError as exc:
+                raise InvalidArgument(f"{field}.kv: does not decode ({exc})") from exc
             if not difference <= RECOMPUTE_TOLERANCE[codec]:  # NaN (all-zero KV) fails too
                 raise InvalidArgument(
                     f"{field}.kv: differs from the server's recompute by {difference:.3g} (relative), beyond {codec}'s {RECOMPUTE_TOLERANCE[codec]}"

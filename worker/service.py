@@ -15,6 +15,7 @@ from typing import AsyncIterator, Callable, Iterator
 import grpc
 import numpy as np
 
+from client.api import KV_PIECE_BYTES
 from protos.tenantkv.v1 import retrieval_pb2, worker_pb2, worker_pb2_grpc
 from worker.blend import PrefillMode
 from worker.engine import ComputedKV
@@ -23,8 +24,6 @@ from worker.kv_cache import EventKind
 from worker.node import ChunkRef, GenerateJob, KVFetcher, WorkerNode
 
 log = logging.getLogger(__name__)
-
-PIECE_BYTES = 3 << 20  # a blob's piece per message: under gRPC's 4 MiB default
 
 MODES = {
     retrieval_pb2.GENERATION_MODE_FULL_PREFILL: PrefillMode.FULL_PREFILL,
@@ -130,9 +129,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
 
 def pieces(blob: bytes) -> Iterator[tuple[int, bytes, bool]]:
-    """(offset, piece, last) for a blob in pieces of at most PIECE_BYTES; one empty piece for an empty blob."""
-    for offset in range(0, max(len(blob), 1), PIECE_BYTES):
-        piece = blob[offset : offset + PIECE_BYTES]
+    """(offset, piece, last) for a blob in pieces of at most KV_PIECE_BYTES; one empty piece for an empty blob."""
+    for offset in range(0, max(len(blob), 1), KV_PIECE_BYTES):
+        piece = blob[offset : offset + KV_PIECE_BYTES]
         yield offset, piece, offset + len(piece) == len(blob)
 
 

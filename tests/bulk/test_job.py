@@ -22,6 +22,7 @@ import kvcodec
 from bulk.job import BulkConfig, Layout, Summary, bulk_ingest
 from bulk.target import ServerTarget
 from client.api import DocumentText
+from protos.tenantkv.v1 import tenant_admin_pb2
 from server.cli import main
 from worker.blend import Blender, ChunkKV, PrefillMode
 from worker.chunker import chunk_text
@@ -44,7 +45,7 @@ class Ingested:
 
 
 def job_config(bulk_server, target: ServerTarget, inputs, **layout) -> BulkConfig:
-    models = WorkerConfig(cache_dir=bulk_server.config.cache_dir, chunk_tokens=bulk_server.config.chunk_tokens)
+    models = WorkerConfig(cache_dir=bulk_server.config.cache_dir)
     return BulkConfig(inputs=tuple(inputs), target=target, models=models, layout=Layout(batch_documents=2, **layout), documents_per_upsert=2)
 
 
@@ -168,3 +169,12 @@ def test_a_job_whose_kv_actor_is_killed_completes_with_each_document_once(ray_lo
         chunks = stored_chunks(bulk_server.runtime, target, document["id"])
         assert len(chunks) == len(chunk_text(document["text"], models.tokenizer, 256))
     assert bulk_server.runtime.store.tenant_stats(tenant).chunks == expected_chunks(models, DOCUMENTS)
+
+
+def test_a_tenant_that_stores_no_kv_at_ingestion_gets_none_computed(ray_local, bulk_server, tmp_path):
+    target = bulk_server.tenant("lazy")
+    bulk_server.admin.update_tenant("lazy", tenant_admin_pb2.TenantSettings(kv_policy="lazy"))
+    summary = bulk_ingest(job_config(bulk_server, target, write_inputs(tmp_path)))
+    assert (summary.documents, summary.failures, summary.kv_bytes) == (len(DOCUMENTS), 0, 0)  # no blob sent
+    stats = bulk_server.admin.get_tenant("lazy").stats
+    assert (stats.chunks, stats.kv_bytes) == (summary.chunks, 0)

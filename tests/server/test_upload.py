@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import kvcodec
-from client.api import ChunkUpload, DocumentText, DocumentUpload, upsert_requests
-from protos.tenantkv.v1 import ingest_pb2
+from client.api import KV_PIECE_BYTES, ChunkUpload, DocumentText, DocumentUpload, upsert_requests
+from protos.tenantkv.v1 import ingest_pb2, tenant_admin_pb2
 from server import uploads
 from server.config import ServerConfig
 from worker.chunker import token_ids
@@ -92,7 +92,8 @@ def test_uploaded_kv_is_stored_searchable_and_answers_like_the_server_path(runti
     assert first_token(uploaded.client, question) == first_token(computed.client, question)
 
 
-def test_quantised_uploads_pass_the_recompute(runtime, alice) -> None:
+def test_quantised_uploads_pass_the_recompute(runtime, alice, admin) -> None:
+    admin.update_tenant("alice", tenant_admin_pb2.TenantSettings(kv_codec="kivi4"))
     reply = alice.client.upsert([[upload(runtime, "kivi", TEXTS[:2], codec="kivi4")]])
     assert reply.chunks == 2
 
@@ -110,6 +111,8 @@ def forged(runtime, case: str) -> tuple[DocumentUpload, str]:
         return with_blob(document, 1, kvcodec.encode(kv, "fp16", "0000000000000000")), "documents[0].chunks[1].kv: computed with model fingerprint"
     if case == "no fingerprint":
         return with_blob(document, 1, kvcodec.encode(kv, "fp16")), "documents[0].chunks[1].kv: computed with model fingerprint ''"
+    if case == "codec":  # the tenant's is fp16
+        return with_blob(document, 1, kvcodec.encode(kv, "int8", fingerprint)), "documents[0].chunks[1].kv: encoded in int8, the tenant's codec is fp16"
     if case == "shape":
         return with_blob(document, 1, kvcodec.encode(kv[:, :, :2], "fp16", fingerprint)), "documents[0].chunks[1].kv: shape"
     if case == "token count":
@@ -118,6 +121,9 @@ def forged(runtime, case: str) -> tuple[DocumentUpload, str]:
         blob = bytearray(document.chunks[1].kv_blob)
         blob[len(blob) // 2] ^= 0x40
         return with_blob(document, 1, bytes(blob)), "documents[0].chunks[1].kv: does not decode"
+    if case == "unparseable payload":  # header and checksum sound: only the sampled recompute parses it
+        header, _ = kvcodec.header.unpack(document.chunks[1].kv_blob)
+        return with_blob(document, 1, kvcodec.header.pack(header, b"not zstd")), "documents[0].chunks[1].kv: does not decode"
     if case == "forged values":
         return with_blob(document, 1, kvcodec.encode(kv * 1.1, "fp16", fingerprint)), "documents[0].chunks[1].kv: differs from the server's recompute"
     if case == "token ids":
@@ -128,7 +134,7 @@ def forged(runtime, case: str) -> tuple[DocumentUpload, str]:
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["fingerprint", "no fingerprint", "shape", "token count", "corrupted", "forged values", "token ids"])
+@pytest.mark.parametrize("case", ["fingerprint", "no fingerprint", "codec", "shape", "token count", "corrupted", "unparseable payload", "forged values", "token ids"])
 def test_a_lying_blob_refuses_its_whole_batch(runtime, alice, admin, case: str) -> None:
     document, words = forged(runtime, case)
     honest = upload(runtime, "honest", TEXTS[:1])
@@ -159,7 +165,7 @@ def piece_request(chunk: int, data: bytes, offset: int) -> ingest_pb2.UpsertRequ
         ("overflow", "documents[0].chunks[0].kv: pieces overflow the announced kv_size"),
         ("unannounced chunk", "kv_pieces: no blob announced for external_id 'long' chunk 5"),
         ("next batch too soon", "a batch began before the last one's KV was complete"),
-        ("oversized piece", f"documents[0].chunks[0].kv: a piece of {uploads.MAX_PIECE_BYTES + 1} bytes"),
+        ("oversized piece", f"documents[0].chunks[0].kv: a piece of {KV_PIECE_BYTES + 1} bytes"),
         ("oversized batch", f"documents: the batch announces {ServerConfig().max_upload_kv_bytes + 1} bytes of KV"),
     ],
 )
@@ -176,7 +182,7 @@ def test_pieces_must_arrive_in_order_and_complete(runtime, alice, admin, case: s
         "overflow": [announce, first, second, piece_request(0, last.data + b"extra", last.offset)],
         "unannounced chunk": [announce, piece_request(5, b"x", 0)],
         "next batch too soon": [announce, first, announce],
-        "oversized piece": [announce, piece_request(0, bytes(uploads.MAX_PIECE_BYTES + 1), 0)],
+        "oversized piece": [announce, piece_request(0, bytes(KV_PIECE_BYTES + 1), 0)],
         "oversized batch": [oversized],
     }
     details = refused(alice.client, streams[case])
@@ -214,3 +220,23 @@ def test_unchanged_needs_the_read_right(make_tenant) -> None:
     with pytest.raises(grpc.RpcError) as err:
         writer_only.client.unchanged([("a", "h")])
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_upload_spec_names_what_uploads_must_match(runtime, alice, admin, make_tenant) -> None:
+    spec = alice.client.upload_spec()
+    assert (spec.kv_fingerprint, spec.kv_codec, spec.stores_kv) == (runtime.node.engine.kv_fingerprint, "fp16", True)
+    assert spec.chunk_tokens == runtime.config.chunk_tokens
+    admin.update_tenant("alice", tenant_admin_pb2.TenantSettings(kv_codec="kivi4", kv_policy="lazy"))
+    spec = alice.client.upload_spec()
+    assert (spec.kv_codec, spec.stores_kv) == ("kivi4", False)
+    with pytest.raises(grpc.RpcError) as err:
+        make_tenant("reader", rights=("read",)).client.upload_spec()
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_uploaded_kv_is_ignored_under_a_policy_that_stores_none_at_ingestion(runtime, alice, admin) -> None:
+    admin.update_tenant("alice", tenant_admin_pb2.TenantSettings(kv_policy="lazy"))
+    reply = alice.client.upsert([[upload(runtime, "lazy", TEXTS[:2], codec="int8")]])  # not even checked
+    assert (reply.documents, reply.chunks) == (1, 2)
+    stats = admin.get_tenant("alice").stats
+    assert (stats.chunks, stats.kv_bytes) == (2, 0)

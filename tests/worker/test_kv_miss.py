@@ -8,7 +8,8 @@ from server.workers import ComputedPieces
 from worker.blend import PrefillMode
 from worker.engine import ComputedKV, Engine, EngineConfig, RetrievedChunk
 from worker.node import ChunkRef, GenerateJob, WorkerNode
-from worker.service import PIECE_BYTES, computed_messages
+from client.api import KV_PIECE_BYTES
+from worker.service import computed_messages
 
 PASSAGE = "The Seine flows through Paris and into the English Channel at Le Havre."
 QUESTION = "Where does the Seine flow?"
@@ -60,7 +61,7 @@ def test_full_prefill_computes_no_chunk_kv(models, engine: Engine, ids: np.ndarr
 
 
 def test_computed_kv_crosses_the_stream_in_pieces_and_comes_back_whole() -> None:
-    big = bytes(np.random.default_rng(0).integers(0, 256, 2 * PIECE_BYTES + 17, dtype=np.uint8))
+    big = bytes(np.random.default_rng(0).integers(0, 256, 2 * KV_PIECE_BYTES + 17, dtype=np.uint8))
     computed = [ComputedKV(1, big, 0.5), ComputedKV(2, b"", 0.25), ComputedKV(3, b"small", 0.125)]
     messages = list(computed_messages(computed))
     assert len(messages) == 3 + 1 + 1

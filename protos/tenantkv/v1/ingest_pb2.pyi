@@ -88,3 +88,19 @@ class UnchangedResponse(_message.Message):
     EXTERNAL_IDS_FIELD_NUMBER: _ClassVar[int]
     external_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, external_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UploadSpecRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UploadSpecResponse(_message.Message):
+    __slots__ = ("kv_fingerprint", "kv_codec", "stores_kv", "chunk_tokens")
+    KV_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    KV_CODEC_FIELD_NUMBER: _ClassVar[int]
+    STORES_KV_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    kv_fingerprint: str
+    kv_codec: str
+    stores_kv: bool
+    chunk_tokens: int
+    def __init__(self, kv_fingerprint: _Optional[str] = ..., kv_codec: _Optional[str] = ..., stores_kv: _Optional[bool] = ..., chunk_tokens: _Optional[int] = ...) -> None: ...

@@ -50,6 +50,11 @@ class IngestStub:
                 request_serializer=protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UnchangedRequest.SerializeToString,
                 response_deserializer=protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UnchangedResponse.FromString,
                 _registered_method=True)
+        self.UploadSpec = channel.unary_unary(
+                '/tenantkv.v1.Ingest/UploadSpec',
+                request_serializer=protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UploadSpecRequest.SerializeToString,
+                response_deserializer=protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UploadSpecResponse.FromString,
+                _registered_method=True)
 
 
 class IngestServicer:
@@ -82,6 +87,14 @@ class IngestServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadSpec(self, request, context):
+        """What chunks uploaded to the caller's tenant must match, so a bulk job checks its models and
+        learns the tenant's codec before it computes anything. Needs the write right.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +112,11 @@ def add_IngestServicer_to_server(servicer, server):
                     servicer.Unchanged,
                     request_deserializer=protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UnchangedRequest.FromString,
                     response_serializer=protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UnchangedResponse.SerializeToString,
+            ),
+            'UploadSpec': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadSpec,
+                    request_deserializer=protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UploadSpecRequest.FromString,
+                    response_serializer=protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UploadSpecResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,6 +201,33 @@ class Ingest:
             '/tenantkv.v1.Ingest/Unchanged',
             protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UnchangedRequest.SerializeToString,
             protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UnchangedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadSpec(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tenantkv.v1.Ingest/UploadSpec',
+            protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UploadSpecRequest.SerializeToString,
+            protos_dot_tenantkv_dot_v1_dot_ingest__pb2.UploadSpecResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,13 +1,21 @@
 """The router: sends answers, embeddings and chunk-KV precompute to workers, by chunk locality and load.
 
-A question goes to the worker with the best score: the share of its chunks' KV (weighted by
-their token counts, which KV bytes are proportional to) already in that worker's cache, minus
-`LOAD_WEIGHT` per request the worker has in flight. Cold requests and ties go to the least
-loaded. What each worker holds is followed from its `Status` events (a snapshot when the router
-is too far behind), and between two polls from what the router itself sent it.
+Under `locality`, each chunk has a home worker, the one its KV key hashes highest with among the
+workers up (rendezvous hashing): cold requests go to their chunks' home, so the workers' caches
+split the hot set between them instead of each caching the same popular chunks, and a repeat
+lands where its KV already is. A question goes to the worker with the best score: the share of
+its chunks' KV (weighted by their token counts, which KV bytes are proportional to) already in
+that worker's cache, plus `HOME_WEIGHT` times the share homed there; ties go to the least
+loaded. Load is bounded by an absolute and a relative threshold, as SGLang's cache-aware router
+bounds it: the chosen worker takes the request only if its load then stays within
+`MAX_LOAD_GAP` requests of the least loaded worker's, or within `MAX_LOAD_RATIO` times it; else
+the least loaded takes it. What each worker holds is
+followed from its `Status` events (a snapshot when the router is too far behind), and between
+two polls from what the router itself sent it.
 
 A worker that fails a call or a health check is marked down; work that had not started streaming
 is retried once on another worker. A down worker is polled still, and re-admitted when it answers.
+Homes are drawn among the workers up, so a worker going down re-homes only its own chunks.
 
 The chunks' KV a worker computed on misses is handed, once its answer's stream has ended, to the
 `KVSink` (the runtime, which stores what its policy keeps), in a task of its own: storing it is
@@ -16,8 +24,11 @@ never on an answer's path and its failure never fails one.
 
 import asyncio
 import enum
+import hashlib
 import itertools
 import logging
+import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
@@ -34,7 +45,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 KVSink = Callable[[GenerateJob, list[ComputedKV]], Awaitable[None]]
-LOAD_WEIGHT = 0.5  # one request in flight costs half a request's worth of cached chunks
+HOME_WEIGHT = 0.5  # a request's share homed on a worker counts half its share held there: held KV wins
+MAX_LOAD_GAP = 4  # requests a worker may be handed beyond the least loaded's load for locality's sake
+MAX_LOAD_RATIO = 2.0  # or beyond this many times it, whichever allows more (the gap matters when few are in flight)
 HEALTH_INTERVAL_S = 0.5
 
 
@@ -48,7 +61,8 @@ class Reason(enum.Enum):
     """Why a request went where it did (a metric label)."""
 
     LOCALITY = "locality"  # the chosen worker held some of its chunks
-    LOAD = "load"  # nobody held any: the least loaded
+    HOME = "home"  # nobody held any: the home of most of its chunks' tokens
+    LOAD = "load"  # the least loaded: by routing, for a request with no chunks, or as the load bound said
     ROUND_ROBIN = "round_robin"
     RETRY = "retry"  # the first choice failed before streaming
 
@@ -110,11 +124,11 @@ class Router:
     async def generate(self, job: GenerateJob, capability: str) -> Started:
         """Start an answer on the best worker and wait for its first token; if the worker fails
         before that token (nothing has reached the client), once more on another worker."""
-        tried: set[int] = set()
+        tried: frozenset[int] = frozenset()
         for attempt in range(2):
-            worker, reason = self._choose(job, tried)
+            worker, reason = self.choose(job, tried)
             self.decisions[Reason.RETRY if attempt else reason] += 1
-            tried.add(id(worker))
+            tried |= {id(worker)}
             worker.in_flight += 1
             started = None
             try:
@@ -167,10 +181,10 @@ class Router:
         return [blob for part in parts for blob in part]
 
     async def _on_least_loaded(self, call: Callable[[WorkerHandle], Awaitable[T]]) -> T:
-        tried: set[int] = set()
+        tried: frozenset[int] = frozenset()
         for attempt in range(2):
             worker = self._least_loaded(tried)
-            tried.add(id(worker))
+            tried |= {id(worker)}
             worker.in_flight += 1
             try:
                 return await call(worker.handle)
@@ -182,27 +196,33 @@ class Router:
 
     # ---- choosing
 
-    def _choose(self, job: GenerateJob, tried: set[int]) -> tuple[WorkerState, Reason]:
+    def choose(self, job: GenerateJob, tried: frozenset[int] = frozenset()) -> tuple[WorkerState, Reason]:
+        """The worker for `job` among those up and not in `tried` (ids of WorkerStates), and why."""
         candidates = self._candidates(tried)
         if self.routing is Routing.ROUND_ROBIN:
             return candidates[next(self._turns) % len(candidates)], Reason.ROUND_ROBIN
-        if self.routing is Routing.LOCALITY:
-            weights = {c.kv_key: len(c.token_ids) for c in job.chunks}
-            total = sum(weights.values()) or 1
+        weights = {c.kv_key: len(c.token_ids) for c in job.chunks}
+        if self.routing is Routing.LEAST_LOADED or not weights:
+            return self._least_loaded(tried), Reason.LOAD
+        total = sum(weights.values()) or 1
+        names = [w.handle.name for w in candidates]
+        homed = Counter[str]()
+        for key, tokens in weights.items():
+            homed[home(key, names)] += tokens
 
-            def score(w: WorkerState) -> float:
-                return sum(n for key, n in weights.items() if key in w.held) / total - LOAD_WEIGHT * w.load()
+        def held(w: WorkerState) -> float:
+            return sum(n for key, n in weights.items() if key in w.held) / total
 
-            best = max(candidates, key=lambda w: (score(w), -w.load()))
-            if any(key in best.held for key in weights):
-                return best, Reason.LOCALITY
-        return self._least_loaded(tried), Reason.LOAD
+        best = max(candidates, key=lambda w: (held(w) + HOME_WEIGHT * homed[w.handle.name] / total, -w.load()))
+        if best.load() + 1 > load_bound(min(w.load() for w in candidates)):
+            return self._least_loaded(tried), Reason.LOAD
+        return best, Reason.LOCALITY if held(best) else Reason.HOME
 
-    def _least_loaded(self, tried: set[int]) -> WorkerState:
+    def _least_loaded(self, tried: frozenset[int]) -> WorkerState:
         candidates = self._candidates(tried)
         return min(candidates, key=lambda w: (w.load(), w.requests))
 
-    def _candidates(self, tried: set[int]) -> list[WorkerState]:
+    def _candidates(self, tried: frozenset[int]) -> list[WorkerState]:
         up = [w for w in self.workers if w.up and id(w) not in tried]
         if not up:
             raise Unavailable("no worker is up; retry shortly")
@@ -242,6 +262,18 @@ class Router:
         worker.up = False
         worker.held.clear()
         worker.sequence = 0
+
+
+def home(key: str, names: list[str]) -> str:
+    """The worker, among `names`, that KV key `key` hashes highest with (rendezvous hashing): every
+    router agrees on it, across restarts, and removing a worker moves only the keys it was home to."""
+    return max(names, key=lambda name: hashlib.blake2b(f"{name}\0{key}".encode(), digest_size=8).digest())
+
+
+def load_bound(least: int) -> int:
+    """The most load a worker may carry, after taking a request for locality's sake, while the least
+    loaded worker up carries `least`: at least `least + 1`, so the least loaded itself always may."""
+    return max(least + MAX_LOAD_GAP, math.floor(MAX_LOAD_RATIO * least))
 
 
 def _apply(worker: WorkerState, status: WorkerStatus) -> None:

@@ -1,22 +1,27 @@
-"""The router with real `tenantkv worker` processes on 127.0.0.1: ingestion and answers go through them,
-a question goes where its chunks' KV already is, a killed worker fails over and is re-admitted, and
-an answer through a remote worker is the in-process worker's, token for token."""
+"""The router's choices over WorkerStates set by hand (cold chunks go home, held KV wins, load is
+bounded, down and tried workers are skipped); then real `tenantkv worker` processes on 127.0.0.1:
+ingestion and answers go through them, a question goes where its chunks' KV already is, a killed
+worker fails over and is re-admitted, and an answer through a remote worker is the in-process
+worker's, token for token."""
 
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 import pytest
 
 from client.api import Client, DocumentText
 from server.app import ServerThread
 from server.config import ServerConfig
 from server.process import WorkerProcess, free_port
-from server.router import Reason, WorkerState
+from server.router import MAX_LOAD_GAP, Reason, Router, WorkerState, home
+from server.workers import RemoteWorker
+from store.errors import Unavailable
 from worker.blend import PrefillMode
 from worker.engine import Engine, EngineConfig
-from worker.node import WorkerNode
+from worker.node import ChunkRef, GenerateJob, WorkerNode
 
 TOPICS = {
     "volcano": "Volcanoes form where magma reaches the surface. Mount Etna in Sicily erupts often and is one of the most active volcanoes in Europe.",
@@ -30,6 +35,106 @@ QUESTIONS = {
     "comet": "When will Halley's Comet return?",
     "violin": "Where did Stradivari build violins?",
 }
+
+
+NAMES = ["10.0.0.1:7001", "10.0.0.2:7001", "10.0.0.3:7001"]  # never called: choosing needs no worker to answer
+
+
+def router(names: list[str]) -> Router:
+    """A locality router whose workers are all up, as a status poll would leave them."""
+    routed = Router([RemoteWorker(name) for name in names])
+    for worker in routed.workers:
+        worker.up = True
+    return routed
+
+
+def job(chunks: dict[str, int]) -> GenerateJob:
+    """A question over chunks named by KV key, with their token counts."""
+    refs = [ChunkRef(i, key, np.zeros(tokens, np.int32), stored=True) for i, (key, tokens) in enumerate(chunks.items())]
+    return GenerateJob(refs, "why?", PrefillMode.BLEND, 8)
+
+
+def named(routed: Router, name: str) -> WorkerState:
+    return next(w for w in routed.workers if w.handle.name == name)
+
+
+def homed_on(name: str, names: list[str], count: int = 1) -> list[str]:
+    """The first `count` KV keys whose home among `names` is `name`."""
+    return [key for key in (f"kv/{i}" for i in range(1000)) if home(key, names) == name][:count]
+
+
+def test_cold_requests_go_to_their_chunks_home_so_the_workers_split_the_hot_set() -> None:
+    names = NAMES[:2]
+    routed = router(names)
+    chosen = {}
+    for i in range(40):
+        key = f"kv/{i}"
+        worker, reason = routed.choose(job({key: 100}))
+        assert reason is Reason.HOME and worker.handle.name == home(key, names)
+        chosen[key] = worker.handle.name
+        worker.in_flight += 1  # load within the gap does not move a cold request off its home
+    assert all(10 <= list(chosen.values()).count(name) <= 30 for name in names)
+
+
+def test_a_request_goes_to_the_home_of_most_of_its_tokens() -> None:
+    names = NAMES[:2]
+    routed = router(names)
+    small, large = homed_on(names[0], names)[0], homed_on(names[1], names)[0]
+    assert routed.choose(job({small: 100, large: 300}))[0].handle.name == names[1]
+    assert routed.choose(job({small: 300, large: 100}))[0].handle.name == names[0]
+
+
+def test_held_kv_wins_over_home() -> None:
+    """A worker that holds a chunk's KV (it took the request while the home was busy) serves it
+    again, even away from home: a hit now, and no second copy."""
+    names = NAMES[:2]
+    routed = router(names)
+    key = homed_on(names[0], names)[0]
+    named(routed, names[1]).held.add(key)
+    worker, reason = routed.choose(job({key: 100}))
+    assert worker.handle.name == names[1] and reason is Reason.LOCALITY
+    named(routed, names[0]).held.add(key)  # both hold it: home breaks the tie
+    assert routed.choose(job({key: 100})) == (named(routed, names[0]), Reason.LOCALITY)
+
+
+def test_load_beyond_the_gap_or_ratio_goes_to_the_least_loaded() -> None:
+    names = NAMES[:2]
+    routed = router(names)
+    key = homed_on(names[0], names)[0]
+    preferred, other = named(routed, names[0]), named(routed, names[1])
+    preferred.held.add(key)
+    preferred.in_flight = MAX_LOAD_GAP - 1  # one more reaches the gap, not beyond it
+    assert routed.choose(job({key: 100})) == (preferred, Reason.LOCALITY)
+    preferred.in_flight = MAX_LOAD_GAP
+    assert routed.choose(job({key: 100})) == (other, Reason.LOAD)
+    other.in_flight, preferred.queue_depth = 10, 19  # the worker's own queue counts too; within twice the least loaded
+    assert routed.choose(job({key: 100})) == (preferred, Reason.LOCALITY)
+    preferred.queue_depth = 20
+    assert routed.choose(job({key: 100})) == (other, Reason.LOAD)
+
+
+def test_a_down_or_tried_worker_is_never_chosen_and_only_its_chunks_move() -> None:
+    routed = router(NAMES)
+    keys = [f"kv/{i}" for i in range(60)]
+    homes = {key: home(key, NAMES) for key in keys}
+    down = named(routed, NAMES[0])
+    down.held.update(keys)
+    routed.mark_down(down, Unavailable("gone"))
+    for key in keys:
+        worker, reason = routed.choose(job({key: 100}))
+        assert worker is not down and reason is Reason.HOME
+        if homes[key] != NAMES[0]:
+            assert worker.handle.name == homes[key]
+    worker, _ = routed.choose(job({keys[0]: 100}))
+    assert routed.choose(job({keys[0]: 100}), frozenset({id(worker)}))[0] not in (worker, down)
+    with pytest.raises(Unavailable):
+        routed.choose(job({keys[0]: 100}), frozenset(id(w) for w in routed.workers if w is not down))
+
+
+def test_a_request_without_chunks_goes_to_the_least_loaded() -> None:
+    routed = router(NAMES[:2])
+    named(routed, NAMES[0]).in_flight = 1
+    assert routed.choose(job({})) == (named(routed, NAMES[1]), Reason.LOAD)
 
 
 @dataclass

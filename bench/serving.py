@@ -13,7 +13,9 @@ tenant (k=3, 8 new tokens: routing, not decoding, is measured).
 - Routing: 2 remote workers, each with a KV cache of a third of the hot set's decoded bytes;
   `locality`, `round_robin` and `least_loaded` on the same stream from closed-loop clients:
   worker-cache hit rate and bytes fetched from the store per answer (the router's counters, read
-  from /metrics), time to the first token as the client sees it (p50/p99), answers/s.
+  from /metrics), time to the first token as the client sees it (p50/p99), answers/s; the hit
+  rate's ceiling (every distinct chunk misses once: 1 - distinct chunks / chunk lookups), the
+  routing decisions by reason, and the 1-minute load average before and after.
 
 Servers, workers and clients share this machine's cores: compare routings within one run.
 
@@ -25,6 +27,7 @@ Writes bench/results/serving.json.
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -291,13 +294,16 @@ def hop(data_dir: Path, questions: list[Question]) -> tuple[dict, dict]:
 def routing_run(data_dir: Path, routing: str, questions: list[Question], clients: int, kv_cache_bytes: int) -> dict:
     """The stream through 2 remote workers routed by `routing`; hit rate and bytes fetched from the router's counters."""
     with fleet(data_dir, 2, kv_cache_bytes, routing) as running:
+        load_before = os.getloadavg()[0]
         answers = ask_stream(running.server, questions, clients, f"routing: {routing}")
         counters = running.metrics()
+        load_after = os.getloadavg()[0]
     hits = sum(counters["tenantkv_kv_cache_hits_total"].values())
     misses = sum(counters["tenantkv_kv_cache_misses_total"].values())
     answered = len(answers.ttft_ms)
     return {
         "hit_rate": hits / max(1, hits + misses),
+        "hit_rate_ceiling": 1 - len(answers.chunk_ids) / max(1, hits + misses),
         "fetched_bytes_per_answer": sum(counters["tenantkv_worker_fetched_bytes_total"].values()) / max(1, answered),
         "ttft_p50_ms": statistics.median(answers.ttft_ms),
         "ttft_p99_ms": answers.ttft_percentile(0.99),
@@ -306,16 +312,20 @@ def routing_run(data_dir: Path, routing: str, questions: list[Question], clients
         "errors": answers.errors,
         "requests_per_worker": sorted(counters["tenantkv_worker_requests_total"].values()),
         "decisions": counters.get("tenantkv_routing_decisions_total", {}),
+        "load_average": [load_before, load_after],
     }
 
 
 def print_table(report: dict) -> None:
-    print(f"{'routing':<14}{'hit rate':>10}{'MB fetched/answer':>19}{'TTFT p50 ms':>13}{'TTFT p99 ms':>13}{'answers/s':>11}")
+    print(f"{'routing':<14}{'hit rate':>10}{'MB fetched/answer':>19}{'TTFT p50 ms':>13}{'TTFT p99 ms':>13}{'answers/s':>11}  decisions")
     for routing, row in report["routing"].items():
+        decisions = ", ".join(f"{reason} {count:.0f}" for reason, count in row["decisions"].items() if count)
         print(
             f"{routing:<14}{row['hit_rate']:>10.2f}{row['fetched_bytes_per_answer'] / 1e6:>19.1f}"
-            f"{row['ttft_p50_ms']:>13.0f}{row['ttft_p99_ms']:>13.0f}{row['answers_per_s']:>11.2f}"
+            f"{row['ttft_p50_ms']:>13.0f}{row['ttft_p99_ms']:>13.0f}{row['answers_per_s']:>11.2f}  {decisions}"
         )
+    ceiling = max(row["hit_rate_ceiling"] for row in report["routing"].values())
+    print(f"hit rate ceiling (each distinct chunk missed once): {ceiling:.2f}")
     h = report["hop"]
     print(f"hop: TTFT p50 in-process {h['in_process_ttft_p50_ms']:.0f} ms, remote {h['remote_ttft_p50_ms']:.0f} ms "
           f"({h['remote_ttft_p50_ms'] / h['in_process_ttft_p50_ms']:.2f}x)")

@@ -72,6 +72,10 @@ class ServerConfig:
     backup_root: Path | None = None  # TenantAdmin.BackupStore writes only under it; None: backups off
     backup_max_mb_per_s: int = 64  # a backup's copy rate, so Search keeps its latency; 0: unpaced
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.upload_recompute_fraction <= 1.0:
+            raise InvalidArgument(f"upload_recompute_fraction: a fraction in [0, 1], got {self.upload_recompute_fraction}")
+
     @property
     def admin_key_path(self) -> Path:
         return self.admin_key_file or self.data_dir / "admin.key"
@@ -140,6 +144,8 @@ def _coerce(name: str, value: object) -> object:
             return _boolean(value)
         if kind is int:
             return int(value)
+        if kind is float:
+            return float(value)
         if kind is str:
             return str(value)
         if value == "" and kind != Path:

@@ -10,8 +10,10 @@ from store.errors import InvalidArgument
 
 def test_toml_then_environment(tmp_path: Path) -> None:
     toml = tmp_path / "tenantkv.toml"
-    toml.write_text('data_dir = "/srv/tkv"\nport = 6000\nllm_path = "/models/x.gguf"\n')
+    toml.write_text('data_dir = "/srv/tkv"\nport = 6000\nllm_path = "/models/x.gguf"\nupload_recompute_fraction = 0.5\n')
     config = load_config(toml, {"TENANTKV_PORT": "7000", "TENANTKV_HOST": "0.0.0.0", "OTHER": "x"})
+    assert config.upload_recompute_fraction == 0.5
+    assert load_config(None, {"TENANTKV_UPLOAD_RECOMPUTE_FRACTION": "0"}).upload_recompute_fraction == 0.0
     assert config.data_dir == Path("/srv/tkv")
     assert (config.host, config.port) == ("0.0.0.0", 7000)
     assert config.llm_path == Path("/models/x.gguf")
@@ -32,3 +34,6 @@ def test_unknown_or_malformed_keys_are_rejected(tmp_path: Path) -> None:
         load_config(toml, {})
     with pytest.raises(InvalidArgument, match="port"):
         load_config(None, {"TENANTKV_PORT": "eighty"})
+    for fraction in ("1.5", "nan", "some"):
+        with pytest.raises(InvalidArgument, match="upload_recompute_fraction"):
+            load_config(None, {"TENANTKV_UPLOAD_RECOMPUTE_FRACTION": fraction})

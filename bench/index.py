@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 # This script is named like the `index` package: import the package with this folder off the
 # path, then put the folder back for `index_data`.
@@ -40,6 +41,7 @@ from tqdm import tqdm  # noqa: E402
 
 from index.attributes import Attributes  # noqa: E402
 from index.baselines import FilteredSharedIndex, PerTenantIndex  # noqa: E402
+from index.contract import IdPredicate  # noqa: E402
 from index.curator import CuratorConfig, CuratorIndex  # noqa: E402
 from index.filters import Range  # noqa: E402
 from index.flat import FlatTenantIndex  # noqa: E402
@@ -108,15 +110,16 @@ class Measured:
     batch_qps: float
 
 
-def measure(index, data: Dataset, truth: np.ndarray, where=None) -> Measured:
+def measure(index, data: Dataset, truth: np.ndarray, where: Callable[[], IdPredicate] | None = None) -> Measured:
     """Recall, latency one query at a time (each query's median over PASSES passes through all the
-    queries: other work on this shared machine inflates single timings), and batch throughput."""
+    queries: other work on this shared machine inflates single timings), and batch throughput.
+    `where` makes each query's filter, as a server would per request: inside the timing."""
     latencies = np.empty((PASSES, len(data.queries)))
     found = []
     for p in range(PASSES):
         for i, (q, tenant) in enumerate(zip(data.queries, data.query_tenants.tolist())):
             started = time.perf_counter()
-            _, ids = index.search(q[None, :], tenant, K, where=where)
+            _, ids = index.search(q[None, :], tenant, K, where=None if where is None else where())
             latencies[p, i] = time.perf_counter() - started
             if p == 0:
                 found.append(ids[0])
@@ -207,14 +210,15 @@ def update_costs(index, data: Dataset, rows: np.ndarray) -> tuple[float, float]:
 
 
 def filters(data: Dataset, flat: FlatTenantIndex) -> dict[float, tuple]:
-    """Per selectivity: the predicate over ids and the exact filtered top k of every query."""
+    """Per selectivity: what makes a query's filter (compiled against the attribute table, an
+    `IdPredicate` every index takes) and the exact filtered top k of every query."""
     attributes = Attributes()
     buckets = np.random.default_rng(2).integers(0, 10_000, len(data.vectors))
     attributes.add(np.arange(len(data.vectors)), [{"bucket": int(b)} for b in buckets])
     chosen = {}
     for share in SELECTIVITIES:
-        where = functools.partial(attributes.matching, Range("bucket", lt=10_000 * share))
-        truth = np.stack([flat.search(q[None, :], t, K, where=where)[1][0] for q, t in zip(data.queries, data.query_tenants.tolist())])
+        where = functools.partial(attributes.compile, Range("bucket", lt=10_000 * share))
+        truth = np.stack([flat.search(q[None, :], t, K, where=where())[1][0] for q, t in zip(data.queries, data.query_tenants.tolist())])
         chosen[share] = (where, truth)
     return chosen
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from index.attributes import ChunkFilter, allowed_positions
 from index.contract import IdPredicate, Metric, check_ids, check_k, check_tenant, check_vectors
 from index.cuts import Cuts
 from index.readers import Readers
@@ -200,8 +201,10 @@ class CuratorIndex:
     def search(
         self, queries: np.ndarray, tenant: int, k: int, where: IdPredicate | None = None, ef: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """With `where`, the scan counts only the rows that satisfy it towards `ef` (so a selective
-        filter scans further), and scans exactly when no more than `ef` of the tenant's rows do."""
+        """With `where`, the scan tests the rows it reaches and goes further the fewer pass (until
+        the geometric mean of rows seen and rows passed reaches `ef`: `top_k_in_terminals`), so it
+        is exact when few of the tenant's rows pass. A `ChunkFilter` is run inside the scan; any
+        other predicate is first evaluated over all the tenant's rows."""
         queries = check_vectors(queries, self.dim, "queries")
         k = check_k(k)
         ef = max(k, self.config.ef if ef is None else check_k(ef))
@@ -213,19 +216,20 @@ class CuratorIndex:
             cover = sub.size if sub.size <= exact else ef
             distances, found = top_k_in_terminals(queries, self._table.vectors, *sub.lists.search_arrays(), cover, k, self.config.metric)
         else:
-            sums, scale, starts, lengths, rows = sub.lists.search_arrays()
-            # where each terminal's rows lie in `rows` (its stretches, without their spare room)
-            positions = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
-            matches = where(self._table.ids[rows[positions]])
-            if matches.sum() <= exact:
-                distances, found = top_k(queries, self._table.vectors, rows[positions[matches]], k, self.config.metric)
-            else:
-                allowed = np.zeros(len(rows), dtype=np.bool_)  # the tenant's arena, not the whole table
-                allowed[positions[matches]] = True
-                distances, found = top_k_in_terminals(
-                    queries, self._table.vectors, sums, scale, starts, lengths, rows, ef, k, self.config.metric, allowed
-                )
+            arrays = sub.lists.search_arrays()
+            if not isinstance(where, ChunkFilter):
+                where = allowed_positions(self._allowed(where, *arrays[2:]))
+            distances, found = top_k_in_terminals(
+                queries, self._table.vectors, *arrays, ef, k, self.config.metric, where, self._table.ids
+            )
         return distances, ids_of(self._table.ids, found)
+
+    def _allowed(self, where: IdPredicate, starts: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """bool per entry of the tenant's arena `rows`: which of its terminals' rows `where` passes."""
+        positions = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+        allowed = np.zeros(len(rows), dtype=np.bool_)
+        allowed[positions] = where(self._table.ids[rows[positions]])
+        return allowed
 
     # ---- accounting and persistence
 

@@ -13,6 +13,7 @@ products and squared L2 distances respectively, best first, padded with -1 rows.
 import numba
 import numpy as np
 
+from index.attributes import ChunkFilter, matches_into
 from index.contract import Metric
 
 
@@ -26,15 +27,25 @@ def top_k(queries: np.ndarray, table: np.ndarray, rows: np.ndarray, k: int, metr
 
 def top_k_in_terminals(
     queries: np.ndarray, table: np.ndarray, sums: np.ndarray, scale: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
-    rows: np.ndarray, cover: int, k: int, metric: Metric, allowed: np.ndarray | None = None,
+    rows: np.ndarray, cover: int, k: int, metric: Metric, where: ChunkFilter | None = None, table_ids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per query: rank the terminals by their centroid (`sums[t] * scale[t]`: a direction for "ip",
     a mean for "l2"), scan their rows (`rows[starts[t]:starts[t] + lengths[t]]`) best first until
-    `cover` rows are seen, and keep the top k. With `allowed` (bool per entry of `rows`), only allowed
-    rows are scored and counted towards `cover`: a selective filter widens the scan."""
+    `cover` rows are seen, and keep the top k. With `where`, each terminal's rows are tested as the
+    scan reaches it (a row's chunk is `table_ids[row]`, its position its index in `rows`), only
+    rows that pass are scored, and the scan goes on until the geometric mean of the rows seen and
+    the rows passed reaches `cover` (and at least min(cover, 4k) passed): all rows passing, that
+    is `cover` rows seen; a filter passing a share s of them widens the scan to cover / sqrt(s)
+    rows. Rows it never reaches are never tested."""
     l2 = metric == "l2"
-    allowed = np.empty(0, dtype=np.bool_) if allowed is None else allowed
-    scores, found = _scan(np.ascontiguousarray(queries, dtype=np.float32), table, sums, scale, starts, lengths, rows, cover, k, l2, allowed)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if where is None:
+        scores, found = _scan(queries, table, sums, scale, starts, lengths, rows, cover, k, l2)
+    else:
+        scores, found = _scan_filtered(
+            queries, table, sums, scale, starts, lengths, rows, cover, k, l2, table_ids, where.entries, where.program, where.floats,
+            where.codes, where.mask,
+        )
     return (-scores if l2 else scores), found
 
 
@@ -114,40 +125,75 @@ def _rank(sums, scale, t, query, l2):
     return total * scale[t]
 
 
+@numba.njit(cache=True, fastmath=True, inline="always")
+def _score_rows(table, rows, j, end, query, l2, found, best, k):
+    """Score rows[j:end] and keep the best k in (found, best), which start full of -inf placeholders."""
+    while j + 4 <= end:
+        s0, s1, s2, s3 = _score4(table, rows[j], rows[j + 1], rows[j + 2], rows[j + 3], query, l2)
+        keep_best(found, best, k, rows[j], s0)
+        keep_best(found, best, k, rows[j + 1], s1)
+        keep_best(found, best, k, rows[j + 2], s2)
+        keep_best(found, best, k, rows[j + 3], s3)
+        j += 4
+    while j < end:
+        keep_best(found, best, k, rows[j], _score(table, rows[j], query, l2))
+        j += 1
+
+
 @numba.njit(cache=True, fastmath=True)
-def _scan(queries, table, sums, scale, starts, lengths, rows, cover, k, l2, allowed):
+def _ranked(sums, scale, query, l2, ranking):
+    """The terminals, closest centroid first."""
+    for t in range(sums.shape[0]):
+        ranking[t] = -_rank(sums, scale, t, query, l2)
+    return np.argsort(ranking)
+
+
+@numba.njit(cache=True, fastmath=True)
+def _scan(queries, table, sums, scale, starts, lengths, rows, cover, k, l2):
     nq = queries.shape[0]
-    terminals = sums.shape[0]
     best = np.full((nq, k), -np.inf, dtype=np.float32)
     found = np.full((nq, k), -1, dtype=np.int64)
-    ranking = np.empty(terminals, dtype=np.float32)
+    ranking = np.empty(sums.shape[0], dtype=np.float32)
     for q in range(nq):
         query = queries[q]
-        for t in range(terminals):
-            ranking[t] = -_rank(sums, scale, t, query, l2)
         seen = 0
-        for t in np.argsort(ranking):
-            j = starts[t]
-            end = j + lengths[t]
-            if len(allowed):
-                for j in range(starts[t], end):
-                    if allowed[j]:
-                        keep_best(found[q], best[q], k, rows[j], _score(table, rows[j], query, l2))
-                        seen += 1
-                if seen >= cover:
-                    break
-                continue
-            while j + 4 <= end:
-                s0, s1, s2, s3 = _score4(table, rows[j], rows[j + 1], rows[j + 2], rows[j + 3], query, l2)
-                keep_best(found[q], best[q], k, rows[j], s0)  # the buffers start full of -inf placeholders
-                keep_best(found[q], best[q], k, rows[j + 1], s1)
-                keep_best(found[q], best[q], k, rows[j + 2], s2)
-                keep_best(found[q], best[q], k, rows[j + 3], s3)
-                j += 4
-            while j < end:
-                keep_best(found[q], best[q], k, rows[j], _score(table, rows[j], query, l2))
-                j += 1
+        for t in _ranked(sums, scale, query, l2, ranking):
+            _score_rows(table, rows, starts[t], starts[t] + lengths[t], query, l2, found[q], best[q], k)
             seen += lengths[t]
             if seen >= cover:
+                break
+    return best, found
+
+
+@numba.njit(cache=True)  # no fastmath: matches_into, inlined, compares values that may be NaN or infinite
+def _scan_filtered(
+    queries, table, sums, scale, starts, lengths, rows, cover, k, l2, table_ids, entries, program, floats, wanted, mask
+):
+    """`_scan` testing each terminal's chunks against a compiled filter (`index.attributes`) as it is reached."""
+    nq = queries.shape[0]
+    best = np.full((nq, k), -np.inf, dtype=np.float32)
+    found = np.full((nq, k), -1, dtype=np.int64)
+    ranking = np.empty(sums.shape[0], dtype=np.float32)
+    longest = lengths.max() if len(lengths) else 0
+    chunk_ids, at, passed = np.empty(longest, np.int64), np.empty(longest, np.int64), np.empty(longest, np.bool_)
+    stack = np.empty((len(program), longest), dtype=np.bool_)
+    floor = min(cover, 4 * k)
+    for q in range(nq):
+        query = queries[q]
+        seen, matched = 0, 0
+        for t in _ranked(sums, scale, query, l2, ranking):
+            start, length = starts[t], lengths[t]
+            for b in range(length):
+                chunk_ids[b] = table_ids[rows[start + b]]
+            matches_into(chunk_ids, length, start, entries, program, floats, wanted, mask, at, stack, passed)
+            count = 0
+            for b in range(length):
+                if passed[b]:
+                    chunk_ids[count] = rows[start + b]  # the passing rows, in place of the chunk ids
+                    count += 1
+            _score_rows(table, chunk_ids, 0, count, query, l2, found[q], best[q], k)
+            matched += count
+            seen += length
+            if matched * seen >= cover * cover and matched >= floor:
                 break
     return best, found

@@ -7,10 +7,11 @@ from index.filters import AllOf, AnyOf, Equals, Not, OneOf, Range
 
 KEYS = ("kind", "year", "flag", "tags")
 scalars = st.one_of(st.sampled_from(["a", "b", "true", "1"]), st.integers(-3, 3), st.sampled_from([0.5, 2.0]), st.booleans())
-values = st.one_of(scalars, st.lists(scalars, max_size=2), st.just({"nested": 1}))
+unusual = st.sampled_from([float("inf"), float("-inf"), float("nan")])  # stored values no filter may name (NaN) or that bound nothing
+values = st.one_of(scalars, unusual, st.lists(scalars, max_size=2), st.just({"nested": 1}))
 metadata = st.dictionaries(st.sampled_from(KEYS), values, max_size=4)
 keys = st.sampled_from(KEYS + ("absent",))
-bounds = st.one_of(st.none(), st.integers(-3, 3), st.just(1.5))
+bounds = st.one_of(st.none(), st.integers(-3, 3), st.just(1.5), st.sampled_from([float("inf"), float("-inf")]))
 conditions = st.one_of(
     st.builds(Equals, keys, scalars),
     st.builds(OneOf, keys, st.lists(scalars, min_size=1, max_size=3).map(tuple)),

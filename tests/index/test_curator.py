@@ -15,7 +15,7 @@ from hypothesis.stateful import invariant, rule, run_state_machine_as_test
 
 from index.attributes import Attributes
 from index.curator import CuratorConfig, CuratorIndex
-from index.filters import Range, check_filter
+from index.filters import Equals, Range, check_filter
 from index.readers import Readers
 from index.cuts import Cuts
 from index.flat import FlatTenantIndex
@@ -357,11 +357,29 @@ def test_filtered_search_returns_only_readable_matching_chunks(seed, kinds, gran
             index.add(ids, POOL[ids], int(owner))
         for grantee, chunk in grants:
             index.grant(np.array([chunk]), grantee)
-    matches = functools.partial(attributes.matching, check_filter(where))
     readable = set(np.flatnonzero(owners == tenant).tolist()) | {c for g, c in grants if g == tenant}
-    _, found = curator.search(QUERIES, tenant, 10, where=matches)
-    hits = found[found >= 0].tolist()
-    assert set(hits) <= readable and all(holds(where, metas[i]) for i in hits)
-    _, exhaustive = curator.search(QUERIES, tenant, 10, where=matches, ef=len(POOL))
-    _, truth = flat.search(QUERIES, tenant, 10, where=matches)
-    np.testing.assert_array_equal(np.sort(exhaustive, 1), np.sort(truth, 1))
+    _, truth = flat.search(QUERIES, tenant, 10, where=functools.partial(attributes.matching, check_filter(where)))
+    # compiled, the filter runs inside the scan; a plain predicate is evaluated over the tenant's rows first
+    for matches in (attributes.compile(where), lambda ids: attributes.matching(where, ids)):
+        _, found = curator.search(QUERIES, tenant, 10, where=matches)
+        hits = found[found >= 0].tolist()
+        assert set(hits) <= readable and all(holds(where, metas[i]) for i in hits)
+        _, exhaustive = curator.search(QUERIES, tenant, 10, where=matches, ef=len(POOL))
+        np.testing.assert_array_equal(np.sort(exhaustive, 1), np.sort(truth, 1))
+
+
+def test_a_filter_passing_few_rows_of_a_large_tenant_gives_the_exact_filtered_top_k() -> None:
+    """Twelve matching rows scattered over 40,000: the scan, which widens while fewer rows pass
+    than it needs, reaches all of them."""
+    curator, vectors = large_tenant()
+    flat = FlatTenantIndex(DIM)
+    flat.add(np.arange(40_000), vectors[:40_000], 0)
+    attributes = Attributes()
+    chosen = set(np.random.default_rng(9).choice(40_000, 12, replace=False).tolist())
+    attributes.add(np.arange(40_000), [{"kind": "rare" if i in chosen else "common"} for i in range(40_000)])
+    where = attributes.compile(check_filter(Equals("kind", "rare")))
+    queries = vectors[40_000:40_020]
+    _, found = curator.search(queries, 0, 10, where=where)
+    _, truth = flat.search(queries, 0, 10, where=where)
+    np.testing.assert_array_equal(found, truth)
+    assert set(found.ravel().tolist()) <= chosen

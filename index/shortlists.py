@@ -18,6 +18,13 @@ from index.vectors import grown
 
 ROW = np.int32  # table rows: 4 bytes a reference
 MIN_STRETCH = 4
+ARENA_GROWTH = 8  # a full arena grows by 1/8 (amortised O(1) a row still): spare room counts against the 12% memory budget
+
+
+def _grown_stretch(length: int) -> int:
+    """A full stretch's new capacity: half as large again, so that a write into each terminal of a
+    compacted arena (no spare room) does not double the tenant's rows."""
+    return length + length // 2 + MIN_STRETCH
 
 
 class Shortlists:
@@ -96,7 +103,7 @@ class Shortlists:
     def append(self, node: int, row: int, vector: np.ndarray) -> None:
         slot = self.slot_of[node]
         while not _append(self.rows, self.starts, self.lengths, self.capacities, self.sums, self.scale, slot, row, vector, self.l2):
-            self._move(slot, 2 * int(self.lengths[slot]))
+            self._move(slot, _grown_stretch(int(self.lengths[slot])))
         self.size += 1
 
     def discard(self, node: int, row: int, vector: np.ndarray) -> None:
@@ -151,7 +158,7 @@ class Shortlists:
             if self.used - self.reserved > self.reserved:
                 self._compact()
             if self.used + count > len(self.rows):
-                self.rows = np.concatenate((self.rows[: self.used], np.empty(max(count, self.used // 2 + 16), ROW)))
+                self.rows = np.concatenate((self.rows[: self.used], np.empty(max(count, self.used // ARENA_GROWTH + 16), ROW)))
         start = self.used
         self.used += count
         self.reserved += count

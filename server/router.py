@@ -1,21 +1,20 @@
 """The router: sends answers, embeddings and chunk-KV precompute to workers, by chunk locality and load.
 
-Under `locality`, each chunk has a home worker, the one its KV key hashes highest with among the
-workers up (rendezvous hashing): cold requests go to their chunks' home, so the workers' caches
-split the hot set between them instead of each caching the same popular chunks, and a repeat
-lands where its KV already is. A question goes to the worker with the best score: the share of
-its chunks' KV (weighted by their token counts, which KV bytes are proportional to) already in
-that worker's cache, plus `HOME_WEIGHT` times the share homed there; ties go to the least
-loaded. Load is bounded by an absolute and a relative threshold, as SGLang's cache-aware router
-bounds it: the chosen worker takes the request only if its load then stays within
-`MAX_LOAD_GAP` requests of the least loaded worker's, or within `MAX_LOAD_RATIO` times it; else
-the least loaded takes it. What each worker holds is
-followed from its `Status` events (a snapshot when the router is too far behind), and between
-two polls from what the router itself sent it.
+Under `locality`, a question goes to the worker holding the largest share of its chunks' KV
+(weighted by their token counts, which KV bytes are proportional to), so a repeat lands where its
+KV already is and a chunk is seldom cached twice. A cold question (no worker holds any of its
+chunks) misses wherever it goes, so it goes where it balances load: the least loaded worker; among
+equally loaded ones, the home of most of its chunks' tokens, the worker each KV key hashes highest
+with (rendezvous hashing: every router agrees on it, across restarts, and a worker going down
+re-homes only its own chunks). Load is bounded by an absolute and a relative threshold, as
+SGLang's cache-aware router bounds it: the holder takes the request only if its load then stays
+within `MAX_LOAD_GAP` requests of the least loaded worker's, or within `MAX_LOAD_RATIO` times it;
+else the least loaded takes it. What each worker holds is followed from its `Status` events (a
+snapshot when the router is too far behind), and between two polls from what the router itself
+sent it.
 
 A worker that fails a call or a health check is marked down; work that had not started streaming
 is retried once on another worker. A down worker is polled still, and re-admitted when it answers.
-Homes are drawn among the workers up, so a worker going down re-homes only its own chunks.
 
 The chunks' KV a worker computed on misses is handed, once its answer's stream has ended, to the
 `KVSink` (the runtime, which stores what its policy keeps), in a task of its own: storing it is
@@ -45,7 +44,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 KVSink = Callable[[GenerateJob, list[ComputedKV]], Awaitable[None]]
-HOME_WEIGHT = 0.5  # a request's share homed on a worker counts half its share held there: held KV wins
 MAX_LOAD_GAP = 4  # requests a worker may be handed beyond the least loaded's load for locality's sake
 MAX_LOAD_RATIO = 2.0  # or beyond this many times it, whichever allows more (the gap matters when few are in flight)
 HEALTH_INTERVAL_S = 0.5
@@ -60,9 +58,9 @@ class Routing(enum.Enum):
 class Reason(enum.Enum):
     """Why a request went where it did (a metric label)."""
 
-    LOCALITY = "locality"  # the chosen worker held some of its chunks
-    HOME = "home"  # nobody held any: the home of most of its chunks' tokens
-    LOAD = "load"  # the least loaded: by routing, for a request with no chunks, or as the load bound said
+    LOCALITY = "locality"  # the chosen worker held the largest share of its chunks
+    LOAD = "load"  # nobody held any (or least_loaded routing): the least loaded
+    OVERLOAD = "overload"  # the holder was past the load bound: the least loaded
     ROUND_ROBIN = "round_robin"
     RETRY = "retry"  # the first choice failed before streaming
 
@@ -204,19 +202,19 @@ class Router:
         weights = {c.kv_key: len(c.token_ids) for c in job.chunks}
         if self.routing is Routing.LEAST_LOADED or not weights:
             return self._least_loaded(tried), Reason.LOAD
-        total = sum(weights.values()) or 1
         names = [w.handle.name for w in candidates]
         homed = Counter[str]()
         for key, tokens in weights.items():
             homed[home(key, names)] += tokens
 
-        def held(w: WorkerState) -> float:
-            return sum(n for key, n in weights.items() if key in w.held) / total
+        def held(w: WorkerState) -> int:
+            return sum(n for key, n in weights.items() if key in w.held)
 
-        best = max(candidates, key=lambda w: (held(w) + HOME_WEIGHT * homed[w.handle.name] / total, -w.load()))
-        if best.load() + 1 > load_bound(min(w.load() for w in candidates)):
-            return self._least_loaded(tried), Reason.LOAD
-        return best, Reason.LOCALITY if held(best) else Reason.HOME
+        best = max(candidates, key=lambda w: (held(w), -w.load(), homed[w.handle.name]))
+        if held(best) and best.load() + 1 <= load_bound(min(w.load() for w in candidates)):
+            return best, Reason.LOCALITY
+        least = min(candidates, key=lambda w: (w.load(), -held(w), -homed[w.handle.name]))
+        return least, Reason.OVERLOAD if held(best) else Reason.LOAD
 
     def _least_loaded(self, tried: frozenset[int]) -> WorkerState:
         candidates = self._candidates(tried)
@@ -271,8 +269,8 @@ def home(key: str, names: list[str]) -> str:
 
 
 def load_bound(least: int) -> int:
-    """The most load a worker may carry, after taking a request for locality's sake, while the least
-    loaded worker up carries `least`: at least `least + 1`, so the least loaded itself always may."""
+    """The most load a worker holding a request's chunks may carry after taking it, while the least
+    loaded worker up carries `least`."""
     return max(least + MAX_LOAD_GAP, math.floor(MAX_LOAD_RATIO * least))
 
 

@@ -63,20 +63,21 @@ def homed_on(name: str, names: list[str], count: int = 1) -> list[str]:
     return [key for key in (f"kv/{i}" for i in range(1000)) if home(key, names) == name][:count]
 
 
-def test_cold_requests_go_to_their_chunks_home_so_the_workers_split_the_hot_set() -> None:
+def test_cold_requests_go_to_the_least_loaded_and_among_equals_to_their_home() -> None:
     names = NAMES[:2]
     routed = router(names)
-    chosen = {}
+    chosen = []
     for i in range(40):
         key = f"kv/{i}"
         worker, reason = routed.choose(job({key: 100}))
-        assert reason is Reason.HOME and worker.handle.name == home(key, names)
-        chosen[key] = worker.handle.name
-        worker.in_flight += 1  # load within the gap does not move a cold request off its home
-    assert all(10 <= list(chosen.values()).count(name) <= 30 for name in names)
+        assert reason is Reason.LOAD and worker.handle.name == home(key, names)
+        chosen.append(worker.handle.name)
+    assert all(10 <= chosen.count(name) <= 30 for name in names)  # equal loads: the workers split the keys
+    named(routed, names[0]).in_flight = 1
+    assert routed.choose(job({homed_on(names[0], names)[0]: 100})) == (named(routed, names[1]), Reason.LOAD)
 
 
-def test_a_request_goes_to_the_home_of_most_of_its_tokens() -> None:
+def test_a_cold_request_goes_to_the_home_of_most_of_its_tokens() -> None:
     names = NAMES[:2]
     routed = router(names)
     small, large = homed_on(names[0], names)[0], homed_on(names[1], names)[0]
@@ -84,17 +85,22 @@ def test_a_request_goes_to_the_home_of_most_of_its_tokens() -> None:
     assert routed.choose(job({small: 300, large: 100}))[0].handle.name == names[0]
 
 
-def test_held_kv_wins_over_home() -> None:
-    """A worker that holds a chunk's KV (it took the request while the home was busy) serves it
-    again, even away from home: a hit now, and no second copy."""
+def test_a_request_goes_to_the_worker_holding_most_of_its_tokens() -> None:
     names = NAMES[:2]
     routed = router(names)
-    key = homed_on(names[0], names)[0]
-    named(routed, names[1]).held.add(key)
-    worker, reason = routed.choose(job({key: 100}))
-    assert worker.handle.name == names[1] and reason is Reason.LOCALITY
-    named(routed, names[0]).held.add(key)  # both hold it: home breaks the tie
-    assert routed.choose(job({key: 100})) == (named(routed, names[0]), Reason.LOCALITY)
+    first, second = named(routed, names[0]), named(routed, names[1])
+    small, large = homed_on(names[0], names, 2)
+    first.held.add(small)
+    second.held.add(large)
+    second.in_flight = 2  # more loaded, away from home: holding the KV wins while within the bound
+    assert routed.choose(job({small: 100, large: 300})) == (second, Reason.LOCALITY)
+    assert routed.choose(job({small: 300, large: 100})) == (first, Reason.LOCALITY)
+    first.held.add(large)  # both hold it: the less loaded, then the home, serves it
+    assert routed.choose(job({large: 100})) == (first, Reason.LOCALITY)
+    second.in_flight = 0
+    assert routed.choose(job({large: 100})) == (first, Reason.LOCALITY)
+    first.in_flight = 1
+    assert routed.choose(job({large: 100})) == (second, Reason.LOCALITY)
 
 
 def test_load_beyond_the_gap_or_ratio_goes_to_the_least_loaded() -> None:
@@ -106,11 +112,11 @@ def test_load_beyond_the_gap_or_ratio_goes_to_the_least_loaded() -> None:
     preferred.in_flight = MAX_LOAD_GAP - 1  # one more reaches the gap, not beyond it
     assert routed.choose(job({key: 100})) == (preferred, Reason.LOCALITY)
     preferred.in_flight = MAX_LOAD_GAP
-    assert routed.choose(job({key: 100})) == (other, Reason.LOAD)
+    assert routed.choose(job({key: 100})) == (other, Reason.OVERLOAD)
     other.in_flight, preferred.queue_depth = 10, 19  # the worker's own queue counts too; within twice the least loaded
     assert routed.choose(job({key: 100})) == (preferred, Reason.LOCALITY)
     preferred.queue_depth = 20
-    assert routed.choose(job({key: 100})) == (other, Reason.LOAD)
+    assert routed.choose(job({key: 100})) == (other, Reason.OVERLOAD)
 
 
 def test_a_down_or_tried_worker_is_never_chosen_and_only_its_chunks_move() -> None:
@@ -122,7 +128,7 @@ def test_a_down_or_tried_worker_is_never_chosen_and_only_its_chunks_move() -> No
     routed.mark_down(down, Unavailable("gone"))
     for key in keys:
         worker, reason = routed.choose(job({key: 100}))
-        assert worker is not down and reason is Reason.HOME
+        assert worker is not down and reason is Reason.LOAD
         if homes[key] != NAMES[0]:
             assert worker.handle.name == homes[key]
     worker, _ = routed.choose(job({keys[0]: 100}))

@@ -25,6 +25,7 @@ from index.filters import AllOf, AnyOf, Equals, Filter, Not, OneOf, Range, Scala
 RANGE, EQUAL, ALL, ANY, NOT, NEVER, ALLOWED = range(7)  # ALLOWED: the row's flag in a caller's mask
 LOW, HIGH = (1, 2), (4, 8)  # a RANGE's flags: (has the bound, the bound is inclusive) on each side
 BLANK = -1  # the key code of a removed chunk's entries
+MATCH_BATCH = 4096  # chunks a call over ids tests at a time
 ENTRY = np.dtype([("id", np.int64), ("key", np.int32), ("code", np.int32), ("number", np.float64)])
 
 
@@ -257,9 +258,13 @@ def _condition(operation, number, code, floats, wanted, program, i):
 
 @numba.njit(cache=True)
 def _matching(chunk_ids, entries, program, floats, wanted, mask):
+    """`matches_into` over any number of chunks, MATCH_BATCH at a time (bounding its scratch room)."""
     n = len(chunk_ids)
     out = np.empty(n, dtype=np.bool_)
-    matches_into(chunk_ids, n, 0, entries, program, floats, wanted, mask, np.empty(n, np.int64), np.empty((len(program), n), np.bool_), out)
+    at, stack = np.empty(min(n, MATCH_BATCH), np.int64), np.empty((len(program), min(n, MATCH_BATCH)), np.bool_)
+    for start in range(0, n, MATCH_BATCH):
+        end = min(n, start + MATCH_BATCH)
+        matches_into(chunk_ids[start:end], end - start, start, entries, program, floats, wanted, mask, at, stack, out[start:end])
     return out
 
 

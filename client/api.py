@@ -55,7 +55,8 @@ class ChunkUpload:
 
     `token_ids` must equal what the server's chunker and tokenizer produce for `text`; `kv_blob`,
     when given, is the chunk's KV after the prompt prefix as the server's model computes it,
-    encoded with `kvcodec.encode(kv, codec, fingerprint=Engine.kv_fingerprint)` in a known codec.
+    encoded with `kvcodec.encode(kv, codec, fingerprint=Engine.kv_fingerprint)` in the tenant's
+    codec (`Client.upload_spec` names both, and whether the tenant's policy keeps uploaded KV).
     The server checks the header, shape, token count and fingerprint, recomputes a sample of
     uploads, and takes at most 256 MiB of blobs a batch (about 40 fp16 chunks of 256 tokens).
     """

@@ -2,10 +2,12 @@
 messages, and the checks every uploaded blob passes before anything of its batch is stored.
 
 An uploaded blob is the uploader's claim. The cheap checks run on every blob: its header decodes
-and its payload matches its checksum, its codec is the tenant's, it names the server's model fingerprint, its shape is the model's (layers, KV
-heads, head dim) for the chunk's token ids. Whether its values are the model's is checked by
-recomputing a random sample (`upload_recompute_fraction`) of a batch's uploads and comparing them after
-decoding (a sampled blob whose payload does not parse is refused too). Each failure is InvalidArgument naming the chunk (`documents[i].chunks[j]`) and field.
+and its payload matches its checksum, its codec is the tenant's, it names the server's model
+fingerprint, and its shape is the model's (layers, KV heads, head dim) for the chunk's token ids.
+Whether its values are the model's is checked by recomputing a random sample
+(`upload_recompute_fraction`) of a batch's uploads and comparing them after decoding (a sampled
+blob whose payload does not parse is refused too). Each failure is InvalidArgument naming the
+chunk (`documents[i].chunks[j]`) and field.
 """
 
 import secrets

@@ -29,10 +29,11 @@ class Budget:
         self._blobs = blobs
         self._eviction = eviction
 
-    def fit(self, txn: lmdb.Transaction, tenant: str, written: frozenset[bytes] = frozenset()) -> int:
+    def fit(self, txn: lmdb.Transaction, tenant: str) -> int:
         """Evict the tenant's coldest blobs until its KV charge is within its budget (0: none);
-        returns how many blobs it lost. The blobs of this write (`written`) go last: stored
-        because they are wanted now, they would otherwise be LFU's first victims (one read)."""
+        returns how many blobs it lost. The blobs of this write are ranked with the others: under
+        LFU one colder than every resident is the one that goes (a blob stored again resumes the
+        count it had when evicted, `store.access`); under LRU they are the newest."""
         record = self._tenants.record(txn, tenant)
         budget = record["settings"].get("max_kv_bytes", 0)
         if not budget or record["kv_bytes"] <= budget:
@@ -42,7 +43,7 @@ class Budget:
             chunks_of.setdefault(key, []).append(chunk_id)
         over = record["kv_bytes"] - budget
         evicted = evicted_bytes = 0
-        for key in sorted(chunks_of, key=lambda k: (k in written, self._blobs.access.coldness(tenant, k, self._eviction))):
+        for key in sorted(chunks_of, key=lambda k: self._blobs.access.coldness(tenant, k, self._eviction)):
             evicted_bytes += self._blobs.record(txn, key)["length"]
             for chunk_id in chunks_of[key]:
                 self.clear(txn, chunk_id, evicted=True)
@@ -63,4 +64,4 @@ class Budget:
         if evicted:
             chunk["kv_evicted"] = True
         txn.put(key, dumps(chunk), db=self._env.db["chunks"])
-        self._blobs.unref(txn, blob_key, chunk["owner"], chunk_id)
+        self._blobs.unref(txn, blob_key, chunk["owner"], chunk_id, evicted)

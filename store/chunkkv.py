@@ -69,9 +69,8 @@ class ChunkKV:
             record.update(kv=key.hex(), kv_fp=kv_fingerprint)
             record.pop("kv_evicted", None)
             txn.put(U64.pack(chunk_id), dumps(record), db=self._env.db["chunks"])
-        written = frozenset(key for _, key, _, _ in plan)
         for owner in {owner for *_, owner in plan}:
-            self._budget.fit(txn, owner, written)
+            self._budget.fit(txn, owner)
         return [chunk_id for chunk_id, *_ in plan if orjson.loads(txn.get(U64.pack(chunk_id), db=self._env.db["chunks"]))["kv"]]
 
     def drop(self, chunk_ids: list[int]) -> list[int]:

@@ -30,7 +30,7 @@ class Documents:
 
         A replaced document keeps its grants: its new chunks are readable by the same tenants.
         KV never fails a write: a blob larger than the tenant's whole KV budget is not stored, and
-        the tenant's coldest blobs are evicted until it is within its budget.
+        the tenant's coldest blobs (under LFU this write's too) are evicted until it is within its budget.
         """
         vectors = check_documents(documents, self._dim)
         settings = self._tenants.settings(tenant)
@@ -90,7 +90,7 @@ class Documents:
             self._drop_chunks(txn, chunk_ids)
         txn.put(b"next_chunk", str(next_chunk).encode(), db=self._env.db["meta"])
         self._tenants.check_quotas(txn, tenant)
-        self._budget.fit(txn, tenant, frozenset(k for keys in kv_keys for k in keys if k))
+        self._budget.fit(txn, tenant)
         removed = [chunk_id for chunk_ids in replaced for chunk_id in chunk_ids]
         return UpsertResult(np.array(added, dtype=np.int64), np.array(removed, dtype=np.int64), len(documents), added_readers, vectors)
 

@@ -80,12 +80,13 @@ class KVBlobs:
         number = self._tenants.record(txn, tenant)["number"]
         txn.put(ref_key(number, key, chunk_id), b"", db=self._env.db["kvrefs"])
         self._tenants.add_usage(txn, tenant, kv_bytes=charge, kv_dedup_bytes=blob["length"] if raw is not None else 0)
-        self.access.touch(tenant, key)  # stored because it is wanted now: not the coldest
+        self.access.touch(tenant, key)
         return raw is None
 
-    def unref(self, txn: lmdb.Transaction, key: bytes, tenant: str, chunk_id: int) -> bool:
+    def unref(self, txn: lmdb.Transaction, key: bytes, tenant: str, chunk_id: int, evicted: bool = False) -> bool:
         """Count one reference of `tenant` less; its last one uncharges it, the last one of any
-        tenant drops the record (its bytes stay in the segment). True when `tenant` has none left."""
+        tenant drops the record (its bytes stay in the segment). True when `tenant` has none left.
+        `evicted`: the budget took it, so its read figures are kept for when it comes back."""
         raw = txn.get(key, db=self._env.db["kvblobs"])
         blob = orjson.loads(raw) if raw is not None else None
         if blob is None or blob["refs"].get(tenant, 0) < 1:
@@ -98,7 +99,10 @@ class KVBlobs:
             txn.put(key, dumps(blob), db=self._env.db["kvblobs"])
             return False
         del refs[tenant]
-        self.access.forget(tenant, key)
+        if evicted:
+            self.access.evicted(tenant, key)
+        else:
+            self.access.forget(tenant, key)
         self._tenants.add_usage(txn, tenant, kv_bytes=-blob["length"])
         if refs:
             txn.put(key, dumps(blob), db=self._env.db["kvblobs"])

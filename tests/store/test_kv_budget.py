@@ -46,17 +46,42 @@ def test_writes_beyond_the_budget_evict_the_coldest_blobs(config: StoreConfig, e
         store.read_kv(ids["c"])
         store.read_kv(ids["b"])
         store.read_kv(ids["b"])
-        added = store.upsert("acme", [doc("d", 3)], "m").added  # never refused: one blob must go
+        ids["d"] = int(store.upsert("acme", [doc("d", 3)], "m").added[0])  # never refused: one blob must go
         assert store.tenant_stats("acme").kv_bytes == 3 * KV
-        evicted = {"lru": "a", "lfu": "c"}[eviction]
-        assert store.read_kv(ids[evicted]) is None and store.read_kv(int(added[0])) is not None
+        evicted = {"lru": "a", "lfu": "d"}[eviction]  # LFU: the new blob, read once, is colder than every resident
+        without = [c.text for c in store.readable_chunks("acme", list(ids.values())) if c.kv_evicted]  # no read_kv: reads count
+        assert without == ["text " + str("abcd".index(evicted))]
         (chunk,) = store.readable_chunks("acme", [ids[evicted]])
-        assert chunk.text == "text " + str("abc".index(evicted)) and chunk.kv_evicted  # text stays; the miss's cause is known
+        assert chunk.text == "text " + str("abcd".index(evicted)) and chunk.kv_evicted  # text stays; the miss's cause is known
         usage = {u.tenant: u for u in store.kv_usage()}["acme"]
         assert (usage.stored_bytes, usage.evictions, usage.evicted_bytes) == (3 * KV, 1, KV)
         check_kv_records(store)
-        assert store.attach_kv("acme", [(ids[evicted], bytes(KV))], "m") == [ids[evicted]]
+        assert store.attach_kv("acme", [(ids[evicted], chunk_kv(ids, evicted))], "m") == [ids[evicted]]
         assert not store.readable_chunks("acme", [ids[evicted]])[0].kv_evicted
+
+
+def chunk_kv(ids: dict[str, int], name: str) -> bytes:
+    """The KV `doc(name, seed)` was stored with (same tokens, so the same blob key as before)."""
+    return chunk(list(ids).index(name)).kv_blob
+
+
+def test_under_lfu_a_chunk_that_keeps_missing_displaces_colder_ones(config: StoreConfig) -> None:
+    """An evicted blob's read count resumes when its KV is stored again: a chunk computed on
+    every miss wins its place once it has been wanted more often than the coldest resident."""
+    with Store(config) as store:
+        store.create_tenant("acme", TenantSettings(max_kv_bytes=2 * KV))
+        ids = {name: int(store.upsert("acme", [doc(name, seed, kv=False)], "m").added[0]) for seed, name in enumerate("abc")}
+        for name in "ab":
+            assert store.attach_kv("acme", [(ids[name], chunk(ids_seed(ids, name)).kv_blob)], "m") == [ids[name]]
+            store.read_kv(ids[name])  # a and b: two reads each (the reference and a hit)
+        kept = [store.attach_kv("acme", [(ids["c"], chunk(ids_seed(ids, "c")).kv_blob)], "m") for _ in range(2)]  # c misses twice
+        assert kept == [[], [ids["c"]]]  # one want loses to residents read twice; the second ties, and the older (a) goes
+        assert [c.kv_evicted for c in store.readable_chunks("acme", list(ids.values()))] == [True, False, False]
+        check_kv_records(store)
+
+
+def ids_seed(ids: dict[str, int], name: str) -> int:
+    return list(ids).index(name)
 
 
 def test_a_batch_larger_than_the_budget_is_stored_without_the_kv_that_does_not_fit(config: StoreConfig) -> None:

@@ -7,7 +7,7 @@ sum over the count, the mean, for "l2"). An append writes into the stretch (move
 end at twice its length when full) and adds the vector to the sum; a discard moves the stretch's
 last row into the hole and subtracts it. A terminal that empties hands its slot to the last one,
 so the slots stay dense (and shrink once half of them are free), and stretches left behind by
-moves are reclaimed by compacting the arena once they outnumber the entries in use. Every change costs O(1) (moves and compaction
+moves are reclaimed by compacting the arena once they pass half the entries in use. Every change costs O(1) (moves and compaction
 amortised), however many vectors the tenant has.
 """
 
@@ -155,7 +155,7 @@ class Shortlists:
     def _allocate(self, count: int) -> int:
         """The start of `count` fresh arena entries, compacting or growing the arena when it is full."""
         if self.used + count > len(self.rows):
-            if self.used - self.reserved > self.reserved:
+            if 2 * (self.used - self.reserved) > self.reserved:  # stretches left behind past half the live ones
                 self._compact()
             if self.used + count > len(self.rows):
                 self.rows = np.concatenate((self.rows[: self.used], np.empty(max(count, self.used // ARENA_GROWTH + 16), ROW)))

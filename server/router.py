@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 KVSink = Callable[[GenerateJob, list[ComputedKV]], Awaitable[None]]
-MAX_LOAD_GAP = 4  # requests a worker may be handed beyond the least loaded's load for locality's sake
+MAX_LOAD_GAP = 3  # requests a worker may carry beyond the least loaded's for locality's sake (4 cost TTFT: bench/README.md)
 MAX_LOAD_RATIO = 2.0  # or beyond this many times it, whichever allows more (the gap matters when few are in flight)
 HEALTH_INTERVAL_S = 0.5
 

@@ -5,7 +5,6 @@ commit, so a crash between the two leaves nothing the next start does not rebuil
 blocks (LMDB, numpy), so the gRPC layer calls them off the event loop.
 """
 
-import functools
 import logging
 import threading
 import time
@@ -213,7 +212,7 @@ class IndexedStore:
         if not self.lock.acquire(blocking=wait):
             return None
         try:
-            matches = None if where is None else functools.partial(self.attributes.matching, where)
+            matches = None if where is None else self.attributes.compile(where)  # under the lock: the entries as they are now
             scores, ids = self.index.search(query, number, k, where=matches)
         finally:
             self.lock.release()

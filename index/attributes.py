@@ -3,15 +3,16 @@ against it, so a filtered search tests a chunk in a few memory reads inside its 
 
 The table holds one entry per (chunk, key), a 24-byte record so that a test reads one cache
 line: the chunk id, the key's code, the value's interned string or bool code (-1 for a number)
-and its number, sorted by chunk id, a chunk's entries together. Lists and objects get no entry, so no condition matches
-them. Chunk ids grow with each write, so appends stay sorted and evenly spread: a chunk's first
-entry is found by interpolating its id between the ends and galloping from there, in one or two
-reads where a binary search took about twenty. A removed chunk's entries are blanked and their
-room reclaimed once half the table is blank.
+and its number, sorted by chunk id, a chunk's entries together. Lists and objects get no entry,
+so no condition matches them. Chunk ids grow with each write, so appends stay sorted and evenly
+spread: a chunk's first entry is found by interpolating its id between the ends and galloping
+from there, in a read or two where a binary search takes a read per halving. A removed chunk's
+entries are blanked and their room reclaimed once half the table is blank.
 
 A filter compiles (`Attributes.compile`) to a `ChunkFilter`: a postfix program over key codes.
-It is an `IdPredicate` (callable over chunk ids), and `index.topk` runs its program row by row
-as it scans (`matches_into`, a terminal at a time), so a filtered search tests only the rows it visits.
+It is an `IdPredicate` (callable over chunk ids), and `index.topk` runs its program as it scans,
+over one terminal's rows at a time (`matches_into`), so a filtered search tests only the rows it
+visits.
 """
 
 from dataclasses import dataclass
@@ -99,10 +100,6 @@ class Attributes:
             np.array(program, np.int32), np.array(floats, np.float64), np.array(codes, np.int32), self._entries[: self._used],
             np.empty(0, np.bool_),
         )
-
-    def matching(self, where: Filter, ids: np.ndarray) -> np.ndarray:
-        """bool [len(ids)]: which chunks' metadata satisfies `where` (a checked filter)."""
-        return self.compile(where)(ids)
 
     def nbytes(self) -> int:
         return self._entries.nbytes
@@ -199,9 +196,10 @@ def matches_into(chunk_ids, count, first_position, entries, program, floats, wan
 
     The program runs over the whole batch one operation at a time, so each operation is a tight
     loop over the chunks and the chunks' entries are looked up all at once (their memory reads
-    overlap): a row at a time, the stack machine's branches cost 40-80 ns a row, more than
-    scoring it. Inlined (a call counts references to each array argument, per terminal), so no
-    caller may be compiled with fastmath, which would assume NaN and infinite values away."""
+    overlap): a row at a time, the stack machine's branches cost more than scoring the row
+    (docs/performance-log.md, session 11). Inlined (a call counts references to each array
+    argument, per terminal), so no caller may be compiled with fastmath, which would assume NaN
+    and infinite values away."""
     for b in range(count):
         at[b] = first_entry(entries, chunk_ids[b])
     depth = 0

@@ -77,7 +77,7 @@ class IndexedStore:
             index.build()
             self.index, self.attributes = index, attributes
             self._trained_at = total
-        log.info("index rebuilt from the store: %d chunks, tree of %d nodes", total, len(index.tree.centroids))
+        log.info("index rebuilt from the store: %d chunks, tree of %d nodes", total, len(index.tree.parent))
 
     def _retrain_if_grown(self) -> None:
         """Retrain the tree each time the index has grown RETRAIN_GROWTH-fold (amortised O(1) a vector),
@@ -100,7 +100,7 @@ class IndexedStore:
         started = time.perf_counter()
         self._train_safely(lambda: index.retrain(TRAIN_SAMPLE, lock=self.lock))
         seconds = time.perf_counter() - started
-        log.info("index retrained at %d chunks in %.2f s: tree of %d nodes", size, seconds, len(index.tree.centroids))
+        log.info("index retrained at %d chunks in %.2f s: tree of %d nodes", size, seconds, len(index.tree.parent))
 
     def retraining(self) -> bool:
         return self._retrainer is not None and self._retrainer.is_alive()

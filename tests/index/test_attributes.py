@@ -25,7 +25,7 @@ def test_matching_equals_a_plain_evaluation(metas, removed, readded, where) -> N
     truth.update(zip(again, readded))
     ids = np.arange(-1, len(metas) + 1)
     expected = [holds(where, truth.get(i, {})) for i in ids.tolist()]  # an unknown id: no metadata
-    assert attributes.matching(check_filter(where), ids).tolist() == expected
+    assert attributes.compile(check_filter(where))(ids).tolist() == expected
 
 
 def test_columns_give_their_room_back() -> None:
@@ -34,7 +34,7 @@ def test_columns_give_their_room_back() -> None:
     full = attributes.nbytes()
     attributes.remove(np.arange(9_000))
     assert attributes.nbytes() < full / 4
-    assert attributes.matching(Range("year", gte=8_999), np.array([8_999, 9_000, 9_999])).tolist() == [False, True, True]
+    assert attributes.compile(Range("year", gte=8_999))(np.array([8_999, 9_000, 9_999])).tolist() == [False, True, True]
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,5 @@
 """CuratorIndex against FlatTenantIndex as the oracle: random adds, grants, revokes, removes, save/load."""
 
-import functools
 import shutil
 import threading
 import tempfile
@@ -322,7 +321,7 @@ def test_filtered_search_keeps_recall_at_every_selectivity(selectivity: float) -
     rng = np.random.default_rng(5)
     attributes.add(np.arange(20_100), [{"bucket": int(b)} for b in rng.integers(0, 1000, 20_100)])
     where = Range("bucket", lt=1000 * selectivity)
-    matches = functools.partial(attributes.matching, where)
+    matches = attributes.compile(where)
     queries = vectors[others]  # the other tenant's own vectors: its rows are every query's nearest
     _, truth = flat.search(queries, 0, 10, where=matches)
     _, found = curator.search(queries, 0, 10, where=matches)
@@ -358,9 +357,9 @@ def test_filtered_search_returns_only_readable_matching_chunks(seed, kinds, gran
         for grantee, chunk in grants:
             index.grant(np.array([chunk]), grantee)
     readable = set(np.flatnonzero(owners == tenant).tolist()) | {c for g, c in grants if g == tenant}
-    _, truth = flat.search(QUERIES, tenant, 10, where=functools.partial(attributes.matching, check_filter(where)))
+    _, truth = flat.search(QUERIES, tenant, 10, where=attributes.compile(check_filter(where)))
     # compiled, the filter runs inside the scan; a plain predicate is evaluated over the tenant's rows first
-    for matches in (attributes.compile(where), lambda ids: attributes.matching(where, ids)):
+    for matches in (attributes.compile(where), lambda ids: attributes.compile(where)(ids)):
         _, found = curator.search(QUERIES, tenant, 10, where=matches)
         hits = found[found >= 0].tolist()
         assert set(hits) <= readable and all(holds(where, metas[i]) for i in hits)

@@ -28,7 +28,7 @@ import itertools
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 import numpy as np
@@ -146,7 +146,7 @@ class Router:
             worker.fetched_bytes += started.fetched_bytes
             worker.held.update(c.kv_key for c in job.chunks)  # it holds them once it has loaded them
             stream = _TokenStream(self, worker, first, started.tokens, lambda: self._hand_over(job, started.computed()))
-            return Started(started.prompt_tokens, started.cache_hits, started.fetched_chunks, started.fetched_bytes, stream, started.computed)
+            return replace(started, tokens=stream)
         raise Unavailable("no worker could take the question; ask again")
 
     def _hand_over(self, job: GenerateJob, computed: list[ComputedKV]) -> None:

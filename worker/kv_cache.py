@@ -3,13 +3,20 @@
 Every entry stored or removed is also an event with a sequence number (as vLLM's KV events
 `BlockStored`/`BlockRemoved`), so a router can follow what the cache holds
 from the events since the last sequence it saw, or from a snapshot when those are gone.
+
+A blob on its way in is a `Load` (single flight): the first request to want a key fetches it,
+and requests wanting that key meanwhile wait for that fetch instead of fetching it again. A load
+is listed from its start until the key is put (its KV decoded and kept, or not kept if too
+large) or the request that began it ends; one that brought no blob is unlisted at once, so the
+next request for the key fetches it anew. Loads are not entries: they hold no bytes against the
+bound.
 """
 
 import enum
 import threading
 from collections import OrderedDict, deque
-from dataclasses import dataclass
-from typing import Hashable
+from dataclasses import dataclass, field
+from typing import Hashable, Iterable
 
 from worker.blend import ChunkKV
 
@@ -38,6 +45,33 @@ class CacheView:
     events: list[CacheEvent]
 
 
+class Load:
+    """A blob one request is fetching for the cache; others wanting the same key wait on it."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._blob: bytes | None = None
+        self.error: BaseException | None = None  # why the fetch failed, once it has
+
+    def wait(self) -> bytes | None:
+        """The blob once fetched; None if the store had none or the fetch failed (`error` says why)."""
+        self._done.wait()
+        return self._blob
+
+    def _settle(self, blob: bytes | None, error: BaseException | None) -> None:
+        self._blob, self.error = blob, error
+        self._done.set()
+
+
+@dataclass(slots=True)
+class Loads:
+    """What `ChunkKVCache.begin_loads` found for each key asked."""
+
+    held: set[Hashable] = field(default_factory=set)  # in the cache now
+    joined: dict[Hashable, Load] = field(default_factory=dict)  # another request's load: wait for it
+    begun: dict[Hashable, Load] = field(default_factory=dict)  # new: the caller fetches, then `finish_load`s each
+
+
 class ChunkKVCache:
     def __init__(self, max_bytes: int) -> None:
         if max_bytes < 0:
@@ -50,6 +84,7 @@ class ChunkKVCache:
         self.misses = 0
         self._sequence = 0
         self._events: deque[CacheEvent] = deque(maxlen=KEPT_EVENTS)
+        self._loads: dict[Hashable, Load] = {}  # keys being fetched, or fetched and not yet put
 
     @property
     def nbytes(self) -> int:
@@ -76,6 +111,7 @@ class ChunkKVCache:
     def put(self, key: Hashable, chunk: ChunkKV) -> None:
         """Keep `chunk`, evicting the least recently used; one larger than the whole bound is not kept."""
         with self._lock:
+            self._loads.pop(key, None)  # its waiters have their blob (or will); later requests find the entry
             old = self._items.pop(key, None)
             if old is not None:
                 self._bytes -= old.nbytes
@@ -89,6 +125,33 @@ class ChunkKVCache:
                 evicted_key, evicted = self._items.popitem(last=False)
                 self._bytes -= evicted.nbytes
                 self._record(EventKind.REMOVED, evicted_key, evicted.nbytes)
+
+    def begin_loads(self, keys: Iterable[Hashable]) -> Loads:
+        """Each key is held, joins the load in flight for it, or begins one (all in one step under the
+        cache's lock, so two requests never both begin the same key). Counts no hit or miss."""
+        loads = Loads()
+        with self._lock:
+            for key in keys:
+                if key in self._items:
+                    loads.held.add(key)
+                elif key in self._loads:
+                    loads.joined[key] = self._loads[key]
+                else:
+                    loads.begun[key] = self._loads[key] = Load()
+        return loads
+
+    def finish_load(self, key: Hashable, load: Load, blob: bytes | None, error: BaseException | None = None) -> None:
+        """Wakes the load's waiters with its blob; one that brought none (not stored, or `error`) is unlisted first."""
+        if blob is None:
+            self.end_loads({key: load})
+        load._settle(blob, error)
+
+    def end_loads(self, begun: dict[Hashable, Load]) -> None:
+        """Unlists the loads a request began that are still listed (it ended before putting them)."""
+        with self._lock:
+            for key, load in begun.items():
+                if self._loads.get(key) is load:
+                    del self._loads[key]
 
     def view(self, since: int) -> CacheView:
         """The events after sequence `since`, or a snapshot if `since` is 0, ahead of us, or older than the events kept."""

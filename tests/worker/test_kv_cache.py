@@ -1,4 +1,6 @@
-"""The worker's KV cache: bounded by bytes, LRU out, and every change an event a router can follow."""
+"""The worker's KV cache: bounded by bytes, LRU out, every change an event a router can follow, each key loaded once."""
+
+import threading
 
 import torch
 
@@ -53,3 +55,47 @@ def test_an_entry_larger_than_the_bound_is_not_kept() -> None:
     cache = ChunkKVCache(max_bytes=SIZE - 1)
     cache.put("a", entry(4))
     assert len(cache) == 0 and cache.view(0).snapshot == {}
+
+
+def test_a_key_is_fetched_by_one_request_and_joined_by_the_others_until_it_is_put() -> None:
+    cache = ChunkKVCache(max_bytes=SIZE)
+    first = cache.begin_loads(["a"])
+    second = cache.begin_loads(["a", "b"])
+    assert set(first.begun) == {"a"} and second.joined == {"a": first.begun["a"]} and set(second.begun) == {"b"}
+    cache.finish_load("a", first.begun["a"], b"blob-a")
+    assert second.joined["a"].wait() == b"blob-a"
+    assert cache.begin_loads(["a"]).joined["a"].wait() == b"blob-a"  # fetched, not yet decoded: still joined
+    cache.put("a", entry(4))
+    assert cache.begin_loads(["a"]).held == {"a"}
+    cache.put("b", entry(4))  # evicts "a", and the bound holds with loads listed
+    assert cache.nbytes <= cache.max_bytes and set(cache.begin_loads(["a"]).begun) == {"a"}
+    assert (cache.hits, cache.misses) == (0, 0)  # begin_loads counts neither
+
+
+def test_a_failed_load_wakes_every_waiter_with_its_error_and_the_next_request_fetches_anew() -> None:
+    cache = ChunkKVCache(max_bytes=SIZE)
+    load = cache.begin_loads(["a"]).begun["a"]
+    waiters = [cache.begin_loads(["a"]).joined["a"] for _ in range(3)]
+    got: list[bytes | None] = []
+    threads = [threading.Thread(target=lambda w=w: got.append(w.wait())) for w in waiters]
+    for thread in threads:
+        thread.start()
+    error = ConnectionError("store down")
+    cache.finish_load("a", load, None, error)
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(t.is_alive() for t in threads) and got == [None] * 3
+    assert all(w.error is error for w in waiters)
+    again = cache.begin_loads(["a"])
+    assert set(again.begun) == {"a"} and again.begun["a"] is not load
+
+
+def test_a_request_that_ends_before_putting_its_load_unlists_it_but_not_a_later_one() -> None:
+    cache = ChunkKVCache(max_bytes=SIZE)
+    ended = cache.begin_loads(["a"]).begun
+    cache.finish_load("a", ended["a"], b"blob-a")
+    cache.end_loads(ended)
+    later = cache.begin_loads(["a"]).begun
+    assert set(later) == {"a"}
+    cache.end_loads(ended)  # the first request's end again: the later load stays listed
+    assert cache.begin_loads(["a"]).joined == later

@@ -19,7 +19,7 @@ from worker.blend import PrefillMode
 from worker.embedder import Embedder
 from worker.engine import ComputedKV, Engine, RetrievedChunk
 from worker.generate import GeneratedToken
-from worker.kv_cache import CacheView
+from worker.kv_cache import CacheView, Load
 from worker.llm import LLM
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ class Generation:
     """An accepted request: how its chunks' KV was found, and its tokens (a lazy stream; close() cancels)."""
 
     prompt_tokens: int
-    cache_hits: int  # chunks whose KV was in the worker's cache
-    fetched_chunks: int  # chunks whose KV came from the store
+    cache_hits: int  # chunks whose KV was in the worker's cache, or on its way there for another request
+    fetched_chunks: int  # chunks whose KV this request fetched from the store
     fetched_bytes: int
     tokens: Iterator[GeneratedToken]
     # Chunks computed on a miss, appended during the prefill (so complete by the first token);
@@ -68,8 +68,8 @@ class WorkerStatus:
     queue_depth: int  # answers waiting for a slot in the scheduler's batch
     active_requests: int  # answers in prefill or decode
     cache: CacheView
-    cache_hits: int
-    cache_misses: int
+    cache_hits: int  # since start, as each Generation counted them
+    cache_misses: int  # the other chunks of those requests
     fetched_bytes: int  # KV bytes fetched from the store since start
     embedding_dim: int
 
@@ -79,40 +79,72 @@ class WorkerNode:
         self.llm = llm
         self.embedder = embedder
         self.engine = engine
-        self._lock = threading.Lock()  # guards the counter below
+        self._lock = threading.Lock()  # guards the counters below, counted as each request is accepted
+        self._hits = 0
+        self._misses = 0
         self._fetched_bytes = 0
 
     def generate(self, job: GenerateJob, fetch: KVFetcher) -> Generation:
-        """Check the request (ContextOverflow and the like raise here, before any token), fetch
-        the stored KV of chunks not in the cache in one call, and return the token stream."""
-        blobs: dict[int, bytes] = {}
+        """Check the request (ContextOverflow and the like raise here, before any token), get the
+        stored KV of chunks not in the cache, and return the token stream.
+
+        Each blob key is fetched once across concurrent requests: the first to want it fetches it
+        (one store call for all it began), the others wait for that fetch and count it as a hit.
+        A waiter whose load brought nothing (failed, or not stored) fetches the key itself."""
+        blobs: dict[str, bytes] = {}  # by blob key
         computed: list[ComputedKV] = []
         chunks = [
             RetrievedChunk(
-                c.chunk_id, np.asarray(c.token_ids), _lookup(blobs, c.chunk_id), cache_key=c.kv_key, codec=c.codec,
+                c.chunk_id, np.asarray(c.token_ids), _lookup(blobs, c.kv_key), cache_key=c.kv_key, codec=c.codec,
                 on_miss=_collect(computed, c.keep),
             )
             for c in job.chunks
         ]
-        tokens = self.engine.answer(chunks, job.question, job.mode, job.max_new_tokens, tenant=job.tenant)
-        held = [c for c in job.chunks if c.kv_key in self.engine.cache]
-        wanted = [c.chunk_id for c in job.chunks if c.stored and c.kv_key not in self.engine.cache]
-        if wanted and job.mode is not PrefillMode.FULL_PREFILL:
-            try:
-                blobs.update(fetch(wanted))
-            except Exception as exc:  # noqa: BLE001 - a store that cannot answer costs recompute, not the answer
-                log.warning("fetching %d chunks' KV failed (%s); computing them instead", len(wanted), exc)
-        fetched_bytes = sum(len(b) for b in blobs.values())
+        stream = self.engine.answer(chunks, job.question, job.mode, job.max_new_tokens, tenant=job.tenant)
+        cache = self.engine.cache
+        ids = {c.kv_key: c.chunk_id for c in job.chunks if c.stored} if job.mode is not PrefillMode.FULL_PREFILL else {}
+        loads = cache.begin_loads(ids)
+        try:
+            fetched = self._fetch_begun(loads.begun, ids, fetch)
+            joined = {key: blob for key, load in loads.joined.items() if (blob := load.wait()) is not None}
+            refetch = {key: ids[key] for key in loads.joined.keys() - joined.keys()}
+            if refetch:  # as a miss: the fetch another request made for these failed or found nothing
+                why = {str(loads.joined[key].error or "not stored") for key in refetch}
+                log.info("%d chunks' KV another request fetched did not come (%s); fetching it here", len(refetch), "; ".join(sorted(why)))
+                fetched |= _fetch_or_log(fetch, refetch)[0]
+        except BaseException:
+            cache.end_loads(loads.begun)
+            stream.close()
+            raise
+        blobs |= fetched | joined
+        ready = loads.held | joined.keys()
+        hits = sum(1 for c in job.chunks if c.kv_key in ready or (c.kv_key not in ids and c.kv_key in cache))
+        fetched_bytes = sum(len(b) for b in fetched.values())
         with self._lock:
+            self._hits += hits
+            self._misses += len(job.chunks) - hits
             self._fetched_bytes += fetched_bytes
         return Generation(
             prompt_tokens=self.engine.prompt_tokens(chunks, job.question),
-            cache_hits=len(held),
-            fetched_chunks=len(blobs),
+            cache_hits=hits,
+            fetched_chunks=len(fetched),
             fetched_bytes=fetched_bytes,
-            tokens=tokens,
+            tokens=_Tokens(stream, lambda: cache.end_loads(loads.begun)),
             computed=computed,
         )
+
+    def _fetch_begun(self, begun: dict[str, Load], ids: dict[str, int], fetch: KVFetcher) -> dict[str, bytes]:
+        """The blobs of the loads this request began, in one store call; each load's waiters are woken
+        with its blob, or with nothing and the error, however the call ends."""
+        blobs: dict[str, bytes] = {}
+        error: BaseException | None = None
+        try:
+            if begun:
+                blobs, error = _fetch_or_log(fetch, {key: ids[key] for key in begun})
+        finally:  # also when interrupted: its waiters then fetch for themselves
+            for key, load in begun.items():
+                self.engine.cache.finish_load(key, load, blobs.get(key), error)
+        return blobs
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """float32 [len(texts), dim], unit rows."""
@@ -128,23 +160,60 @@ class WorkerNode:
         self.engine.close()
 
     def status(self, since: int) -> WorkerStatus:
-        cache = self.engine.cache
         with self._lock:
-            fetched = self._fetched_bytes
+            hits, misses, fetched = self._hits, self._misses, self._fetched_bytes
         return WorkerStatus(
             kv_fingerprint=self.engine.kv_fingerprint,
             queue_depth=self.engine.scheduler.waiting_count,
             active_requests=self.engine.scheduler.active_count,
-            cache=cache.view(since),
-            cache_hits=cache.hits,
-            cache_misses=cache.misses,
+            cache=self.engine.cache.view(since),
+            cache_hits=hits,
+            cache_misses=misses,
             fetched_bytes=fetched,
             embedding_dim=self.embedder.dim,
         )
 
 
-def _lookup(blobs: dict[int, bytes], chunk_id: int) -> Callable[[], bytes | None]:
-    return lambda: blobs.get(chunk_id)
+class _Tokens(Iterator[GeneratedToken]):
+    """The engine's stream of a request; when it ends, however it ends, `release` runs once (the
+    request's unput loads are unlisted, so the next request for those keys fetches them itself)."""
+
+    def __init__(self, stream: Iterator[GeneratedToken], release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release: Callable[[], None] | None = release
+
+    def __next__(self) -> GeneratedToken:
+        try:
+            return next(self._stream)
+        except BaseException:
+            self._released()
+            raise
+
+    def close(self) -> None:
+        self._stream.close()
+        self._released()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _released(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+def _fetch_or_log(fetch: KVFetcher, ids: dict[str, int]) -> tuple[dict[str, bytes], Exception | None]:
+    """The stored blobs of these keys, fetched by their chunk ids in one call; on failure none, and the error."""
+    try:
+        found = fetch(list(ids.values()))
+    except Exception as exc:  # noqa: BLE001 - a store that cannot answer costs recompute, not the answer
+        log.warning("fetching %d chunks' KV failed (%s); computing them instead", len(ids), exc)
+        return {}, exc
+    return {key: found[chunk_id] for key, chunk_id in ids.items() if chunk_id in found}, None
+
+
+def _lookup(blobs: dict[str, bytes], key: str) -> Callable[[], bytes | None]:
+    return lambda: blobs.get(key)
 
 
 def _collect(computed: list[ComputedKV], keep: bool) -> Callable[[ComputedKV], None]:

@@ -4,7 +4,8 @@ The server runs one in its own process (no network hop), `tenantkv worker` runs 
 `tenantkv.v1.Worker` gRPC service; both are the same object, so an answer is the same wherever
 it is computed. The engine's scheduler owns the model: calls here block on it from any thread. A worker holds no tenant data beyond its KV cache: the chunks' KV it lacks comes
 through a `KVFetcher` the caller provides (the store in-process, `KVCache.Fetch` with a
-capability from the router otherwise). Nor does it write the store: the KV it computes on a miss
+capability from the router otherwise), each blob key fetched once however many requests want it
+at the same time (`kv_cache.Load`). Nor does it write the store: the KV it computes on a miss
 comes back with the answer (`Generation.computed`), for the server to keep or not.
 """
 

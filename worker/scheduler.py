@@ -35,7 +35,7 @@ import torch
 from worker.blend import Prefill
 from worker.errors import RequestCancelled
 from worker.generate import GeneratedToken, Greedy
-from worker.llama import KVBuffer, Steps
+from worker.llama import Steps
 from worker.llm import LLM
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,6 @@ class Request:
     started: float  # perf_counter at the call: tokens' elapsed_s count from here
     out: queue.Queue = field(default_factory=queue.Queue)
     cancelled: bool = False
-    kv: KVBuffer | None = None
     greedy: Greedy | None = None
     last_token: int = 0
 
@@ -165,7 +164,8 @@ class Scheduler:
         self._waiting: dict[str, deque[Request]] = {}  # per tenant, each non-empty
         self._tenants: deque[str] = deque()  # tenants with waiting requests, in round-robin order
         self._prefilling: deque[Request] = deque()
-        self._decoding: list[Request] = []
+        self._decoding: list[Request] = []  # the i-th decodes in slot i of `_batch`
+        self._batch = llm.forward.new_decode_batch()
         self._ingest: deque[IngestJob] = deque()
         self._next_id = 0
         self._closed = False
@@ -301,7 +301,7 @@ class Scheduler:
         batch = list(self._decoding)
         ids = torch.tensor([r.last_token for r in batch], device=self.llm.forward.device)
         try:
-            logits = self.llm.forward.decode(ids, [r.kv for r in batch])
+            logits = self.llm.forward.decode(ids, self._batch)
         except Exception as exc:  # a bug, not an input: every request in the batch fails with it
             log.exception("batched decode step failed")
             for request in batch:
@@ -350,17 +350,19 @@ class Scheduler:
 
     def _begin_decoding(self, request: Request, prefill: Prefill) -> bool:
         """Start decoding after a prefill with its first token; True if that already ends the request."""
-        request.kv = prefill.kv
         request.greedy = Greedy(self.llm, request.max_new_tokens, prefill.kv.length, request.started)
+        self._batch.add(prefill.kv, request.greedy.budget)
         self._decoding.append(request)
         return self._emit(request, prefill.logits)
 
     def _end(self, request: Request, error: BaseException | None = None) -> None:
-        if request in self._decoding:
-            self._decoding.remove(request)
+        if request in self._decoding:  # its slot freed; the last slot's request moves into it
+            slot = self._decoding.index(request)
+            self._batch.remove(slot)
+            self._decoding[slot] = self._decoding[-1]
+            self._decoding.pop()
         if request in self._prefilling:
             self._prefilling.remove(request)
-        request.kv = None
         request.out.put(_END if error is None else error)
 
     def _ingest_work(self, spent: int, budget: int) -> tuple[int, int]:

@@ -104,6 +104,10 @@ def test_tiny_llama_forward_and_blend_on_each_device(device: str) -> None:
     mine = torch.cat([forward.forward(ids[:50], kv), forward.forward(ids[50:], kv)]).float()
     assert mine.device.type == device
     torch.testing.assert_close(mine, expected, atol=tolerance, rtol=0)
+    batch = forward.new_decode_batch()
+    batch.add(kv, room=1)
+    token = ids[-1:].to(device)
+    torch.testing.assert_close(forward.decode(token, batch).float(), forward.forward(token, kv).float(), atol=tolerance, rtol=0)
 
     blender = Blender(forward, random_ids(8, seed=6, vocab=512))
     chunks = [blender.prefill_chunk(random_ids(n, seed=n, vocab=512)) for n in (20, 33)]
@@ -116,24 +120,32 @@ def test_tiny_llama_forward_and_blend_on_each_device(device: str) -> None:
 
 
 def test_batched_decode_equals_each_sequence_alone(models) -> None:
-    """One decode step over sequences of mixed lengths gives each the logits it gets alone (float32, 1e-4)."""
+    """One decode step over sequences of mixed lengths gives each the logits it gets alone (float32,
+    1e-4), also after a slot is freed mid-decode and the last sequence moves into it."""
     forward = models.llm.forward
     lengths = [3, 211, 40, 517]
-    batched, alone = [], []
+    batch, alone = forward.new_decode_batch(), []
     for seed, n in enumerate(lengths):
-        ids = random_ids(n, seed=10 + seed)
-        for buffers in (batched, alone):
-            buffers.append(forward.new_buffer(n))  # too small on purpose: decode grows it
-            forward.forward(ids, buffers[-1])
+        kv = forward.new_buffer(n)
+        forward.forward(random_ids(n, seed=10 + seed), kv)
+        assert batch.add(kv, room=0) == seed  # no room on purpose: decode grows the batch
+        alone.append(kv)
     tokens = random_ids(len(lengths), seed=20)
-    for _ in range(3):
-        got = forward.decode(tokens, batched)
+    for step in range(4):
+        if step == 2:  # the second sequence ends: the last takes its slot
+            batch.remove(1)
+            alone[1] = alone.pop()
+            tokens = torch.cat([tokens[:1], tokens[3:], tokens[2:3]])
+        got = forward.decode(tokens, batch)
         expected = torch.cat([forward.forward(tokens[i : i + 1], kv) for i, kv in enumerate(alone)])
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
         tokens = got.argmax(-1)
-    assert [kv.length for kv in batched] == [n + 3 for n in lengths]
+    assert batch.lengths == [kv.length for kv in alone] == [3 + 4, 517 + 4, 40 + 4]
     with pytest.raises(ValueError, match="ids"):
-        forward.decode(tokens[:2], batched)
+        forward.decode(tokens[:2], batch)
+    for slot in (2, 0, 0):
+        batch.remove(slot)
+    assert len(batch) == 0 and batch.keys.numel() == 0
 
 
 def test_a_prompt_prefix_kv_is_computed_once_per_model_and_equals_a_fresh_one(models) -> None:

@@ -131,10 +131,9 @@ class Blender:
         check_layer: int = 1,
         mode: PrefillMode = PrefillMode.BLEND,
         deviation: Deviation = Deviation.KEY_BY_ATTENTION,
-        reserve: int = 0,
     ) -> Steps[Prefill]:
-        """Prefill `[prefix][chunks][question]` reusing the chunks' KV, one layer a step; `reserve`
-        leaves room for decoding.
+        """Prefill `[prefix][chunks][question]` reusing the chunks' KV, one layer a step; the KV
+        buffer holds the prompt exactly (decoding copies it into its `DecodeBatch`, or grows it).
 
         FULL_PREFILL reads only the chunks' tokens, never their KV: it is the reference.
         """
@@ -149,17 +148,17 @@ class Blender:
         p = len(self.system)
         chunk_count = sum(len(c.tokens) for c in chunks)
         total = p + chunk_count + len(question)
-        check_positions(total + reserve, f.max_positions)
+        check_positions(total, f.max_positions)
         ids = torch.cat([*(c.tokens.to(f.device) for c in chunks), question])
         if mode is PrefillMode.FULL_PREFILL:  # every token from position 0: the plain forward pass
-            kv = f.new_buffer(total + reserve)
+            kv = f.new_buffer(total)
             logits = (yield from f.forward_steps(torch.cat([self.system, ids]), kv))[-1]
             return Prefill(logits=logits, kv=kv, recomputed=chunk_count)
         for i, chunk in enumerate(chunks):
             expected = (f.layers_count, 2, f.kv_heads, len(chunk.tokens), f.head_dim)
             if tuple(chunk.kv.shape) != expected:
                 raise ValueError(f"chunks[{i}]: KV shape {tuple(chunk.kv.shape)} does not match {expected}")
-        kv = self._buffer_with_prefix(total + reserve)
+        kv = self._buffer_with_prefix(total)
         self._place_chunks(chunks, kv)
         kv.length = total
         positions = torch.arange(p, total, device=f.device)

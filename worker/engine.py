@@ -139,9 +139,9 @@ class Engine:
         chunk_tokens = sum(len(self.layout.chunk_segment(c.token_ids)) for c in chunks)
         prompt = len(self.layout.prefix) + chunk_tokens + len(question_ids)
         check_positions(prompt + max_new_tokens, self.llm.forward.max_positions)
-        return self._prefill(chunks, question_ids, mode, max_new_tokens)
+        return self._prefill(chunks, question_ids, mode)
 
-    def _prefill(self, chunks, question_ids, mode: PrefillMode, max_new_tokens: int) -> Steps[Prefill]:
+    def _prefill(self, chunks, question_ids, mode: PrefillMode) -> Steps[Prefill]:
         if mode is PrefillMode.FULL_PREFILL:  # reads tokens only, so no KV is loaded
             loaded = [ChunkKV(torch.from_numpy(self.layout.chunk_segment(c.token_ids)), torch.empty(0)) for c in chunks]
         else:
@@ -156,7 +156,6 @@ class Engine:
                 check_layer=self.config.check_layer,
                 mode=mode,
                 deviation=self.config.deviation,
-                reserve=max_new_tokens,
             )
         )
 

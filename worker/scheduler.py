@@ -6,7 +6,8 @@ Each step has a budget of `step_tokens` tokens of model work (vLLM v1's schedule
 1. requests cancelled since the last step leave, freeing their slots and their KV;
 2. waiting requests are admitted while fewer than `max_batch_size` are active: one queue per
    tenant, served round robin, and at most one request of a tenant in prefill at a time;
-3. one batched decode step gives every request past its prefill its next token;
+3. one batched decode step gives every request past its prefill its next token (their KV
+   copied, once, into one `DecodeBatch`, a slot each);
 4. prefills run one layer at a time while budget is left. A long prefill is cut between layers
    (chunked prefill, cut by layer rather than by token: blended prefill picks the tokens to
    recompute from all of a request's tokens at its check layer). The request served first goes

@@ -1,4 +1,4 @@
-"""The engine's chunk KV loading: packed where the codec quantises, recomputed where a blob is damaged."""
+"""The engine's chunk KV loading (packed where the codec quantises, recomputed where a blob is damaged) and its context check."""
 
 import logging
 
@@ -8,6 +8,7 @@ import pytest
 import kvcodec
 from worker.blend import PrefillMode
 from worker.engine import Engine, EngineConfig, RetrievedChunk
+from worker.errors import ContextOverflow
 
 
 @pytest.fixture(scope="module")
@@ -34,3 +35,9 @@ def test_a_blob_that_does_not_decode_is_recomputed(engine: Engine, caplog) -> No
         tokens = list(engine.answer([chunk(engine, 2, bytes(blob))], "Which river?", PrefillMode.BLEND, 2))
     assert tokens and "recomputing" in caplog.text
     assert isinstance(engine.cache.get("2").kv, kvcodec.PackedKV)  # computed afresh, loaded through its codec as a blob would be
+
+
+def test_a_prompt_and_its_new_tokens_past_the_context_are_refused_at_the_call(engine: Engine) -> None:
+    max_positions = engine.llm.forward.max_positions
+    with pytest.raises(ContextOverflow, match="max_new_tokens"):
+        engine.answer([chunk(engine, 3, None)], "Which river?", PrefillMode.BLEND, max_positions)

@@ -12,6 +12,7 @@ tokens/s on one long prompt (the compute ceiling). Results to bench/results/batc
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import threading
 import time
@@ -149,6 +150,7 @@ def main() -> None:
     modes = {"serial": SchedulerConfig(max_batch_size=1), "batched": SchedulerConfig(max_batch_size=16)}
     engines = {name: Engine(llm, EngineConfig(scheduler=config)) for name, config in modes.items()}
     report: dict = {"new_tokens": new_tokens, "answers_per_client": args.answers_per_client, "threads": args.threads}
+    report["load_average_at_start"] = os.getloadavg()  # shared machine: past the bench's own ~2, others' work slows both modes unevenly
     report["ingest"] = ingest(engines["batched"], embedder, llm, items[:ingest_questions], repeats=1 if args.quick else 2)
     work = asks(engines["batched"], items[: max(clients) * args.answers_per_client])
     report["prompt_tokens_median"] = statistics.median(engines["batched"].prompt_tokens(a.chunks, a.question) for a in work)
@@ -156,6 +158,7 @@ def main() -> None:
     for n in tqdm(clients, desc="clients", unit="level"):
         for name, engine in engines.items():
             report["decode"][name][str(n)] = closed_loop(engine, work, n, args.answers_per_client, new_tokens)
+        report["load_average_at_end"] = os.getloadavg()
         write(args.out, report)  # a long run keeps each level it finished
     for engine in engines.values():
         engine.close()
@@ -171,7 +174,8 @@ def write(path: Path, report: dict) -> None:
 def print_table(report: dict) -> None:
     print(
         f"\nprompt tokens median {report['prompt_tokens_median']:.0f}, {report['new_tokens']} new tokens, "
-        f"{report['answers_per_client']} answer(s) a client, {report['threads']} threads"
+        f"{report['answers_per_client']} answer(s) a client, {report['threads']} threads, "
+        f"load average {report['load_average_at_start'][0]:.2f} at start, {report['load_average_at_end'][0]:.2f} at end"
     )
     print(f"{'clients':>8}{'serial tok/s':>14}{'batched tok/s':>15}{'x':>6}{'serial TTFT p50/p99 ms':>25}{'batched TTFT p50/p99 ms':>26}")
     for n, s in report["decode"]["serial"].items():

@@ -7,8 +7,9 @@ of insert+grant and of delete. Builds use both cores; searches and updates are t
 thread. Each index's search effort is swept, up to the setting after the first reaching recall@10 >= 0.95;
 the table and the JSON report the cheapest setting reaching recall@10 >= 0.95 (and say which reached >= 0.90), and the mean
 latency at exactly 0.95 (`ms_at_095`), interpolated between the two sweep points around it, the
-median over `--runs` sweeps. At that setting, search latency while writes arrive (`mixed`: one
-write per 10 searches and one per search, each to the tenant the next search asks) against the
+median over `--runs` runs; each run sweeps every index in turn, so that the indexes of one run
+meet the same load, and Curator's ratio to each baseline is printed per run and as their median.
+At that setting, search latency while writes arrive (`mixed`: one write per 10 searches and one per search, each to the tenant the next search asks) against the
 same searches with no writes, and for Curator the first query of each tenant after a bulk load
 with no `build()` (`first_query`). Filtered search (`filtered`): each vector gets a metadata
 value drawn uniformly, independent of its tenant, and the queries keep 50%, 10% and 1% of each
@@ -131,6 +132,29 @@ def measure(index, data: Dataset, truth: np.ndarray) -> Measured:
     batch_s = time.perf_counter() - started
     ms = np.median(latencies, axis=0) * 1e3
     return Measured(recall(found, truth), float(ms.mean()), float(np.percentile(ms, 99)), len(data.queries) / batch_s)
+
+
+def built(name: str, dim: int, sample: np.ndarray, data: Dataset, base: np.ndarray) -> tuple[object, float]:
+    """The index trained, loaded and built (on both cores), and the seconds that took."""
+    index = make_index(name, dim)
+    faiss.omp_set_num_threads(2)
+    started = time.perf_counter()
+    index.train(sample)
+    load(index, data, base)
+    if hasattr(index, "build"):
+        index.build()
+    return index, time.perf_counter() - started
+
+
+def swept(index, name: str, data: Dataset, truth: np.ndarray, label: str) -> list[tuple[int, Measured]]:
+    """Recall and latency at each effort, up to the one after the first reaching TARGET_RECALL."""
+    points = []
+    for effort in tqdm(EFFORTS[name], desc=label, leave=False):
+        set_effort(index, effort)
+        points.append((effort, measure(index, data, truth)))
+        if sum(m.recall >= TARGET_RECALL for _, m in points) == 2:
+            break  # the setting reaching the target and the next: enough for the table, and the high ones cost most
+    return points
 
 
 def measure_filtered(index, data: Dataset, truth: np.ndarray, where: Callable[[], IdPredicate]) -> tuple[Measured, float]:
@@ -258,26 +282,18 @@ def run_dataset(data: Dataset, names: list[str], update_count: int, runs: int) -
     filtered: dict[str, dict] = {f"{share:g}": {} for share in filtered_queries}
     results = {}
     sample = data.vectors[np.random.default_rng(1).choice(base, size=min(len(base), 100_000), replace=False)]
+    indexes, build_s = {}, {}
     for name in names:
-        index = make_index(name, dim)
-        faiss.omp_set_num_threads(2)  # builds may use both cores; searches are timed on one
-        started = time.perf_counter()
-        index.train(sample)
-        load(index, data, base)
-        if hasattr(index, "build"):
-            index.build()
-        build_s = time.perf_counter() - started
-        faiss.omp_set_num_threads(1)
-        sweeps = []
-        for run in range(runs):
-            sweeps.append([])
-            for effort in tqdm(EFFORTS[name], desc=f"{name} run {run + 1}/{runs}", leave=False):
-                set_effort(index, effort)
-                sweeps[-1].append((effort, measure(index, data, truth)))
-                if sum(m.recall >= TARGET_RECALL for _, m in sweeps[-1]) == 2:
-                    break  # the setting reaching the target and the next: enough for the table, and the high ones cost most
-        sweep = sweeps[0]
-        at_095 = [ms_at_recall(s) for s in sweeps]
+        indexes[name], build_s[name] = built(name, dim, sample, data, base)
+    faiss.omp_set_num_threads(1)
+    sweeps: dict[str, list] = {name: [] for name in names}
+    for run in range(runs):  # every index swept in turn each run: a run's indexes meet the same load, minutes apart at most
+        for name in names:
+            sweeps[name].append(swept(indexes[name], name, data, truth, f"{name} run {run + 1}/{runs}"))
+    for name in names:
+        index = indexes.pop(name)
+        sweep = sweeps[name][0]
+        at_095 = [ms_at_recall(s) for s in sweeps[name]]
         memory = index.memory_bytes()
         chosen = next(((e, m) for e, m in sweep if m.recall >= TARGET_RECALL), max(sweep, key=lambda s: s[1].recall))
         at_90 = next((e for e, m in sweep if m.recall >= 0.90), None)
@@ -296,7 +312,7 @@ def run_dataset(data: Dataset, names: list[str], update_count: int, runs: int) -
         results[name] = {
             "effort": chosen[0], "effort_at_recall_0_90": at_90, "recall_at_10": m.recall, "mean_ms": m.mean_ms,
             "p99_ms": m.p99_ms, "batch_qps": m.batch_qps, "memory_bytes": memory, "overhead_bytes": memory - raw,
-            "build_s": build_s, "insert_us": insert_us, "delete_us": delete_us,
+            "build_s": build_s[name], "insert_us": insert_us, "delete_us": delete_us,
             "ms_at_095": None if None in at_095 else float(np.median(at_095)), "ms_at_095_runs": at_095,
             "mixed": loaded, "overhead_bytes_after_mixed": memory_after_mixed - raw,
             "sweep": [{"effort": e, "recall_at_10": s.recall, "mean_ms": s.mean_ms} for e, s in sweep],
@@ -317,6 +333,11 @@ def run_dataset(data: Dataset, names: list[str], update_count: int, runs: int) -
         print(f"{name:<22}{r['effort']:>7}{r['recall_at_10']:>8.3f}{r['mean_ms']:>9.3f}{r['p99_ms']:>8.3f}{r['batch_qps']:>10.0f}"
               f"{r['overhead_bytes'] / raw:>9.1%} {r['build_s']:>8.1f}{r['insert_us']:>8.0f}{r['delete_us']:>8.0f}"
               f"{at:>8}{r['mixed']['quiet_p99_ms']:>10.3f}{r['mixed']['0.1']['p99_ms']:>8.3f}{r['mixed']['1']['p99_ms']:>8.3f}")
+    for name, r in results.items():
+        if name != "curator" and "curator" in results:
+            ratios = [c / b for c, b in zip(results["curator"]["ms_at_095_runs"], r["ms_at_095_runs"]) if c is not None and b is not None]
+            if ratios:
+                print(f"curator ms at 0.95 x {name}'s: median {np.median(ratios):.2f} (runs {', '.join(f'{x:.2f}' for x in ratios)})")
     if filtered:
         print(f"{'filtered':<10}{'index':<22}{'recall':>8}{'mean ms':>9}{'p99 ms':>8}{'x unfiltered':>14}")
         for share, by_index in filtered.items():

@@ -332,6 +332,7 @@ class LlamaForward:
             h = self.finish(layer, h, out.reshape(n, self.heads, self.head_dim).transpose(0, 1))
         return self.logits(h)
 
+
 def _causal(positions: torch.Tensor, length: int) -> torch.Tensor:
     """[n, length] mask: which of the first `length` slots the tokens at `positions` may attend to."""
     return torch.arange(length, device=positions.device)[None, :] <= positions[:, None]

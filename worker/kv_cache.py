@@ -80,8 +80,6 @@ class ChunkKVCache:
         self._items: OrderedDict[Hashable, ChunkKV] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
         self._sequence = 0
         self._events: deque[CacheEvent] = deque(maxlen=KEPT_EVENTS)
         self._loads: dict[Hashable, Load] = {}  # keys being fetched, or fetched and not yet put
@@ -94,18 +92,15 @@ class ChunkKVCache:
         return len(self._items)
 
     def __contains__(self, key: Hashable) -> bool:
-        """Held now, without counting a hit or a miss."""
+        """Held now (unlike `get`, without making it the most recently used)."""
         with self._lock:
             return key in self._items
 
     def get(self, key: Hashable) -> ChunkKV | None:
         with self._lock:
             chunk = self._items.get(key)
-            if chunk is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
+            if chunk is not None:
+                self._items.move_to_end(key)
             return chunk
 
     def put(self, key: Hashable, chunk: ChunkKV) -> None:
@@ -128,7 +123,7 @@ class ChunkKVCache:
 
     def begin_loads(self, keys: Iterable[Hashable]) -> Loads:
         """Each key is held, joins the load in flight for it, or begins one (all in one step under the
-        cache's lock, so two requests never both begin the same key). Counts no hit or miss."""
+        cache's lock, so two requests never both begin the same key)."""
         loads = Loads()
         with self._lock:
             for key in keys:

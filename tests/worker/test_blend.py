@@ -111,7 +111,6 @@ def test_kv_cache_stays_within_its_byte_bound() -> None:
     assert cache.get(3) is None and cache.get(2) is not None
     cache.put(6, chunk(100))  # larger than the whole bound: not kept, nothing evicted
     assert cache.get(6) is None and len(cache) == 3
-    assert (cache.hits, cache.misses) == (2, 4)
 
 
 def test_packed_chunks_blend_as_their_decoded_kv(setup) -> None:

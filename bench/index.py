@@ -9,9 +9,10 @@ the table and the JSON report the cheapest setting reaching recall@10 >= 0.95 (a
 latency at exactly 0.95 (`ms_at_095`), interpolated between the two sweep points around it, the
 median over `--runs` runs; each run sweeps every index in turn, so that the indexes of one run
 meet the same load, and Curator's ratio to each baseline is printed per run and as their median.
-At that setting, search latency while writes arrive (`mixed`: one write per 10 searches and one per search, each to the tenant the next search asks) against the
-same searches with no writes, and for Curator the first query of each tenant after a bulk load
-with no `build()` (`first_query`). Filtered search (`filtered`): each vector gets a metadata
+At that setting, search latency while writes arrive (`mixed`: one write per 10 searches and
+one per search, each to the tenant the next search asks) against the same searches with no
+writes, and for Curator the first query of each tenant after a bulk load with no `build()`
+(`first_query`). Filtered search (`filtered`): each vector gets a metadata
 value drawn uniformly, independent of its tenant, and the queries keep 50%, 10% and 1% of each
 tenant's vectors; recall@10 against the exact filtered top 10, mean and p99 latency, at each
 index's chosen effort, for Curator and the IVF baselines (post-filter and IDSelector), each

@@ -15,8 +15,8 @@ def test_warm_up_times_each_step_and_touches_nothing_served(server_config: Serve
         assert min(result.index_s, result.embedder_s, result.blend_s, result.full_prefill_s) > 0
         assert f"warmed up in {result.total_s:.1f} s" in caplog.text
         assert len(runtime.indexed_store.index) == 0
-        cache = runtime.node.engine.cache
-        assert (len(cache), cache.hits, cache.misses) == (0, 0, 0)
+        status = runtime.node.status(0)  # the served node: no entry ever stored in its cache, no chunk counted
+        assert (len(runtime.node.engine.cache), status.cache.sequence, status.cache_hits, status.cache_misses) == (0, 0, 0, 0)
     finally:
         runtime.close()
 

@@ -11,10 +11,21 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports free now: every socket stays bound until all are chosen,
+    since ports taken one at a time may repeat (a server and its workers on one port)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_serving(address: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:

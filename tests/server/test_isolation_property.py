@@ -23,7 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from server.app import ServerThread
 from client.api import Client, DocumentText
 from server.config import ServerConfig
-from server.process import free_port
+from server.process import free_ports
 from tests.server.conftest import unit_vectors
 from tests.workers import WorkerThread, wait_all_up
 from worker.serve import WorkerServiceConfig
@@ -43,9 +43,9 @@ class IsolationMachine(RuleBasedStateMachine):
     @initialize()
     def start(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="tenantkv-prop-"))
-        ports = [free_port() for _ in range(self.workers)]
+        server_port, *ports = free_ports(1 + self.workers)
         self.config = ServerConfig(
-            data_dir=self.tmp / "data", port=free_port(), cache_dir=self.cache_dir, warm_up=False,
+            data_dir=self.tmp / "data", port=server_port, cache_dir=self.cache_dir, warm_up=False,
             workers=",".join(f"127.0.0.1:{port}" for port in ports),
         )
         self.server = ServerThread(self.config, self.models).start()

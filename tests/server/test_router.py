@@ -15,7 +15,7 @@ import pytest
 from client.api import Client, DocumentText
 from server.app import ServerThread
 from server.config import ServerConfig
-from server.process import WorkerProcess, free_port
+from server.process import WorkerProcess, free_ports
 from server.router import MAX_LOAD_GAP, Reason, Router, WorkerState, home
 from server.workers import RemoteWorker
 from store.errors import Unavailable
@@ -167,7 +167,7 @@ def ask(client: Client, question: str, max_new_tokens: int = 8) -> list[int]:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, model_cache_dir, models):
-    ports = [free_port(), free_port()]
+    ports = free_ports(2)
     config = ServerConfig(
         data_dir=tmp_path_factory.mktemp("fleet") / "data", port=0, cache_dir=model_cache_dir, warm_up=False,
         workers=",".join(f"127.0.0.1:{port}" for port in ports),

@@ -7,8 +7,9 @@ of insert+grant and of delete. Builds use both cores; searches and updates are t
 thread. Each index's search effort is swept, up to the setting after the first reaching recall@10 >= 0.95;
 the table and the JSON report the cheapest setting reaching recall@10 >= 0.95 (and say which reached >= 0.90), and the mean
 latency at exactly 0.95 (`ms_at_095`), interpolated between the two sweep points around it, the
-median over `--runs` runs; each run sweeps every index in turn, so that the indexes of one run
-meet the same load, and Curator's ratio to each baseline is printed per run and as their median.
+median over `--runs` runs; in each run the indexes take turns, one effort each, so that the
+points compared meet the same load, and Curator's ratio to each baseline is printed per run and
+as their median.
 At that setting, search latency while writes arrive (`mixed`: one write per 10 searches and
 one per search, each to the tenant the next search asks) against the same searches with no
 writes, and for Curator the first query of each tenant after a bulk load with no `build()`
@@ -147,14 +148,23 @@ def built(name: str, dim: int, sample: np.ndarray, data: Dataset, base: np.ndarr
     return index, time.perf_counter() - started
 
 
-def swept(index, name: str, data: Dataset, truth: np.ndarray, label: str) -> list[tuple[int, Measured]]:
-    """Recall and latency at each effort, up to the one after the first reaching TARGET_RECALL."""
-    points = []
-    for effort in tqdm(EFFORTS[name], desc=label, leave=False):
-        set_effort(index, effort)
-        points.append((effort, measure(index, data, truth)))
-        if sum(m.recall >= TARGET_RECALL for _, m in points) == 2:
-            break  # the setting reaching the target and the next: enough for the table, and the high ones cost most
+def swept_in_turn(indexes: dict[str, object], data: Dataset, truth: np.ndarray, label: str) -> dict[str, list[tuple[int, Measured]]]:
+    """Each index's recall and latency at each of its efforts, up to the one after the first reaching
+    TARGET_RECALL; the indexes take turns, one effort each, so that the points an index's latency
+    at 0.95 is read from and its baseline's are measured seconds apart, under the same load."""
+    points: dict[str, list[tuple[int, Measured]]] = {name: [] for name in indexes}
+    efforts = {name: iter(EFFORTS[name]) for name in indexes}
+    with tqdm(total=sum(len(EFFORTS[name]) for name in indexes), desc=label, leave=False) as progress:
+        while efforts:
+            for name in list(efforts):
+                effort = next(efforts[name], None)
+                reached = sum(m.recall >= TARGET_RECALL for _, m in points[name])
+                if effort is None or reached == 2:  # the setting reaching the target and the next: enough, and the high ones cost most
+                    del efforts[name]
+                    continue
+                set_effort(indexes[name], effort)
+                points[name].append((effort, measure(indexes[name], data, truth)))
+                progress.update()
     return points
 
 
@@ -288,9 +298,9 @@ def run_dataset(data: Dataset, names: list[str], update_count: int, runs: int) -
         indexes[name], build_s[name] = built(name, dim, sample, data, base)
     faiss.omp_set_num_threads(1)
     sweeps: dict[str, list] = {name: [] for name in names}
-    for run in range(runs):  # every index swept in turn each run: a run's indexes meet the same load, minutes apart at most
-        for name in names:
-            sweeps[name].append(swept(indexes[name], name, data, truth, f"{name} run {run + 1}/{runs}"))
+    for run in range(runs):
+        for name, points in swept_in_turn(indexes, data, truth, f"sweeps, run {run + 1}/{runs}").items():
+            sweeps[name].append(points)
     for name in names:
         index = indexes.pop(name)
         sweep = sweeps[name][0]

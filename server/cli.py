@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--max-batch-size", type=int, default=16, help="answers the scheduler batches at once")
     worker.add_argument("--step-tokens", type=int, default=512, help="tokens of model work a scheduler step")
     worker.add_argument("--ingest-batch-tokens", type=int, default=4096, help="padded tokens of chunk KV computed in one pass")
+    worker.add_argument("--no-cuda-graphs", action="store_true", help="on a GPU, run decode steps eagerly instead of replaying CUDA graphs")
     worker.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "tenantkv", help="converted copies of GGUF models")
     worker.add_argument("--tls-cert", type=Path, help="this worker's certificate (PEM); with --tls-key, serve over TLS")
     worker.add_argument("--tls-key", type=Path)
@@ -227,7 +228,7 @@ def _worker(args) -> int:
         engine=EngineConfig(
             kv_codec=args.kv_codec,
             cache_bytes=args.kv_cache_bytes,
-            scheduler=SchedulerConfig(args.max_batch_size, args.step_tokens, args.ingest_batch_tokens),
+            scheduler=SchedulerConfig(args.max_batch_size, args.step_tokens, args.ingest_batch_tokens, not args.no_cuda_graphs),
         ),
         tls=ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
         store_tls=ClientTLS(args.store_ca) if args.store_ca else None,

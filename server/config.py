@@ -51,6 +51,7 @@ class ServerConfig:
     max_batch_size: int = 16
     step_tokens: int = 512
     ingest_batch_tokens: int = 4096
+    cuda_graphs: bool = True  # on a GPU, replay the batched decode step from CUDA graphs (worker/decode_graphs.py)
     admin_key_file: Path | None = None  # defaults to <data_dir>/admin.key
     metrics_port: int = -1  # Prometheus /metrics on host:port; 0: any free port; -1: none
     warm_up: bool = True  # run the index scan, embedder and both prefills once before SERVING (server/warmup.py)
@@ -105,7 +106,7 @@ class ServerConfig:
         return ClientTLS(self.worker_tls_ca, self.worker_tls_cert, self.worker_tls_key) if self.worker_tls_ca else None
 
     def engine_config(self) -> EngineConfig:
-        scheduler = SchedulerConfig(self.max_batch_size, self.step_tokens, self.ingest_batch_tokens)
+        scheduler = SchedulerConfig(self.max_batch_size, self.step_tokens, self.ingest_batch_tokens, self.cuda_graphs)
         return EngineConfig(kv_codec=self.kv_codec, cache_bytes=self.kv_cache_bytes, scheduler=scheduler)
 
     def store_config(self) -> StoreConfig:

@@ -27,7 +27,10 @@ def model_cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def models(model_cache_dir: Path) -> Models:
-    return load_models(WorkerConfig(cache_dir=model_cache_dir))
+    """The real models in float32 on the CPU, on a machine with a GPU too: the suite's equalities
+    (batched against alone within 1e-4, our forward against transformers') are float32 ones; the
+    GPU tests build their own models on the GPU."""
+    return load_models(WorkerConfig(cache_dir=model_cache_dir, device="cpu"))
 
 
 @pytest.fixture

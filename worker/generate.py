@@ -60,9 +60,9 @@ class Greedy:
     def done(self) -> bool:
         return self.stopped or len(self.generated) >= self.budget
 
-    def push(self, logits: torch.Tensor) -> GeneratedToken | None:
-        """The token these logits pick, or None (and done) if it is a stop token."""
-        token = int(logits.argmax())
+    def push(self, token: int) -> GeneratedToken | None:
+        """Take the token the logits picked (their argmax: callers take it, for a batch in one
+        device call); None (and done) if it is a stop token."""
         if token in self.llm.stop_token_ids:
             self.stopped = True
             return None
@@ -77,7 +77,7 @@ def decode_stream(llm: LLM, logits: torch.Tensor, kv: KVBuffer, max_new_tokens: 
     """Greedy tokens from the logits after a prefill, extending `kv`, one request alone (the engine batches requests instead)."""
     greedy = Greedy(llm, max_new_tokens, kv.length, started)
     while not greedy.done:
-        token = greedy.push(logits)
+        token = greedy.push(int(logits.argmax()))
         if token is None:
             return
         yield token

@@ -11,7 +11,8 @@ the device how far the positions reach (a GPU sync per layer that leaves the GPU
 Passes are steppable (`forward_steps`): a generator that yields the rows it ran after each layer
 and returns its result, so one scheduler loop can interleave a long prefill with other requests'
 decode steps between layers. `decode` runs one token for many sequences at once, their KV
-copied into one `DecodeBatch`.
+copied into one `DecodeBatch`; worker.decode_graphs runs the same layers (`decode_layers`) over
+padded shapes that CUDA graphs can replay.
 """
 
 import threading
@@ -87,6 +88,13 @@ class KVBuffer:
 
 
 GROWTH_TOKENS = 64
+MIN_CAPACITY_BUCKET = 256
+
+
+def capacity_bucket(tokens: int) -> int:
+    """The power of two (at least MIN_CAPACITY_BUCKET) that holds `tokens`: the lengths a static decode
+    step attends over, so that few shapes (and CUDA graphs) serve every length."""
+    return max(MIN_CAPACITY_BUCKET, 1 << (tokens - 1).bit_length())
 
 
 class DecodeBatch:
@@ -94,13 +102,20 @@ class DecodeBatch:
     [layers, slots, kv_heads, capacity, head_dim], so that a decode step attends over every
     sequence in one call a layer (padded to the longest, masked) instead of one call a sequence:
     at 8 sequences of ~850 tokens here, 49 ms of attention a step against 64 ms, and none of
-    the per-sequence slicing. The price: every slot has the capacity of the longest."""
+    the per-sequence slicing. The price: every slot has the capacity of the longest.
 
-    def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
+    With `fixed_slots` (the static decode step's batch, worker.decode_graphs), that many slots
+    are allocated at once, the capacity grows to whole capacity buckets and the memory stays while
+    no slot is used: the tensors move only when the capacity grows, a few times a run, so CUDA
+    graphs that captured them stay valid in between. `generation` counts the moves."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, fixed_slots: int = 0) -> None:
         self._shape = (layers, kv_heads, head_dim)
         self._dtype, self._device = dtype, device
+        self.fixed_slots = fixed_slots
+        self.generation = 0  # bumped whenever the tensors are allocated anew
         self.lengths: list[int] = []
-        self._allocate(0, 0)
+        self._allocate(fixed_slots, 0)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -120,7 +135,7 @@ class DecodeBatch:
 
     def remove(self, slot: int) -> None:
         """Free `slot`; the last slot's sequence moves into it (as a list's swap-remove); the memory
-        goes once no slot is left."""
+        goes once no slot is left, unless the slots are fixed."""
         last = len(self.lengths) - 1
         if slot != last:
             n = self.lengths[last]
@@ -128,7 +143,7 @@ class DecodeBatch:
             self.values[:, slot, :, :n] = self.values[:, last, :, :n]
             self.lengths[slot] = n
         self.lengths.pop()
-        if not self.lengths:
+        if not self.lengths and not self.fixed_slots:
             self._allocate(0, 0)
 
     def extend(self) -> None:
@@ -138,12 +153,18 @@ class DecodeBatch:
 
     def _reserve(self, slots: int, capacity: int) -> None:
         """Room for `slots` slots of `capacity` tokens; grown by whole steps (slots doubled, tokens
-        to a multiple of GROWTH_TOKENS) so that growing one token a step does not copy every step."""
+        to a multiple of GROWTH_TOKENS, or to a capacity bucket where the slots are fixed) so that
+        growing one token a step does not copy every step."""
         if slots <= self.keys.shape[1] and capacity <= self.capacity:
             return
         keys, values, n = self.keys, self.values, len(self.lengths)
-        tokens = -(-max(capacity, self.capacity) // GROWTH_TOKENS) * GROWTH_TOKENS
-        self._allocate(max(slots, 2 * keys.shape[1]), tokens)
+        if self.fixed_slots:
+            if slots > self.fixed_slots:
+                raise ValueError(f"slots: {slots} sequences exceed the batch's {self.fixed_slots} fixed slots")
+            self._allocate(self.fixed_slots, capacity_bucket(max(capacity, self.capacity)))
+        else:
+            tokens = -(-max(capacity, self.capacity) // GROWTH_TOKENS) * GROWTH_TOKENS
+            self._allocate(max(slots, 2 * keys.shape[1]), tokens)
         self.keys[:, :n, :, : keys.shape[3]] = keys[:, :n]
         self.values[:, :n, :, : values.shape[3]] = values[:, :n]
 
@@ -152,6 +173,7 @@ class DecodeBatch:
         shape = (layers, slots, kv_heads, capacity, head_dim)
         self.keys = torch.zeros(shape, dtype=self._dtype, device=self._device)
         self.values = torch.zeros(shape, dtype=self._dtype, device=self._device)
+        self.generation += 1
 
 
 class LlamaForward:
@@ -246,7 +268,7 @@ class LlamaForward:
         if len(positions) == visible:  # the whole sequence from position 0: the fast causal kernel
             out = F.scaled_dot_product_attention(q[None], keys, values, is_causal=True, enable_gqa=True)[0]
         else:
-            mask = _causal(positions, visible)
+            mask = causal_mask(positions, visible)
             out = F.scaled_dot_product_attention(q[None], keys, values, attn_mask=mask[None, None], enable_gqa=True)[0]
         return self.finish(layer, h, out)
 
@@ -262,7 +284,7 @@ class LlamaForward:
         `positions` over the keys in `kv`, causal: what `attend` would weight the values by."""
         keys = kv.keys[layer, :, : kv.length].repeat_interleave(self.heads // self.kv_heads, dim=0)
         scores = (q @ keys.transpose(1, 2)).float() / self.head_dim**0.5
-        return scores.masked_fill(~_causal(positions, kv.length)[None], float("-inf")).softmax(-1)
+        return scores.masked_fill(~causal_mask(positions, kv.length)[None], float("-inf")).softmax(-1)
 
     def layer(self, layer: int, h: torch.Tensor, positions: torch.Tensor, kv: KVBuffer) -> torch.Tensor:
         """One full layer: write the tokens' keys and values at their positions, then attend."""
@@ -294,45 +316,57 @@ class LlamaForward:
             yield len(ids)
         return self.logits(h)
 
-    def new_decode_batch(self) -> DecodeBatch:
-        return DecodeBatch(self.layers_count, self.kv_heads, self.head_dim, self.dtype, self.device)
+    def new_decode_batch(self, fixed_slots: int = 0) -> DecodeBatch:
+        return DecodeBatch(self.layers_count, self.kv_heads, self.head_dim, self.dtype, self.device, fixed_slots)
+
+    def check_decode(self, ids: torch.Tensor, batch: DecodeBatch) -> torch.Tensor:
+        """`ids` checked as one next token for each sequence of `batch`, on the device."""
+        ids = self.check_tokens(ids, "ids")
+        if len(ids) != len(batch) or not len(batch):
+            raise ValueError(f"ids: {len(ids)} tokens for {len(batch)} sequences")
+        if max(batch.lengths) + 1 > self.max_positions:
+            raise ValueError(f"ids: {max(batch.lengths) + 1} positions exceed the model's {self.max_positions}")
+        return ids
 
     @torch.inference_mode()
     def decode(self, ids: torch.Tensor, batch: DecodeBatch) -> torch.Tensor:
         """One token for each sequence of `batch` at once: ids [n], the i-th appended to slot i;
-        logits [n, vocab].
-
-        The linear layers run on all n rows together, so the weights are read once a step instead
-        of once a sequence; attention is one call a layer over every slot, masked past each
-        sequence's length, each query head grouped under its KV head as a query row.
-        """
-        ids = self.check_tokens(ids, "ids")
+        logits [n, vocab]. Attention spans the longest sequence, masked only where some are shorter."""
+        ids = self.check_decode(ids, batch)
         n = len(batch)
-        if len(ids) != n:
-            raise ValueError(f"ids: {len(ids)} tokens for {n} sequences")
-        if n and max(batch.lengths) + 1 > self.max_positions:
-            raise ValueError(f"ids: {max(batch.lengths) + 1} positions exceed the model's {self.max_positions}")
         positions = torch.tensor(batch.lengths, device=self.device)
         batch.extend()
-        slots = torch.arange(n, device=self.device)
         longest = max(batch.lengths)
-        visible = None  # every slot's tokens, where all are as long as the longest
-        if min(batch.lengths) < longest:
-            visible = (torch.arange(longest, device=self.device)[None, :] <= positions[:, None])[:, None, None, :]
+        visible = causal_mask(positions, longest)[:, None, None, :] if min(batch.lengths) < longest else None
+        return self.decode_layers(ids, positions, batch.keys[:, :n, :, :longest], batch.values[:, :n, :, :longest], visible)
+
+    def decode_layers(
+        self, ids: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The layers of a decode step, shared by `decode` and the static step of worker.decode_graphs:
+        row i's token ids[i] at positions[i] is written to slot i of keys and values ([layers, rows,
+        kv_heads, span, head_dim] views of a DecodeBatch's tensors) and attends over that slot where
+        `visible` [rows, 1, 1, span] allows (None: all of it); logits [rows, vocab].
+
+        The linear layers run on all rows together, so the weights are read once a step instead
+        of once a sequence; attention is one call a layer over every slot, each query head grouped
+        under its KV head as a query row. Nothing here asks the device for a value, so a CUDA graph
+        can capture it."""
+        n = len(ids)
+        slots = torch.arange(n, device=self.device)
         cos, sin = self.rope(positions)
         h = self.embed[ids]
         for layer in range(self.layers_count):
             q, k, v = self.qkv(layer, h)
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-            batch.keys[layer, slots, :, positions] = k.transpose(0, 1)
-            batch.values[layer, slots, :, positions] = v.transpose(0, 1)
+            keys[layer, slots, :, positions] = k.transpose(0, 1)
+            values[layer, slots, :, positions] = v.transpose(0, 1)
             grouped = q.transpose(0, 1).reshape(n, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
-            keys, values = batch.keys[layer, :n, :, :longest], batch.values[layer, :n, :, :longest]
-            out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=visible)
+            out = F.scaled_dot_product_attention(grouped, keys[layer], values[layer], attn_mask=visible)
             h = self.finish(layer, h, out.reshape(n, self.heads, self.head_dim).transpose(0, 1))
         return self.logits(h)
 
 
-def _causal(positions: torch.Tensor, length: int) -> torch.Tensor:
+def causal_mask(positions: torch.Tensor, length: int) -> torch.Tensor:
     """[n, length] mask: which of the first `length` slots the tokens at `positions` may attend to."""
     return torch.arange(length, device=positions.device)[None, :] <= positions[:, None]

@@ -7,7 +7,8 @@ Each step has a budget of `step_tokens` tokens of model work (vLLM v1's schedule
 2. waiting requests are admitted while fewer than `max_batch_size` are active: one queue per
    tenant, served round robin, and at most one request of a tenant in prefill at a time;
 3. one batched decode step gives every request past its prefill its next token (their KV
-   copied, once, into one `DecodeBatch`, a slot each);
+   copied, once, into one `DecodeBatch`, a slot each); on a GPU it replays a CUDA graph of
+   padded shapes (worker.decode_graphs; `cuda_graphs` turns that off);
 4. prefills run one layer at a time while budget is left. A long prefill is cut between layers
    (chunked prefill, cut by layer rather than by token: blended prefill picks the tokens to
    recompute from all of a request's tokens at its check layer). The request served first goes
@@ -36,7 +37,8 @@ import torch
 from worker.blend import Prefill
 from worker.errors import RequestCancelled
 from worker.generate import GeneratedToken, Greedy
-from worker.llama import Steps
+from worker.decode_graphs import StaticDecode
+from worker.llama import LlamaForward, Steps
 from worker.llm import LLM
 
 log = logging.getLogger(__name__)
@@ -49,12 +51,15 @@ class SchedulerConfig:
     max_batch_size: int = 16  # requests in prefill or decode at once; more wait in their tenant's queue
     step_tokens: int = 512  # tokens of model work a step: one per decoding request, the rest for prefill and ingestion
     ingest_batch_tokens: int = 4096  # padded tokens of chunk KV computed in one pass
+    cuda_graphs: bool = True  # on a GPU, decode steps replay CUDA graphs of padded shapes (worker.decode_graphs)
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "step_tokens", "ingest_batch_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        if not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs: must be true or false, got {self.cuda_graphs!r}")
         if self.step_tokens <= self.max_batch_size:
             raise ValueError(
                 f"step_tokens: must exceed max_batch_size ({self.max_batch_size}) so that a step with a full "
@@ -156,8 +161,20 @@ class IngestJob(Generic[T]):
         self.done.set()
 
 
+def decoder_for(forward: LlamaForward, config: SchedulerConfig) -> LlamaForward | StaticDecode:
+    """What runs the batched decode step: CUDA graphs of padded shapes on a GPU unless turned off,
+    else the forward's own step (on the CPU it attends over the longest sequence, no padding)."""
+    if config.cuda_graphs and forward.device.type == "cuda":
+        return StaticDecode(forward, config.max_batch_size)
+    return forward
+
+
 class Scheduler:
-    def __init__(self, llm: LLM, config: SchedulerConfig = SchedulerConfig()) -> None:
+    def __init__(self, llm: LLM, config: SchedulerConfig = SchedulerConfig(), decoder: LlamaForward | StaticDecode | None = None) -> None:
+        """`decoder` runs the decode steps: by default `decoder_for(llm.forward, config)`; a
+        StaticDecode on the CPU runs the GPU's padded step eagerly (tests)."""
+        if isinstance(decoder, StaticDecode) and decoder.max_batch_size < config.max_batch_size:
+            raise ValueError(f"decoder: pads to {decoder.max_batch_size} rows, fewer than max_batch_size {config.max_batch_size}")
         self.llm = llm
         self.config = config
         self._lock = threading.RLock()  # reentrant: a dropped Stream cancels itself from whatever thread collects it
@@ -166,7 +183,8 @@ class Scheduler:
         self._tenants: deque[str] = deque()  # tenants with waiting requests, in round-robin order
         self._prefilling: deque[Request] = deque()
         self._decoding: list[Request] = []  # the i-th decodes in slot i of `_batch`
-        self._batch = llm.forward.new_decode_batch()
+        self.decoder = decoder or decoder_for(llm.forward, config)
+        self._batch = self.decoder.new_decode_batch()
         self._ingest: deque[IngestJob] = deque()
         self._next_id = 0
         self._closed = False
@@ -300,19 +318,20 @@ class Scheduler:
         if not self._decoding:
             return []
         batch = list(self._decoding)
-        ids = torch.tensor([r.last_token for r in batch], device=self.llm.forward.device)
+        ids = torch.tensor([r.last_token for r in batch])  # checked on the host, then moved: no device sync
         try:
-            logits = self.llm.forward.decode(ids, self._batch)
+            logits = self.decoder.decode(ids, self._batch)
         except Exception as exc:  # a bug, not an input: every request in the batch fails with it
             log.exception("batched decode step failed")
             for request in batch:
                 self._end(request, exc)
             return [r.id for r in batch]
-        return [r.id for r, row in zip(batch, logits) if self._emit(r, row)]
+        picked = logits.argmax(-1).tolist()  # one device read for the whole batch, not one a request
+        return [r.id for r, token in zip(batch, picked) if self._emit(r, token)]
 
-    def _emit(self, request: Request, logits: torch.Tensor) -> bool:
-        """Send the token these logits pick; True if that ends the request."""
-        token = request.greedy.push(logits)
+    def _emit(self, request: Request, picked: int) -> bool:
+        """Send the token the request's logits picked; True if that ends the request."""
+        token = request.greedy.push(picked)
         if token is not None:
             request.out.put(token)
             request.last_token = token.token_id
@@ -354,7 +373,7 @@ class Scheduler:
         request.greedy = Greedy(self.llm, request.max_new_tokens, prefill.kv.length, request.started)
         self._batch.add(prefill.kv, request.greedy.budget)
         self._decoding.append(request)
-        return self._emit(request, prefill.logits)
+        return self._emit(request, int(prefill.logits.argmax()))
 
     def _end(self, request: Request, error: BaseException | None = None) -> None:
         if request in self._decoding:  # its slot freed; the last slot's request moves into it

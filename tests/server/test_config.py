@@ -37,3 +37,10 @@ def test_unknown_or_malformed_keys_are_rejected(tmp_path: Path) -> None:
     for fraction in ("1.5", "nan", "some"):
         with pytest.raises(InvalidArgument, match="upload_recompute_fraction"):
             load_config(None, {"TENANTKV_UPLOAD_RECOMPUTE_FRACTION": fraction})
+
+
+def test_scheduler_settings_reach_the_engine() -> None:
+    config = load_config(None, {"TENANTKV_CUDA_GRAPHS": "false", "TENANTKV_MAX_BATCH_SIZE": "4"})
+    scheduler = config.engine_config().scheduler
+    assert (scheduler.cuda_graphs, scheduler.max_batch_size) == (False, 4)
+    assert ServerConfig().engine_config().scheduler.cuda_graphs

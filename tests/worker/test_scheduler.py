@@ -13,7 +13,8 @@ from worker.engine import Engine, EngineConfig, RetrievedChunk
 from worker.generate import Greedy
 from worker.llama import run_steps
 from worker.errors import RequestCancelled
-from worker.scheduler import Scheduler, SchedulerConfig, StepReport
+from worker.decode_graphs import StaticDecode
+from worker.scheduler import Scheduler, SchedulerConfig, StepReport, decoder_for
 
 PASSAGES = [
     "The Seine flows through Paris and into the English Channel at Le Havre.",
@@ -43,7 +44,7 @@ def alone(engine: Engine, chunks, question: str, mode: PrefillMode, max_new_toke
     while not greedy.done:
         top = logits.float().topk(2).values
         gaps.append(float(top[0] - top[1]))
-        token = greedy.push(logits)
+        token = greedy.push(int(logits.argmax()))
         if token is None:
             break
         tokens.append(token.token_id)
@@ -67,9 +68,12 @@ def run_until_done(scheduler: Scheduler, limit: int = 400) -> list[StepReport]:
     return reports
 
 
-def test_batched_answers_equal_answers_alone(engine: Engine) -> None:
-    """Mixed prompt lengths and modes, some arriving while others decode, through one manual scheduler."""
-    scheduler = Scheduler(engine.llm, SchedulerConfig(max_batch_size=4, step_tokens=256))
+@pytest.mark.parametrize("padded", [False, True], ids=["plain", "padded"])
+def test_batched_answers_equal_answers_alone(engine: Engine, padded: bool) -> None:
+    """Mixed prompt lengths and modes, some arriving while others decode, through one manual
+    scheduler; also through the GPU's padded decode step (worker.decode_graphs), run eagerly here."""
+    decoder = StaticDecode(engine.llm.forward, 4) if padded else None
+    scheduler = Scheduler(engine.llm, SchedulerConfig(max_batch_size=4, step_tokens=256), decoder)
     cases = [
         (chunks_of(engine, PASSAGES[:1]), "Which river flows through Paris?", PrefillMode.BLEND),
         (chunks_of(engine, PASSAGES), "What is the highest mountain in Africa?", PrefillMode.FULL_PREFILL),
@@ -217,8 +221,18 @@ def test_closing_the_engine_ends_unfinished_answers(models) -> None:
         ({"step_tokens": -1}, "step_tokens"),
         ({"ingest_batch_tokens": 0}, "ingest_batch_tokens"),
         ({"max_batch_size": 64, "step_tokens": 64}, "step_tokens"),
+        ({"cuda_graphs": "no"}, "cuda_graphs"),
+        ({"cuda_graphs": 1}, "cuda_graphs"),
     ],
 )
 def test_bad_config_values_name_their_field(fields: dict, field: str) -> None:
     with pytest.raises(ValueError, match=f"^{field}: "):
         SchedulerConfig(**fields)
+
+
+def test_decode_steps_on_the_cpu_are_the_plain_step_and_a_padding_decoder_must_cover_the_batch(models) -> None:
+    """(On a GPU, graphs replace the plain step unless turned off: tests/worker/test_decode_graphs.py.)"""
+    forward = models.llm.forward  # the suite's models are on the CPU
+    assert decoder_for(forward, SchedulerConfig()) is forward
+    with pytest.raises(ValueError, match="^decoder: "):
+        Scheduler(models.llm, SchedulerConfig(max_batch_size=8), StaticDecode(forward, 4))

@@ -7,6 +7,14 @@ ignored, so decoding is most of the work). `serial` is the same engine with max_
 one request at a time, as before batching. Ingestion: the same chunks' embedding and KV
 precompute one chunk a call against all in one call, beside the model's own full-prefill
 tokens/s on one long prompt (the compute ceiling). Results to bench/results/batching.json.
+
+GPU (`gpu`, only where torch sees one; `--gpu-only` runs just it and adds it to the JSON):
+random weights of SmolLM2-135M's, Llama-3.2-1B's and Llama-3-8B's shapes in bf16
+(bench/kernel_speed.py's), batched decode tokens/s at 1, 8 and 16 sequences of an 850-token
+prompt, the eager step against CUDA graphs (worker.decode_graphs), the greedy tokens of the two
+compared over the first 16 steps, and time to first token of blended (0.15) against full prefill.
+`--gpu-only --quick` runs that section on the CPU at a toy size (`SMOKE`; no graphs there: the
+padded step runs eagerly), a smoke run of its code.
 """
 
 import argparse
@@ -14,6 +22,7 @@ import dataclasses
 import json
 import os
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,15 +31,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from worker.blend import PrefillMode
-from worker.chunker import chunk_text
-from worker.config import WorkerConfig
-from worker.embedder import Embedder
-from worker.engine import Engine, EngineConfig, RetrievedChunk
-from worker.llm import LLM, load_llm
-from worker.scheduler import SchedulerConfig
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.kernel_speed import MODEL_SHAPES, bench_prefill, random_forward  # noqa: E402
+from worker.blend import PrefillMode  # noqa: E402
+from worker.chunker import chunk_text  # noqa: E402
+from worker.config import WorkerConfig  # noqa: E402
+from worker.decode_graphs import StaticDecode  # noqa: E402
+from worker.embedder import Embedder  # noqa: E402
+from worker.engine import Engine, EngineConfig, RetrievedChunk  # noqa: E402
+from worker.llama import KVBuffer, LlamaForward  # noqa: E402
+from worker.llm import LLM, load_llm  # noqa: E402
+from worker.scheduler import SchedulerConfig  # noqa: E402
+
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "musique_dev.json"
 CHUNKS_PER_QUESTION = 3
 
@@ -127,6 +141,109 @@ def ingest(engine: Engine, embedder: Embedder, llm: LLM, items: list[dict], repe
     }
 
 
+AGREEMENT_STEPS = 16
+
+
+def decode_run(decoder: LlamaForward | StaticDecode, kv: KVBuffer, sequences: int, steps: int) -> tuple[float, list[list[int]]]:
+    """Batched decode tokens/s of `sequences` copies of `kv`, each step fed the last step's greedy
+    tokens (one device sync a step, as the scheduler's), after 3 steps of warm-up (graph captures);
+    and the tokens of the first AGREEMENT_STEPS steps."""
+    device = kv.keys.device
+    with torch.inference_mode():
+        batch = decoder.new_decode_batch()
+        for _ in range(sequences):
+            batch.add(kv, room=3 + steps)
+        ids, tokens = torch.zeros(sequences, dtype=torch.long), []
+        for step in range(3 + steps):
+            if step == 3:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                started = time.perf_counter()
+            ids = decoder.decode(ids, batch).argmax(-1).cpu()
+            tokens.append(ids.tolist())
+        elapsed = time.perf_counter() - started
+    return sequences * steps / elapsed, tokens[:AGREEMENT_STEPS]
+
+
+# the gpu section at a toy size, on the CPU: SmolLM2's shape cut to 2 narrow layers and a 512-token vocabulary
+SMOKE = dict(
+    shapes=("smollm2_135m",), batch_sizes=(1, 3), prompt_tokens=40, steps=2, repeats=1,
+    overrides=dict(num_hidden_layers=2, vocab_size=512, hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2),
+)
+
+
+def gpu_section(
+    device: torch.device,
+    shapes: tuple[str, ...] = tuple(MODEL_SHAPES),
+    batch_sizes: tuple[int, ...] = (1, 8, 16),
+    prompt_tokens: int = 850,
+    steps: int = 64,
+    repeats: int = 5,
+    overrides: dict | None = None,
+) -> dict:
+    """Per model shape (random weights on `device`, bf16 on a GPU): batched decode tokens/s, the
+    eager step against CUDA graphs of padded shapes (on a CPU the padded step runs eagerly), the
+    share of greedy tokens the two agree on over the first steps, and bench/kernel_speed.py's
+    TTFT of full prefill, full reuse and blending. `overrides`: LlamaConfig fields replacing the
+    shapes' (smoke runs)."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    report: dict = {"device": name, "prompt_tokens": prompt_tokens, "steps": steps, "shapes": {}}
+    for shape in tqdm(shapes, desc="gpu section", unit="shape"):
+        forward = random_forward(shape, device, **(overrides or {}))
+        kv = forward.new_buffer(prompt_tokens)
+        with torch.inference_mode():
+            forward.forward(torch.randint(0, forward.vocab_size, (prompt_tokens,), generator=torch.Generator().manual_seed(3)), kv)
+        row: dict = {"decode": {}}
+        for n in batch_sizes:
+            eager, eager_tokens = decode_run(forward, kv, n, steps)
+            graphs, graph_tokens = decode_run(StaticDecode(forward, max(batch_sizes)), kv, n, steps)
+            same = sum(a == b for x, y in zip(eager_tokens, graph_tokens) for a, b in zip(x, y))
+            row["decode"][str(n)] = {
+                "eager_tokens_per_s": eager,
+                "graphs_tokens_per_s": graphs,
+                "graphs_over_eager": graphs / eager,
+                "greedy_agreement": same / (n * len(eager_tokens)),
+            }
+        row["prefill"] = bench_prefill(forward, repeats)
+        row["prefill"]["full_over_blend"] = row["prefill"]["full_prefill_ms"] / row["prefill"]["blend_0.15_ms"]
+        report["shapes"][shape] = row
+        del forward, kv
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return report
+
+
+def print_gpu_table(gpu: dict) -> None:
+    print(f"\n{gpu['device']}: random weights, {gpu['prompt_tokens']}-token prompts, {gpu['steps']} decode steps")
+    print(f"{'shape':>14}{'batch':>7}{'eager tok/s':>13}{'graphs tok/s':>14}{'x':>6}{'agree':>7}")
+    for shape, row in gpu["shapes"].items():
+        for n, d in row["decode"].items():
+            print(
+                f"{shape:>14}{n:>7}{d['eager_tokens_per_s']:>13.1f}{d['graphs_tokens_per_s']:>14.1f}"
+                f"{d['graphs_over_eager']:>6.2f}{d['greedy_agreement']:>7.2f}"
+            )
+        p = row["prefill"]
+        print(
+            f"{shape:>14}  TTFT ms: full prefill {p['full_prefill_ms']:.1f}, blend {p['blend_0.15_ms']:.1f} "
+            f"({p['full_over_blend']:.2f}x), full reuse {p['full_reuse_ms']:.1f}"
+        )
+
+
+def gpu_only(args: argparse.Namespace) -> None:
+    """The gpu section alone (on the CPU with `--quick`: a smoke run), added to the results file."""
+    if args.quick:
+        gpu = gpu_section(torch.device("cpu"), **SMOKE)
+        print_gpu_table(gpu)
+        return
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu-only: torch sees no GPU (add --quick for a CPU smoke run)")
+    report = json.loads(args.out.read_text()) if args.out.exists() else {}
+    report["gpu"] = gpu_section(torch.device("cuda"))
+    write(args.out, report)
+    print_gpu_table(report["gpu"])
+    print(f"wrote {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -138,8 +255,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=WorkerConfig().cache_dir)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "batching.json")
+    parser.add_argument("--gpu-only", action="store_true", help="only the gpu section (with --quick: on the CPU, tiny, not written)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.gpu_only:
+        gpu_only(args)
+        return
     clients = [1, 2] if args.quick else [int(c) for c in args.clients.split(",")]
     new_tokens = 8 if args.quick else args.new_tokens
     ingest_questions = 1 if args.quick else args.ingest_questions
@@ -162,7 +283,12 @@ def main() -> None:
         write(args.out, report)  # a long run keeps each level it finished
     for engine in engines.values():
         engine.close()
+    if torch.cuda.is_available():
+        report["gpu"] = gpu_section(torch.device("cuda"))
+        write(args.out, report)
     print_table(report)
+    if "gpu" in report:
+        print_gpu_table(report["gpu"])
     print(f"wrote {args.out}")
 
 

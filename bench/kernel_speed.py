@@ -128,11 +128,12 @@ MODEL_SHAPES = {  # LlamaConfig fields of each architecture; the weights are ran
 }
 
 
-def random_forward(shape: str, device: torch.device) -> LlamaForward:
-    """Our forward over randomly initialised weights of `shape`, made on `device` (bf16 on a GPU)."""
+def random_forward(shape: str, device: torch.device, **overrides) -> LlamaForward:
+    """Our forward over randomly initialised weights of `shape`, made on `device` (bf16 on a GPU);
+    `overrides`: LlamaConfig fields that replace the shape's (fewer layers for smoke runs)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(max_position_embeddings=8192, **MODEL_SHAPES[shape])
+    config = LlamaConfig(max_position_embeddings=8192, **{**MODEL_SHAPES[shape], **overrides})
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
@@ -145,10 +146,10 @@ def random_forward(shape: str, device: torch.device) -> LlamaForward:
     return LlamaForward(model)
 
 
-def bench_prefill(shape: str, device: torch.device, repeats: int) -> dict:
+def bench_prefill(forward: LlamaForward, repeats: int) -> dict:
     """Median ms to the first token's logits per mode: five 256-token chunks (KV loaded, packed kivi4) and a question."""
     generator = torch.Generator().manual_seed(2)
-    forward = random_forward(shape, device)
+    device = forward.device
     ids = lambda n: torch.randint(0, forward.vocab_size, (n,), generator=generator)  # noqa: E731
     system, chunk_ids, question = ids(30), [ids(256) for _ in range(5)], ids(40)
     blender = Blender(forward, system)
@@ -192,7 +193,7 @@ def main() -> None:
     report["prefill"] = {}
     for device in devices:
         for shape in list(MODEL_SHAPES)[: 1 if args.quick or device.type == "cpu" else None]:
-            row = report["prefill"].setdefault(shape, {})[device.type] = bench_prefill(shape, device, max(3, repeats // 4))
+            row = report["prefill"].setdefault(shape, {})[device.type] = bench_prefill(random_forward(shape, device), max(3, repeats // 4))
             print(f"  {shape:<14}{device.type:<6}" + "  ".join(f"{k} {v:.1f}" for k, v in row.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

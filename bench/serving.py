@@ -14,8 +14,9 @@ tenant (k=3, 8 new tokens: routing, not decoding, is measured).
   `locality`, `round_robin` and `least_loaded` on the same stream from closed-loop clients:
   worker-cache hit rate and bytes fetched from the store per answer (the router's counters, read
   from /metrics), time to the first token as the client sees it (p50/p99), answers/s; the hit
-  rate's ceiling (every distinct chunk misses once: 1 - distinct chunks / chunk lookups), the
-  routing decisions by reason, and the 1-minute load average before and after.
+  rate's ceiling (every distinct chunk misses once: 1 - distinct chunks / chunk lookups) and what
+  it allows any routing against round robin, the routing decisions by reason, and the 1-minute
+  load average before and after.
 
 Servers, workers and clients share this machine's cores: compare routings within one run.
 
@@ -51,7 +52,7 @@ sys.path.insert(0, str(REPO))
 from bench.musique import DEFAULT_DATA, PASSAGES, load_questions  # noqa: E402
 from client.api import Client, DocumentText  # noqa: E402
 from protos.tenantkv.v1 import worker_pb2, worker_pb2_grpc  # noqa: E402
-from server.process import ServerProcess, WorkerProcess, free_port, wait_serving  # noqa: E402
+from server.process import ServerProcess, WorkerProcess, free_ports, wait_serving  # noqa: E402
 
 TENANTS = 4
 ZIPF_S = 1.1
@@ -172,8 +173,7 @@ class Fleet:
 def fleet(data_dir: Path, remote_workers: int, kv_cache_bytes: int, routing: str = "locality") -> Iterator[Fleet]:
     """A server over `data_dir` routing by `routing` to `remote_workers` worker processes (0: its
     in-process worker), every worker's KV cache `kv_cache_bytes`; yields once the router has them all up."""
-    ports = [free_port() for _ in range(remote_workers)]
-    metrics_port = free_port()
+    metrics_port, *ports = free_ports(1 + remote_workers)
     settings = {
         "warm_up": "false", "metrics_port": metrics_port, "routing": routing, "kv_cache_bytes": kv_cache_bytes,
         "workers": ",".join(f"127.0.0.1:{port}" for port in ports),
@@ -326,6 +326,10 @@ def print_table(report: dict) -> None:
         )
     ceiling = max(row["hit_rate_ceiling"] for row in report["routing"].values())
     print(f"hit rate ceiling (each distinct chunk missed once): {ceiling:.2f}")
+    round_robin = report["routing"].get("round_robin")
+    if round_robin:  # what any routing could reach on this stream, against round robin's
+        print(f"at that ceiling, x round robin: hit rate {ceiling / max(round_robin['hit_rate'], 1e-9):.2f}x, "
+              f"misses (bytes fetched) {(1 - ceiling) / max(1 - round_robin['hit_rate'], 1e-9):.2f}x")
     h = report["hop"]
     print(f"hop: TTFT p50 in-process {h['in_process_ttft_p50_ms']:.0f} ms, remote {h['remote_ttft_p50_ms']:.0f} ms "
           f"({h['remote_ttft_p50_ms'] / h['in_process_ttft_p50_ms']:.2f}x)")

@@ -16,10 +16,14 @@ question on the eager tenants). Runs: `eager` (no budget); `lazy` and `admit_on_
 with each tenant's budget 10%, 25% and 50% of its share of R; `none` (full prefill every time).
 For each: KV bytes stored at the end, store hit rate, mean and p50 TTFT (blended prefill; a miss
 pays its chunk's prefill), recompute seconds, from the server's /metrics and the client's clock.
+`--runs` picks some of the runs (`eager` and `none` always among them: the target is measured
+against them), for a run of the issue's size that fits a session: each run costs its TTFT on
+every draw.
 
-    .venv/bin/python bench/kv_policy.py [--quick] [--draws N] [--data ../shared/data/musique_dev.json] [--data-dir DIR]
+    .venv/bin/python bench/kv_policy.py [--quick] [--draws N] [--runs eager,lazy@50,none] [--data ../shared/data/musique_dev.json] [--data-dir DIR]
 
-Writes bench/results/kv_policy.json.
+Writes bench/results/kv_policy.json, also every CHECKPOINT_DRAWS draws (with `draws_done`), so a
+long run stopped early keeps what it measured.
 """
 
 import argparse
@@ -32,6 +36,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -51,6 +56,7 @@ K = 3
 ADMIT_AFTER = 2
 BUDGETS = (10, 25, 50)  # percent of R
 INGEST_BATCH = 10  # documents an Upsert
+CHECKPOINT_DRAWS = 50  # draws between writes of the results so far
 MANIFEST = "bench-kv-policy.json"  # in the data dir: what was ingested there
 # One question's chunks in the worker's memory: 3 chunks of up to 256 tokens of SmolLM2-135M's
 # KV decoded to float32 (30 layers x 2 x 3 KV heads x 64 x 4 bytes = 46,080 bytes a token).
@@ -79,22 +85,34 @@ RUNS = [
 ]
 
 
-def ingest(data_dir: Path, items: list[dict]) -> None:
+def chosen_runs(names: str) -> list[Run]:
+    """The runs named (comma-separated), in RUNS' order: `eager`, `none` and one with a budget at least."""
+    wanted = {name.strip() for name in names.split(",") if name.strip()}
+    if unknown := wanted - {r.name for r in RUNS}:
+        raise SystemExit(f"--runs: unknown {sorted(unknown)}; choose from {[r.name for r in RUNS]}")
+    if missing := {"eager", "none"} - wanted:
+        raise SystemExit(f"--runs: needs {sorted(missing)} too: the target's saving is measured between them")
+    if not any(r.budget_percent for r in RUNS if r.name in wanted):
+        raise SystemExit("--runs: needs a run with a budget (lazy@N or admit_on_reuse@N): the target is about one")
+    return [r for r in RUNS if r.name in wanted]
+
+
+def ingest(data_dir: Path, items: list[dict], runs: list[Run]) -> None:
     """Every run's tenants with every question's passages, once: the eager ones with their KV computed
     (a server with precompute_kv on), then the others without (precompute_kv off)."""
     manifest = data_dir / MANIFEST
-    wanted = {"questions": len(items), "passages": PASSAGES, "tenants": TENANTS, "runs": [r.name for r in RUNS]}
+    wanted = {"questions": len(items), "passages": PASSAGES, "tenants": TENANTS, "runs": [r.name for r in runs]}
     if manifest.exists():
         if (found := json.loads(manifest.read_text())) != wanted:
             raise SystemExit(f"{data_dir} holds {found}, not {wanted}: use another --data-dir")
         return
     if data_dir.exists() and any(data_dir.iterdir()):
         raise SystemExit(f"{data_dir} is not empty and has no {MANIFEST}: use an empty or new --data-dir")
-    eager = [r for r in RUNS if r.policy == "eager"]
-    others = [r for r in RUNS if r.policy != "eager"]
-    for runs, precompute in ((eager, "true"), (others, "false")):
+    eager = [r for r in runs if r.policy == "eager"]
+    others = [r for r in runs if r.policy != "eager"]
+    for group, precompute in ((eager, "true"), (others, "false")):
         with started(ServerProcess(data_dir, {"warm_up": "false", "precompute_kv": precompute})) as server:
-            upload(server, runs, items)
+            upload(server, group, items)
     manifest.write_text(json.dumps(wanted) + "\n")
 
 
@@ -139,7 +157,7 @@ def total(samples: dict[str, dict[tuple, float]], name: str, tenants: list[str],
 
 def retrieved_bytes(server: ServerProcess, keys: dict[str, str], items: list[dict], draws: list[int]) -> dict[str, int]:
     """Per question-tenant index, the KV bytes of the distinct chunks the stream retrieves, read on the eager run's tenants."""
-    eager = RUNS[0]
+    eager = RUNS[0]  # ingested by every selection of runs
     chunks: dict[int, set[int]] = {t: set() for t in range(TENANTS)}
     for n in set(draws):
         with Client(server.address, keys[eager.tenant(n)]) as client:
@@ -163,33 +181,41 @@ def ask(client: Client, question: str, mode: str) -> float | str:
     return "NO_TOKEN"
 
 
-def bench(data_dir: Path, items: list[dict], draws: list[int]) -> dict:
+def bench(data_dir: Path, items: list[dict], draws: list[int], runs: list[Run], checkpoint: Callable[[dict], None]) -> dict:
+    """The stream asked of every run; the report, also handed to `checkpoint` every CHECKPOINT_DRAWS draws."""
     port = free_port()
     settings = {"metrics_port": port, "kv_cache_bytes": WORKER_CACHE_BYTES, "kv_admit_after": ADMIT_AFTER}
     with started(ServerProcess(data_dir, settings)) as server, Client(server.address, server.admin_key) as admin:
-        keys = {tenant: admin.create_api_key(tenant).api_key for run in RUNS for tenant in run.tenants}
+        keys = {tenant: admin.create_api_key(tenant).api_key for run in runs for tenant in run.tenants}
         share_of_r = retrieved_bytes(server, keys, items, draws)
-        for run in RUNS:
+        for run in runs:
             for t in range(TENANTS):
                 budget = max(1, share_of_r[f"t{t}"] * run.budget_percent // 100) if run.budget_percent else 0
                 settings = tenant_admin_pb2.TenantSettings(kv_policy=run.policy, kv_admit_after=ADMIT_AFTER, max_kv_bytes=budget)
                 admin.update_tenant(run.tenant(t), settings)
         clients = {tenant: Client(server.address, key) for tenant, key in keys.items()}
-        ttft: dict[str, list[float]] = {run.name: [] for run in RUNS}
-        errors: dict[str, dict[str, int]] = {run.name: {} for run in RUNS}
+        ttft: dict[str, list[float]] = {run.name: [] for run in runs}
+        errors: dict[str, dict[str, int]] = {run.name: {} for run in runs}
         for d, n in enumerate(tqdm(draws, desc="stream (every run each draw)", unit="draw")):
-            for run in RUNS[d % len(RUNS) :] + RUNS[: d % len(RUNS)]:
+            for run in runs[d % len(runs) :] + runs[: d % len(runs)]:
                 outcome = ask(clients[run.tenant(n)], items[n]["question"], run.mode)
                 if isinstance(outcome, str):
                     errors[run.name][outcome] = errors[run.name].get(outcome, 0) + 1
                 else:
                     ttft[run.name].append(outcome)
+            if (d + 1) % CHECKPOINT_DRAWS == 0 and d + 1 < len(draws):
+                checkpoint(summary(runs, metrics(port), ttft, errors, share_of_r, d + 1))
         time.sleep(2.0)  # the last answers' computed KV is stored after their streams end
         samples = metrics(port)
         for client in clients.values():
             client.close()
+    return summary(runs, samples, ttft, errors, share_of_r, len(draws))
+
+
+def summary(runs: list[Run], samples: dict, ttft: dict[str, list[float]], errors: dict, share_of_r: dict[str, int], draws_done: int) -> dict:
+    """Each run's figures after `draws_done` draws, from /metrics `samples` and the client's TTFTs."""
     policies = {}
-    for run in RUNS:
+    for run in runs:
         hits = total(samples, "tenantkv_kv_hits_total", run.tenants)
         misses = total(samples, "tenantkv_kv_misses_total", run.tenants)
         policies[run.name] = {
@@ -202,7 +228,10 @@ def bench(data_dir: Path, items: list[dict], draws: list[int]) -> dict:
             "evictions": int(total(samples, "tenantkv_kv_evictions_total", run.tenants)),
             "errors": errors[run.name],
         }
-    return {"retrieved_kv_bytes": sum(share_of_r.values()), "policies": policies, "retrieved_kv_bytes_per_tenant": share_of_r}
+    report = {"retrieved_kv_bytes": sum(share_of_r.values()), "policies": policies, "retrieved_kv_bytes_per_tenant": share_of_r}
+    report["target"] = target(policies)
+    report["draws_done"] = draws_done
+    return report
 
 
 def target(policies: dict[str, dict]) -> dict:
@@ -239,24 +268,29 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, help="the ingested store, kept for later runs; default: a temporary one")
     parser.add_argument("--questions", type=int, default=50, help="MuSiQue questions whose passages are ingested")
     parser.add_argument("--draws", type=int, default=1000, help="questions in the stream (each asked once per run)")
+    parser.add_argument("--runs", default=",".join(r.name for r in RUNS), help="the runs to measure (eager and none among them)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "kv_policy.json")
     args = parser.parse_args()
     if args.quick:
         args.questions, args.draws = 10, min(args.draws, 200)
+    runs = chosen_runs(args.runs)
     items = load_questions(args.data, args.questions)
     draws = zipf_stream(len(items), args.draws)
+    setup = {"questions": args.questions, "passages": PASSAGES, "tenants": TENANTS, "draws": args.draws, "zipf_s": ZIPF_S,
+             "k": K, "admit_after": ADMIT_AFTER, "worker_kv_cache_bytes": WORKER_CACHE_BYTES}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(report: dict) -> None:
+        args.out.write_text(json.dumps({**report, "setup": setup}, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="tenantkv-kv-policy-") as tmp:
         ingested = args.data_dir or Path(tmp) / "ingested"
-        ingest(ingested, items)
+        ingest(ingested, items, runs)
         work = Path(tmp) / "run"
         shutil.copytree(ingested, work)  # the runs write KV and evict: the ingested store stays as ingested
-        report = bench(work, items, draws)
-    report["target"] = target(report["policies"])
-    report["setup"] = {"questions": args.questions, "passages": PASSAGES, "tenants": TENANTS, "draws": args.draws, "zipf_s": ZIPF_S,
-                       "k": K, "admit_after": ADMIT_AFTER, "worker_kv_cache_bytes": WORKER_CACHE_BYTES}
+        report = bench(work, items, draws, runs, write)
+    write(report)
     print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

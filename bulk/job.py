@@ -80,10 +80,11 @@ def bulk_ingest(config: BulkConfig) -> Summary:
         started = time.perf_counter()
         with config.target.client() as client:
             spec = client.upload_spec()
-        sink = UpsertSink(config.target, config.documents_per_upsert)
-        pipeline(config, spec).write_datasink(sink)
-        seconds = time.perf_counter() - started
         read = read_documents(list(config.inputs)).count()
+        sink = UpsertSink(config.target, config.documents_per_upsert)
+        if changed(config).count():  # else no model actor is started: a rerun over a stored corpus costs a read of it
+            pipeline(config, spec).write_datasink(sink)
+        seconds = time.perf_counter() - started
     finally:
         if started_ray:
             ray.shutdown()
@@ -99,6 +100,13 @@ def bulk_ingest(config: BulkConfig) -> Summary:
     )
 
 
+def changed(config: BulkConfig) -> ray.data.Dataset:
+    """The input documents the server does not store with the same content hash (tasks, no actors)."""
+    return read_documents(list(config.inputs)).map_batches(
+        skip_unchanged, fn_kwargs={"target": config.target}, batch_size=config.layout.batch_documents, num_cpus=config.layout.actor_cpus
+    )
+
+
 def pipeline(config: BulkConfig, spec: ingest_pb2.UploadSpecResponse) -> ray.data.Dataset:
     """The documents to store, each with its chunks' texts, token ids, vectors and, when the
     tenant's policy stores KV at ingestion, KV blobs in the tenant's codec."""
@@ -106,10 +114,7 @@ def pipeline(config: BulkConfig, spec: ingest_pb2.UploadSpecResponse) -> ray.dat
     models = dataclasses.replace(config.models, chunk_tokens=spec.chunk_tokens)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
     batch = layout.batch_documents
-    documents = read_documents(list(config.inputs)).map_batches(
-        skip_unchanged, fn_kwargs={"target": config.target}, batch_size=batch, num_cpus=layout.actor_cpus
-    )
-    chunked = documents.map_batches(
+    chunked = changed(config).map_batches(
         Chunk,
         fn_constructor_kwargs={"models": models},
         batch_size=batch,

@@ -125,9 +125,17 @@ def test_first_answer_token_and_its_distribution_equal_the_in_server_path(ingest
     assert ours.argmax().item() == theirs.argmax().item()
 
 
-def test_a_rerun_through_the_cli_skips_every_stored_document(ingested, bulk_server, capsys):
+def model_actors() -> int:
+    """Actors of the model stages (Chunk, Embed, PrecomputeKV) the cluster ever started, dead or alive."""
+    names = ("Chunk", "Embed", "PrecomputeKV")
+    return sum(any(n in actor["ActorClassName"] for n in names) for actor in ray._private.state.actors().values())
+
+
+def test_a_rerun_through_the_cli_skips_every_stored_document_without_starting_a_model(ingested, bulk_server, capsys):
     tenant = bulk_server.runtime.store.authenticate(ingested.bulk.api_key).tenant
     before = bulk_server.runtime.store.tenant_stats(tenant)
+    actors = model_actors()
+    assert actors > 0  # the first run's
     argv = ["bulk-ingest", *map(str, ingested.config.inputs), "--server", ingested.bulk.address, "--batch", "2"]
     argv += ["--cache-dir", str(bulk_server.config.cache_dir)]
     os.environ["TENANTKV_API_KEY"] = ingested.bulk.api_key
@@ -138,6 +146,7 @@ def test_a_rerun_through_the_cli_skips_every_stored_document(ingested, bulk_serv
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (summary["documents"], summary["skipped"], summary["chunks"], summary["failures"]) == (0, len(DOCUMENTS), 0, 0)
     assert bulk_server.runtime.store.tenant_stats(tenant) == before
+    assert model_actors() == actors
 
 
 def precompute_actor_pid() -> int | None:

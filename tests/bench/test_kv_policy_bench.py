@@ -1,6 +1,7 @@
-"""bench/kv_policy.py: which runs a session can choose, and the target read from the figures. (Its
-runs ingest MuSiQue passages and ask hundreds of questions: minutes even at `--quick`, so they are
-not part of this suite.)"""
+"""bench/kv_policy.py: which runs a session can choose, and the target read from the figures.
+(Named apart from tests/server/test_kv_policy.py: test basenames must be unique. The benchmark's
+runs ingest MuSiQue passages and ask hundreds of questions: minutes even at `--quick`, so they
+are not part of this suite.)"""
 
 import pytest
 

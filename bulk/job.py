@@ -82,7 +82,7 @@ def bulk_ingest(config: BulkConfig) -> Summary:
             spec = client.upload_spec()
         read = read_documents(list(config.inputs)).count()
         sink = UpsertSink(config.target, config.documents_per_upsert)
-        if changed(config).count():  # else no model actor is started: a rerun over a stored corpus costs a read of it
+        if changed(config).limit(1).count():  # else no model actor starts; the check stops at the first changed document
             pipeline(config, spec).write_datasink(sink)
         seconds = time.perf_counter() - started
     finally:
